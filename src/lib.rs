@@ -1,0 +1,32 @@
+//! tickcast: market data and live scores pushed to WebSocket clients.
+//!
+//! The data path, in the order an update travels:
+//!
+//! 1. [`feed`] adapters (synthetic, replay, tcp) read input and parse each
+//!    line with [`record`] into a [`record::FeedRecord`] on a [`channel`].
+//! 2. The sequenced [`ring`] carries records from every feed to the engine.
+//! 3. The [`engine`] applies each record to its channel's state (JSON Merge
+//!    Patch, seq + 1) and encodes the update once as a [`wire`] frame for
+//!    all subscribers that share it.
+//! 4. Each [`session`] has a bounded [`session::outbox::Outbox`]; its writer
+//!    sends everything queued in one vectored write, its reader turns client
+//!    messages into engine commands.
+//! 5. [`http`] serves `/ws`, `/channels`, `/healthz` and the live page.
+//!
+//! [`config`] holds every flag and limit; [`server`] wires the parts together.
+
+#![deny(unsafe_code)]
+
+pub mod channel;
+pub mod clock;
+pub mod config;
+pub mod engine;
+pub mod feed;
+pub mod http;
+pub mod record;
+pub mod ring;
+pub mod server;
+pub mod session;
+pub mod wire;
+
+pub use server::{start, RunningServer};

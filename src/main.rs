@@ -1,0 +1,99 @@
+//! The `tickcast` command: flags -> settings, logging, bind, serve until
+//! Ctrl-C or SIGTERM.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use tickcast::config::{self, Cli, CliCommand, ServeArgs};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(CliCommand::DefaultConfig) => {
+            print!("{}", config::DEFAULT_CONFIG);
+            return ExitCode::SUCCESS;
+        }
+        Some(CliCommand::Serve(args)) => args,
+        None => ServeArgs::default(),
+    };
+    let settings = match config::settings_from_args(&args) {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("tickcast: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter =
+        EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(&settings.log));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tickcast: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(settings))
+}
+
+async fn serve(settings: config::Settings) -> ExitCode {
+    let listener = match tokio::net::TcpListener::bind(settings.listen).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!(
+                "tickcast: cannot listen on {}: {e} (is another server running? choose another with --listen 127.0.0.1:PORT)",
+                settings.listen
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let feeds: Vec<String> = settings.feeds.iter().map(|f| f.to_string()).collect();
+    let server = match tickcast::start(listener, settings, shutdown.clone()).await {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("tickcast: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("tickcast is serving {} ", feeds.join(", "));
+    println!("  open   http://{}/  in a browser", server.addr);
+    println!("  socket ws://{}/ws", server.addr);
+    println!("  Ctrl-C to stop");
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down: closing sessions with 1001");
+        shutdown.cancel();
+    });
+    server.wait().await;
+    ExitCode::SUCCESS
+}
+
+/// Ctrl-C or SIGTERM.
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,970 @@
+//! The sequenced ring: a bounded multi-producer, multi-consumer hand-off from the feeds to
+//! the engine (and any other reader, such as a recorder).
+//!
+//! # Algorithm
+//!
+//! This is the LMAX Disruptor's ring (Thompson, Farley et al., "Disruptor: High performance
+//! alternative to bounded queues for exchanging data between concurrent threads", 2011): a
+//! power-of-two array of `N` slots addressed by an ever-growing 64-bit sequence number
+//! (`slot = seq & (N - 1)`). Producers claim a sequence from a shared counter, fill its slot
+//! and publish it; every consumer walks the sequence with a private cursor; the cursors of
+//! *gating* consumers bound how far producers may claim, so a slow gating consumer applies
+//! back-pressure instead of losing records. Where tickcast differs:
+//!
+//! * Publication is a per-slot *stamp* (like the Disruptor's multi-producer "available
+//!   buffer" of lap numbers) that also carries a reader count and a WRITING flag. That lets
+//!   *lossy* consumers, which never gate, read while producers overwrite: a lapped reader
+//!   sees a newer lap in the stamp and reports [`RecvError::Lagged`] instead of reading a
+//!   torn value (as `tokio::sync::broadcast` does). The Disruptor only has gating readers.
+//! * A claim is a CAS bounded by a cached limit (the Disruptor's `tryNext`), never a blind
+//!   `fetch_add`, and the slot is written in the same synchronous step. So a cancelled
+//!   [`Producer::publish`] future can never leave a claimed-but-empty hole.
+//! * Idle consumers and blocked producers park as async tasks (wakers), instead of one of
+//!   the Disruptor's busy-spin or blocking `WaitStrategy`s.
+//! * Gating consumers may join and leave while the ring runs (see "Joining").
+//! * Values are moved in and cloned out (`T: Clone`, typically an `Arc`), not mutated in place.
+//!
+//! # State and encodings
+//!
+//! * `tail` (cache-padded): the next sequence to claim. Only ever grows, by successful CAS.
+//! * `limit` (cache-padded): claims stay strictly below it. It is the maximum of every
+//!   value `min(gating cursors, tail) + N` that any producer ever computed ("refresh"); any
+//!   such value stays safe forever (see "Joining"), so producers refresh only when they
+//!   reach it: once per `N` claims when consumers keep up, and when the ring looks full.
+//! * `gates` (16 cache-padded cursors): for each gating consumer the next sequence it will
+//!   read, so it has consumed everything below; `FREE` (`u64::MAX`) for an unused entry.
+//! * slot stamps (see `slot.rs`): `(held + N) << 8 | WRITING << 7 | readers`, where `held`
+//!   is the sequence the slot holds. A read of `s` finds `held < s` (not published yet),
+//!   `held == s` (clone it under the reader count) or `held > s` / WRITING (lapped).
+//!   Writers of `s` wait until the slot holds `s - N` and its readers have left.
+//! * `producers`: `2 * live producers + OPENED`. The ring is closed when it equals `OPENED`:
+//!   producers existed and all are gone.
+//! * `rx_waiters` / `tx_waiters`: wakers of consumers waiting for data and of producers
+//!   waiting for space, each with a count that makes "nobody waits" a single load.
+//!
+//! # Joining
+//!
+//! A consumer created later starts at the current `tail`: it sees the records claimed after
+//! it joined (records claimed before but published after are not delivered to it). A gating
+//! consumer must not lose one of those to a producer that computed its limit before the
+//! consumer existed. Registration therefore stores a provisional cursor (a `tail` it just
+//! read), then reads its real start `c` with an RMW on `tail` (`fetch_add(0)`: it reads the
+//! latest value and releases the cursor to every later value, all later writes being RMWs
+//! too), then raises the cursor to `c` and wakes parked producers. A refresh reads `tail`
+//! (also by RMW) before scanning `gates`. If it reads a value at or after the registration's
+//! RMW, it synchronizes with it and its scan sees the cursor; if it reads an earlier one,
+//! that value is at most `c`. Since a refresh never yields more than its own `tail + N`,
+//! every limit ever computed is at most `c + N`: claims stay below `c + N` and overwrite only
+//! sequences below `c`. (A plain load on the registration side breaks this; loom finds it.)
+//!
+//! # Lagging (lossy) readers
+//!
+//! A lossy consumer that finds its next slot overwritten (or being overwritten) gets
+//! `Lagged(n)`: its cursor jumps to `tail - N`, the oldest record the ring can still hold,
+//! and `n` is how many sequences it skipped. The next receive continues from there (and may
+//! lag again if producers are still faster). Received plus reported-lagged always equals the
+//! number of sequences published since the consumer joined. Gating consumers never lag.
+//!
+//! # Wake-ups
+//!
+//! A waiter registers its waker, issues `fence(SeqCst)`, and re-checks its condition before
+//! returning `Pending`. A notifier makes the condition true (a slot publish, a cursor
+//! advance, a gate release), issues `fence(SeqCst)`, and only then loads the waiter count,
+//! skipping the lock when it is zero. Either fence comes first in the single total order of
+//! `SeqCst` fences: if the waiter's does, the notifier's load sees the registration and wakes
+//! it; if the notifier's does, the waiter's re-check sees the condition and does not park.
+//! So no wake-up is lost, and a publish with no idle consumer costs one fence and one load.
+//! Closing (the last producer dropping) always takes the lock, which orders it by itself.
+//!
+//! # Closing and dropping
+//!
+//! When every [`Producer`] is gone, consumers drain what was published, then get
+//! [`RecvError::Closed`]. [`Ring::producer`] on a closed ring reopens it. A dropped gating
+//! consumer releases its cursor at once, so it stops holding producers back. At most
+//! [`MAX_GATING_CONSUMERS`] gating consumers may be alive at a time.
+//!
+//! # Example
+//!
+//! ```
+//! use tickcast::ring::{RecvError, Ring};
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let ring = Ring::with_capacity(1024);
+//! let mut engine = ring.consumer();
+//! let feed = ring.producer();
+//! drop(ring);
+//! assert_eq!(feed.publish("tick").await, 0);
+//! drop(feed);
+//! assert_eq!(engine.recv().await, Ok("tick"));
+//! assert_eq!(engine.recv().await, Err(RecvError::Closed));
+//! # });
+//! ```
+
+mod slot;
+mod sync;
+
+#[cfg(all(test, loom))]
+mod loom_tests;
+
+use std::fmt;
+use std::future::poll_fn;
+use std::task::Poll;
+
+use crossbeam_utils::CachePadded;
+
+use crate::ring::slot::{Read, Slots};
+use crate::ring::sync::{fence, Arc, AtomicU64, AtomicUsize, Ordering, WaitList};
+
+/// How many gating consumers ([`Ring::consumer`]) may be alive at once.
+pub const MAX_GATING_CONSUMERS: usize = 16;
+
+/// An unused entry of `gates`.
+const FREE: u64 = u64::MAX;
+/// `producers` bit: at least one producer was created, so zero live ones means closed.
+const OPENED: usize = 1;
+const ONE_PRODUCER: usize = 2;
+
+/// A bounded ring of sequenced records. Cheap to clone; create handles from it.
+pub struct Ring<T> {
+    shared: Arc<Shared<T>>,
+}
+
+/// Publishes records. Clone it for each feed; the ring closes when all are dropped.
+pub struct Producer<T> {
+    shared: Arc<Shared<T>>,
+}
+
+/// Reads records in sequence order, gating ([`Ring::consumer`]) or lossy
+/// ([`Ring::lossy_consumer`]).
+pub struct Consumer<T> {
+    shared: Arc<Shared<T>>,
+    /// The next sequence to read.
+    next: u64,
+    /// Index into `gates` for a gating consumer, `None` for a lossy one.
+    gate: Option<usize>,
+    /// Identity in `rx_waiters`.
+    id: u64,
+}
+
+/// [`Producer::try_publish`] found the ring full: a gating consumer has not yet consumed
+/// the record `capacity` places back. The value is handed back; wait with
+/// [`Producer::publish`] or drop it knowingly.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Full<T>(pub T);
+
+/// Why [`Consumer::recv`] returned no record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecvError {
+    /// A lossy consumer was lapped and skipped this many records; it now continues from
+    /// the oldest record still in the ring. Resynchronise downstream state.
+    Lagged(u64),
+    /// Every producer is gone and everything published has been received.
+    Closed,
+}
+
+/// Why [`Consumer::try_recv`] returned no record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TryRecvError {
+    /// Nothing published yet past the cursor; try again or `recv().await`.
+    Empty,
+    /// See [`RecvError::Lagged`].
+    Lagged(u64),
+    /// See [`RecvError::Closed`].
+    Closed,
+}
+
+struct Shared<T> {
+    tail: CachePadded<AtomicU64>,
+    limit: CachePadded<AtomicU64>,
+    gates: Box<[CachePadded<AtomicU64>]>,
+    slots: Slots<T>,
+    capacity: u64,
+    producers: AtomicUsize,
+    /// Source of waiter identities for `rx_waiters` / `tx_waiters`.
+    ids: AtomicU64,
+    rx_waiters: WaitList,
+    tx_waiters: WaitList,
+}
+
+impl<T> Ring<T> {
+    /// Creates a ring of `capacity` slots.
+    ///
+    /// # Panics
+    /// If `capacity` is not a power of two of at least 2.
+    #[must_use]
+    pub fn with_capacity(capacity: usize) -> Self {
+        assert!(
+            capacity >= 2 && capacity.is_power_of_two(),
+            "ring capacity must be a power of two >= 2, got {capacity}"
+        );
+        let capacity = capacity as u64;
+        let shared = Shared {
+            tail: CachePadded::new(AtomicU64::new(0)),
+            // min(no gates, tail 0) + N: claims 0..N overwrite nothing.
+            limit: CachePadded::new(AtomicU64::new(capacity)),
+            gates: (0..MAX_GATING_CONSUMERS)
+                .map(|_| CachePadded::new(AtomicU64::new(FREE)))
+                .collect(),
+            slots: Slots::new(capacity as usize),
+            capacity,
+            producers: AtomicUsize::new(0),
+            ids: AtomicU64::new(0),
+            rx_waiters: WaitList::new(),
+            tx_waiters: WaitList::new(),
+        };
+        Self {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// Number of slots.
+    #[must_use]
+    pub fn capacity(&self) -> usize {
+        self.shared.capacity as usize
+    }
+
+    /// A new producer. Reopens the ring if it was closed.
+    #[must_use]
+    pub fn producer(&self) -> Producer<T> {
+        self.shared
+            .producers
+            .fetch_add(ONE_PRODUCER, Ordering::Relaxed);
+        self.shared.producers.fetch_or(OPENED, Ordering::Relaxed);
+        Producer {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// A gating consumer starting at the current tail: producers wait rather than
+    /// overwrite a record it has not consumed, so it never lags.
+    ///
+    /// # Panics
+    /// If [`MAX_GATING_CONSUMERS`] gating consumers are already alive.
+    #[must_use]
+    pub fn consumer(&self) -> Consumer<T> {
+        let (gate, start) = self.shared.register_gate();
+        Consumer {
+            shared: self.shared.clone(),
+            next: start,
+            gate: Some(gate),
+            id: self.shared.next_id(),
+        }
+    }
+
+    /// A lossy consumer starting at the current tail: it never holds producers back and
+    /// reports [`RecvError::Lagged`] when they lap it.
+    #[must_use]
+    pub fn lossy_consumer(&self) -> Consumer<T> {
+        Consumer {
+            shared: self.shared.clone(),
+            next: self.shared.tail.load(Ordering::Acquire),
+            gate: None,
+            id: self.shared.next_id(),
+        }
+    }
+}
+
+impl<T> Shared<T> {
+    fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn is_closed(&self) -> bool {
+        // Acquire: every producer's publishes happen-before its (AcqRel) decrement.
+        self.producers.load(Ordering::Acquire) == OPENED
+    }
+
+    fn register_gate(&self) -> (usize, u64) {
+        let provisional = self.tail.load(Ordering::Relaxed);
+        for (index, gate) in self.gates.iter().enumerate() {
+            if gate
+                .compare_exchange(FREE, provisional, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+            {
+                // The RMW releases the provisional cursor to every later refresh and reads
+                // a start no smaller than it (module doc, "Joining").
+                let start = self.tail.fetch_add(0, Ordering::AcqRel);
+                // Raising the provisional cursor frees space: a producer may be parked on it.
+                gate.store(start, Ordering::Release);
+                fence(Ordering::SeqCst);
+                self.tx_waiters.wake_if_waiting();
+                return (index, start);
+            }
+        }
+        panic!("more than {MAX_GATING_CONSUMERS} gating consumers on one ring");
+    }
+
+    /// Recomputes the claim limit; returns `(tail, limit)` as of the RMW on `tail`.
+    fn refresh_limit(&self) -> (u64, u64) {
+        // An RMW reads the latest tail. An Acquire load would be enough for safety (see
+        // "Joining"), but a stale tail could make a ring with no gating consumer look full.
+        let tail = self.tail.fetch_add(0, Ordering::AcqRel);
+        // Acquire: a consumer's reads happen-before our overwrite of what it has read.
+        let oldest = self
+            .gates
+            .iter()
+            .map(|gate| gate.load(Ordering::Acquire))
+            .fold(tail, u64::min);
+        let limit = oldest + self.capacity;
+        let previous = self.limit.fetch_max(limit, Ordering::AcqRel);
+        (tail, previous.max(limit))
+    }
+
+    /// Claims the next sequence, or `None` if a gating consumer is `N` behind the tail.
+    fn try_claim(&self) -> Option<u64> {
+        let mut limit = self.limit.load(Ordering::Acquire);
+        let mut tail = self.tail.load(Ordering::Relaxed);
+        loop {
+            if tail >= limit {
+                let (now, fresh) = self.refresh_limit();
+                if now >= fresh {
+                    return None;
+                }
+                (tail, limit) = (now, fresh);
+            }
+            // Relaxed: the slot stamp and `limit` carry the synchronization, not `tail`.
+            match self.tail.compare_exchange_weak(
+                tail,
+                tail + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(tail),
+                Err(now) => tail = now,
+            }
+        }
+    }
+
+    /// Writes and publishes a claimed sequence, then wakes idle consumers if any.
+    fn fill(&self, seq: u64, value: T) {
+        self.slots.write(seq, value);
+        fence(Ordering::SeqCst);
+        self.rx_waiters.wake_if_waiting();
+    }
+}
+
+impl<T> Producer<T> {
+    /// Publishes `value` if there is room; returns its sequence number.
+    ///
+    /// # Errors
+    /// [`Full`] (holding `value`) when a gating consumer is a whole ring behind.
+    pub fn try_publish(&self, value: T) -> Result<u64, Full<T>> {
+        match self.shared.try_claim() {
+            Some(seq) => {
+                self.shared.fill(seq, value);
+                Ok(seq)
+            }
+            None => Err(Full(value)),
+        }
+    }
+
+    /// Publishes `value`, waiting for a gating consumer to free a slot if the ring is
+    /// full; returns its sequence number.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: the value is claimed and written within one poll, so a dropped future
+    /// either published it or dropped it unpublished.
+    pub async fn publish(&self, value: T) -> u64 {
+        let value = match self.try_publish(value) {
+            Ok(seq) => return seq,
+            Err(Full(value)) => value,
+        };
+        let shared = &*self.shared;
+        let waiter = WaiterGuard {
+            list: &shared.tx_waiters,
+            id: shared.next_id(),
+        };
+        let mut value = Some(value);
+        poll_fn(|cx| {
+            waiter.list.register(waiter.id, cx.waker());
+            fence(Ordering::SeqCst);
+            match shared.try_claim() {
+                Some(seq) => {
+                    let value = value.take().expect("publish polled after completion");
+                    shared.fill(seq, value);
+                    Poll::Ready(seq)
+                }
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+}
+
+/// Removes a producer's waker when its `publish` completes or is cancelled.
+struct WaiterGuard<'a> {
+    list: &'a WaitList,
+    id: u64,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.list.remove(self.id);
+    }
+}
+
+impl<T: Clone> Consumer<T> {
+    /// Receives the next record, waiting if none is published yet.
+    ///
+    /// # Errors
+    /// [`RecvError::Lagged`] (lossy consumers only) and [`RecvError::Closed`].
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a record is taken only in the poll that returns it.
+    pub async fn recv(&mut self) -> Result<T, RecvError> {
+        let mut out = None;
+        self.recv_into(1, |value| out = Some(value)).await?;
+        Ok(out.expect("recv_into returned a record"))
+    }
+
+    /// Waits for at least one record, then appends up to `limit` published records to
+    /// `buf` in one go (a single cursor update); returns how many. `limit == 0` returns
+    /// `Ok(0)` at once. A lossy consumer lapped in mid-batch gets the records read so far,
+    /// and `Lagged` on the next call.
+    ///
+    /// # Errors
+    /// As [`Consumer::recv`]. Cancel-safe likewise.
+    pub async fn recv_many(&mut self, buf: &mut Vec<T>, limit: usize) -> Result<usize, RecvError> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        buf.reserve(limit.min(self.shared.capacity as usize));
+        self.recv_into(limit, |value| buf.push(value)).await
+    }
+
+    /// Receives the next record if one is published.
+    ///
+    /// # Errors
+    /// [`TryRecvError::Empty`] if none is, and as [`Consumer::recv`].
+    pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
+        let mut out = None;
+        self.read_into(1, &mut |value| out = Some(value))?;
+        Ok(out.expect("read_into returned a record"))
+    }
+
+    async fn recv_into(
+        &mut self,
+        limit: usize,
+        mut sink: impl FnMut(T),
+    ) -> Result<usize, RecvError> {
+        poll_fn(|cx| {
+            match self.read_into(limit, &mut sink) {
+                Err(TryRecvError::Empty) => {}
+                done => return Poll::Ready(done.map_err(RecvError::from_try)),
+            }
+            self.shared.rx_waiters.register(self.id, cx.waker());
+            fence(Ordering::SeqCst);
+            match self.read_into(limit, &mut sink) {
+                Err(TryRecvError::Empty) => Poll::Pending,
+                done => Poll::Ready(done.map_err(RecvError::from_try)),
+            }
+        })
+        .await
+    }
+
+    /// Hands up to `limit` (>= 1) consecutive published records to `sink`. Returns
+    /// `Ok(n >= 1)` or why there was none.
+    fn read_into(&mut self, limit: usize, sink: &mut impl FnMut(T)) -> Result<usize, TryRecvError> {
+        let mut taken = 0;
+        let mut closed = false;
+        let outcome = loop {
+            if taken == limit {
+                break Ok(taken);
+            }
+            match self.shared.slots.read(self.next) {
+                Read::Ready(value) => {
+                    sink(value);
+                    self.next += 1;
+                    taken += 1;
+                }
+                _ if taken > 0 => break Ok(taken),
+                Read::Lapped => break Err(TryRecvError::Lagged(self.skip_lapped())),
+                Read::NotYet if closed => break Err(TryRecvError::Closed),
+                Read::NotYet if !self.shared.is_closed() => break Err(TryRecvError::Empty),
+                // Closed: everything ever published is visible now; look once more.
+                Read::NotYet => closed = true,
+            }
+        };
+        if taken > 0 {
+            self.release_gate();
+        }
+        outcome
+    }
+}
+
+impl<T> Consumer<T> {
+    /// The next sequence this consumer will read.
+    #[must_use]
+    pub fn cursor(&self) -> u64 {
+        self.next
+    }
+
+    /// Whether this consumer is lossy (never holds producers back).
+    #[must_use]
+    pub fn is_lossy(&self) -> bool {
+        self.gate.is_none()
+    }
+
+    /// Moves the cursor past a lapped record to the oldest one the ring may still hold.
+    fn skip_lapped(&mut self) -> u64 {
+        debug_assert!(self.is_lossy(), "a gating consumer was lapped");
+        // Acquire: we saw the stamp of a later lap, so `tail` is past that lap's claim.
+        let tail = self.shared.tail.load(Ordering::Acquire);
+        let oldest = tail.saturating_sub(self.shared.capacity).max(self.next + 1);
+        let missed = oldest - self.next;
+        self.next = oldest;
+        self.release_gate();
+        missed
+    }
+
+    /// Publishes a gating cursor and wakes producers waiting for space, if any.
+    fn release_gate(&self) {
+        if let Some(index) = self.gate {
+            // Release: our clones happen-before a producer overwrites those slots.
+            self.shared.gates[index].store(self.next, Ordering::Release);
+            fence(Ordering::SeqCst);
+            self.shared.tx_waiters.wake_if_waiting();
+        }
+    }
+}
+
+impl RecvError {
+    fn from_try(error: TryRecvError) -> Self {
+        match error {
+            TryRecvError::Lagged(missed) => RecvError::Lagged(missed),
+            TryRecvError::Closed => RecvError::Closed,
+            TryRecvError::Empty => unreachable!("an empty ring makes recv wait"),
+        }
+    }
+}
+
+impl<T> Clone for Ring<T> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T> Clone for Producer<T> {
+    fn clone(&self) -> Self {
+        self.shared
+            .producers
+            .fetch_add(ONE_PRODUCER, Ordering::Relaxed);
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T> Drop for Producer<T> {
+    fn drop(&mut self) {
+        let before = self
+            .shared
+            .producers
+            .fetch_sub(ONE_PRODUCER, Ordering::AcqRel);
+        if before == ONE_PRODUCER | OPENED {
+            // Last one: closed. Under the lock, so no fence is needed (see WaitList).
+            self.shared.rx_waiters.wake_all();
+        }
+    }
+}
+
+impl<T> Drop for Consumer<T> {
+    fn drop(&mut self) {
+        if let Some(index) = self.gate {
+            self.shared.gates[index].store(FREE, Ordering::Release);
+            fence(Ordering::SeqCst);
+            self.shared.tx_waiters.wake_if_waiting();
+        }
+        self.shared.rx_waiters.remove(self.id);
+    }
+}
+
+impl<T> fmt::Debug for Ring<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ring")
+            .field("capacity", &self.shared.capacity)
+            .field("tail", &self.shared.tail.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> fmt::Debug for Producer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Producer").finish_non_exhaustive()
+    }
+}
+
+impl<T> fmt::Debug for Consumer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("cursor", &self.next)
+            .field("lossy", &self.is_lossy())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Full<T> {
+    /// The value that was not published.
+    #[must_use]
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T> fmt::Debug for Full<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Full(..)")
+    }
+}
+
+impl<T> fmt::Display for Full<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ring full: a gating consumer is a whole ring behind")
+    }
+}
+
+impl<T> std::error::Error for Full<T> {}
+
+impl fmt::Display for RecvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecvError::Lagged(missed) => write!(f, "consumer lagged and missed {missed} records"),
+            RecvError::Closed => f.write_str("ring closed: every producer is gone"),
+        }
+    }
+}
+
+impl std::error::Error for RecvError {}
+
+impl fmt::Display for TryRecvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TryRecvError::Empty => f.write_str("no record published yet"),
+            TryRecvError::Lagged(missed) => RecvError::Lagged(*missed).fmt(f),
+            TryRecvError::Closed => RecvError::Closed.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for TryRecvError {}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use std::task::{Context, Waker};
+    use std::time::Duration;
+    use tokio::time::timeout;
+
+    /// Upper bound for anything a test waits on; passing runs take milliseconds.
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    async fn wait_until(condition: impl Fn() -> bool) {
+        timeout(DEADLINE, async {
+            while !condition() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("condition reached before the deadline");
+    }
+
+    #[test]
+    fn delivers_in_fifo_order_across_laps() {
+        let ring = Ring::with_capacity(8);
+        let mut rx = ring.consumer();
+        let tx = ring.producer();
+        for lap in 0..3u64 {
+            for i in lap * 8..lap * 8 + 8 {
+                assert_eq!(tx.try_publish(i), Ok(i));
+            }
+            for i in lap * 8..lap * 8 + 8 {
+                assert_eq!(rx.try_recv(), Ok(i));
+            }
+            assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+        }
+        assert_eq!(rx.cursor(), 24);
+    }
+
+    #[test]
+    #[should_panic(expected = "power of two >= 2, got 12")]
+    fn rejects_capacity_that_is_not_a_power_of_two() {
+        let _ = Ring::<u64>::with_capacity(12);
+    }
+
+    #[test]
+    #[should_panic(expected = "power of two >= 2, got 1")]
+    fn rejects_capacity_one() {
+        let _ = Ring::<u64>::with_capacity(1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn every_gating_consumer_sees_every_record_once_in_order() {
+        const PRODUCERS: u64 = 4;
+        const EACH: u64 = 10_000;
+        // Small, so producers keep hitting "full" and parking.
+        let ring = Ring::with_capacity(64);
+        let consumers: Vec<_> = (0..2)
+            .map(|batched| {
+                let mut rx = ring.consumer();
+                tokio::spawn(async move {
+                    let mut next = [0u64; PRODUCERS as usize];
+                    let mut batch = Vec::new();
+                    loop {
+                        let seq = rx.cursor();
+                        let received = if batched == 1 {
+                            rx.recv_many(&mut batch, 100).await
+                        } else {
+                            rx.recv().await.map(|value| {
+                                batch.push(value);
+                                1
+                            })
+                        };
+                        match received {
+                            Ok(n) => assert_eq!(rx.cursor(), seq + n as u64),
+                            Err(RecvError::Closed) => break,
+                            Err(lagged) => panic!("gating consumer got {lagged}"),
+                        }
+                        for value in batch.drain(..) {
+                            let (producer, i) = ((value >> 32) as usize, value & 0xffff_ffff);
+                            assert_eq!(i, next[producer], "producer {producer} out of order");
+                            next[producer] += 1;
+                        }
+                    }
+                    next
+                })
+            })
+            .collect();
+        let producers: Vec<_> = (0..PRODUCERS)
+            .map(|p| {
+                let tx = ring.producer();
+                tokio::spawn(async move {
+                    for i in 0..EACH {
+                        tx.publish(p << 32 | i).await;
+                    }
+                })
+            })
+            .collect();
+        drop(ring);
+        for producer in producers {
+            timeout(DEADLINE, producer).await.unwrap().unwrap();
+        }
+        for consumer in consumers {
+            let next = timeout(DEADLINE, consumer).await.unwrap().unwrap();
+            assert_eq!(next, [EACH; PRODUCERS as usize]);
+        }
+    }
+
+    #[tokio::test]
+    async fn full_ring_rejects_try_publish_and_parks_publish() {
+        let ring = Ring::with_capacity(4);
+        let mut rx = ring.consumer();
+        let tx = ring.producer();
+        for i in 0..4 {
+            assert_eq!(tx.try_publish(i), Ok(i));
+        }
+        assert_eq!(tx.try_publish(4).map_err(Full::into_inner), Err(4));
+        let publisher = tokio::spawn(async move { tx.publish(4).await });
+        wait_until(|| ring.shared.tx_waiters.waiting() == 1).await;
+        assert!(!publisher.is_finished());
+        assert_eq!(rx.try_recv(), Ok(0));
+        assert_eq!(timeout(DEADLINE, publisher).await.unwrap().unwrap(), 4);
+        for i in 1..5 {
+            assert_eq!(rx.try_recv(), Ok(i));
+        }
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Closed));
+        assert_eq!(ring.shared.tx_waiters.waiting(), 0);
+    }
+
+    #[test]
+    fn cancelled_publish_leaves_no_hole_and_no_waiter() {
+        let ring = Ring::with_capacity(2);
+        let mut rx = ring.consumer();
+        let tx = ring.producer();
+        tx.try_publish(0).unwrap();
+        tx.try_publish(1).unwrap();
+        {
+            let mut publish = std::pin::pin!(tx.publish(2));
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(publish.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(ring.shared.tx_waiters.waiting(), 1);
+        }
+        assert_eq!(ring.shared.tx_waiters.waiting(), 0);
+        assert_eq!(rx.try_recv(), Ok(0));
+        assert_eq!(
+            tx.try_publish(3),
+            Ok(2),
+            "the cancelled value took no sequence"
+        );
+        assert_eq!(rx.try_recv(), Ok(1));
+        assert_eq!(rx.try_recv(), Ok(3));
+    }
+
+    #[test]
+    fn lapped_lossy_consumer_reports_exact_lag_then_oldest_record() {
+        let ring = Ring::with_capacity(4);
+        let mut lossy = ring.lossy_consumer();
+        let tx = ring.producer();
+        for i in 0..10 {
+            assert_eq!(
+                tx.try_publish(i),
+                Ok(i),
+                "lossy consumers never fill the ring"
+            );
+        }
+        // Slots hold 6..=9: 0..=5 are gone.
+        assert_eq!(lossy.try_recv(), Err(TryRecvError::Lagged(6)));
+        assert_eq!(lossy.cursor(), 6);
+        for i in 6..10 {
+            assert_eq!(lossy.try_recv(), Ok(i));
+        }
+        assert_eq!(lossy.try_recv(), Err(TryRecvError::Empty));
+    }
+
+    #[test]
+    fn lossy_consumer_does_not_gate_but_gating_one_does() {
+        let ring = Ring::with_capacity(4);
+        let mut gating = ring.consumer();
+        let mut lossy = ring.lossy_consumer();
+        let tx = ring.producer();
+        for i in 0..4 {
+            tx.try_publish(i).unwrap();
+        }
+        assert!(
+            tx.try_publish(4).is_err(),
+            "gating consumer has read nothing"
+        );
+        for i in 0..4 {
+            assert_eq!(gating.try_recv(), Ok(i));
+        }
+        assert_eq!(lossy.try_recv(), Ok(0));
+        for i in 4..8 {
+            tx.try_publish(i).unwrap();
+        }
+        assert_eq!(lossy.try_recv(), Err(TryRecvError::Lagged(3)));
+        assert_eq!(lossy.try_recv(), Ok(4));
+        assert_eq!(gating.try_recv(), Ok(4));
+    }
+
+    #[tokio::test]
+    async fn closes_after_last_producer_once_drained() {
+        let ring = Ring::with_capacity(4);
+        let mut rx = ring.consumer();
+        let first = ring.producer();
+        let second = first.clone();
+        first.try_publish(1).unwrap();
+        drop(first);
+        assert_eq!(rx.try_recv(), Ok(1));
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Empty), "one producer left");
+        second.try_publish(2).unwrap();
+        drop(second);
+        assert_eq!(timeout(DEADLINE, rx.recv()).await.unwrap(), Ok(2));
+        assert_eq!(rx.recv().await, Err(RecvError::Closed));
+        assert_eq!(rx.try_recv(), Err(TryRecvError::Closed));
+    }
+
+    #[tokio::test]
+    async fn parked_consumer_is_woken_by_close() {
+        let ring = Ring::<u64>::with_capacity(4);
+        let mut rx = ring.consumer();
+        let tx = ring.producer();
+        let reader = tokio::spawn(async move { rx.recv().await });
+        wait_until(|| ring.shared.rx_waiters.waiting() == 1).await;
+        drop(tx);
+        let got = timeout(DEADLINE, reader).await.unwrap().unwrap();
+        assert_eq!(got, Err(RecvError::Closed));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parked_consumers_are_woken_by_publish() {
+        let ring = Ring::with_capacity(4);
+        let readers: Vec<_> = [ring.consumer(), ring.lossy_consumer()]
+            .into_iter()
+            .map(|mut rx| tokio::spawn(async move { rx.recv().await }))
+            .collect();
+        wait_until(|| ring.shared.rx_waiters.waiting() == 2).await;
+        ring.producer().try_publish(7).unwrap();
+        for reader in readers {
+            assert_eq!(timeout(DEADLINE, reader).await.unwrap().unwrap(), Ok(7));
+        }
+    }
+
+    #[test]
+    fn late_consumers_start_at_the_tail() {
+        let ring = Ring::with_capacity(4);
+        let tx = ring.producer();
+        let mut early = ring.consumer();
+        tx.try_publish(0).unwrap();
+        tx.try_publish(1).unwrap();
+        let mut late = ring.consumer();
+        let mut late_lossy = ring.lossy_consumer();
+        assert_eq!((late.cursor(), late_lossy.cursor()), (2, 2));
+        assert_eq!(late.try_recv(), Err(TryRecvError::Empty));
+        tx.try_publish(2).unwrap();
+        assert_eq!(late.try_recv(), Ok(2));
+        assert_eq!(late_lossy.try_recv(), Ok(2));
+        for i in 0..3 {
+            assert_eq!(early.try_recv(), Ok(i));
+        }
+    }
+
+    #[tokio::test]
+    async fn dropping_a_gating_consumer_releases_waiting_producers() {
+        let ring = Ring::with_capacity(2);
+        let rx = ring.consumer();
+        let tx = ring.producer();
+        tx.try_publish(0).unwrap();
+        tx.try_publish(1).unwrap();
+        let publisher = tokio::spawn(async move { tx.publish(2).await });
+        wait_until(|| ring.shared.tx_waiters.waiting() == 1).await;
+        drop(rx);
+        assert_eq!(timeout(DEADLINE, publisher).await.unwrap().unwrap(), 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "more than 16 gating consumers")]
+    fn too_many_gating_consumers() {
+        let ring = Ring::<u64>::with_capacity(2);
+        let _consumers: Vec<_> = (0..=MAX_GATING_CONSUMERS)
+            .map(|_| ring.consumer())
+            .collect();
+    }
+
+    #[tokio::test]
+    async fn recv_many_drains_bursts() {
+        let ring = Ring::with_capacity(8);
+        let mut rx = ring.consumer();
+        let tx = ring.producer();
+        for i in 0..5 {
+            tx.try_publish(i).unwrap();
+        }
+        let mut buf = Vec::new();
+        assert_eq!(rx.recv_many(&mut buf, 0).await, Ok(0));
+        assert_eq!(rx.recv_many(&mut buf, 3).await, Ok(3));
+        assert_eq!(rx.recv_many(&mut buf, 10).await, Ok(2));
+        assert_eq!(buf, [0, 1, 2, 3, 4]);
+        drop(tx);
+        assert_eq!(rx.recv_many(&mut buf, 10).await, Err(RecvError::Closed));
+    }
+
+    #[test]
+    fn drops_every_value_exactly_once() {
+        let token = std::sync::Arc::new(());
+        {
+            let ring = Ring::with_capacity(4);
+            let mut lossy = ring.lossy_consumer();
+            let tx = ring.producer();
+            for _ in 0..10 {
+                tx.try_publish(token.clone()).unwrap();
+            }
+            assert_eq!(std::sync::Arc::strong_count(&token), 5);
+            assert_eq!(lossy.try_recv(), Err(TryRecvError::Lagged(6)));
+            let clone = lossy.try_recv().unwrap();
+            assert_eq!(std::sync::Arc::strong_count(&token), 6);
+            drop(clone);
+        }
+        assert_eq!(std::sync::Arc::strong_count(&token), 1);
+    }
+}

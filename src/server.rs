@@ -1,0 +1,141 @@
+//! Wiring: ring, engine, feeds and the HTTP listener, started together and
+//! stopped together.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::engine::{self, Engine, EngineHandle, EngineStats};
+use crate::feed::{self, FeedOutput, FeedSpec, FeedStats, RingItem};
+use crate::http::{self, AppState};
+use crate::ring::Ring;
+
+/// How long shutdown waits for sessions to send their close frames.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "cannot open replay file {path}: {source} (check the path given to --feed replay:PATH)"
+    )]
+    ReplayFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot read the listener's address: {0}")]
+    Listener(std::io::Error),
+}
+
+/// A server that is running; dropping it does not stop it: call `shutdown`.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub engine: EngineHandle,
+    pub feeds: Vec<Arc<FeedStats>>,
+    pub state: Arc<AppState>,
+    shutdown: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl RunningServer {
+    /// Stops accepting, stops the feeds, closes every session with 1001
+    /// and waits (bounded) for them to finish.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.done.await;
+    }
+
+    /// Waits until the server stops (after `token` given to [`start`] fires).
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// A fresh epoch: changes with every process, so clients resuming across a
+/// restart are resynced.
+fn new_epoch() -> Arc<str> {
+    let noise: u32 = rand::random();
+    Arc::from(format!("{:x}{:08x}", crate::clock::unix_nanos() / 1_000_000, noise).as_str())
+}
+
+/// Starts everything on `listener` with `settings`; `shutdown` stops it.
+pub async fn start(
+    listener: TcpListener,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> Result<RunningServer, StartError> {
+    let addr = listener.local_addr().map_err(StartError::Listener)?;
+    for spec in &settings.feeds {
+        if let FeedSpec::Replay { path } = spec {
+            tokio::fs::metadata(path)
+                .await
+                .map_err(|source| StartError::ReplayFile {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+        }
+    }
+    let ring: Ring<RingItem> = Ring::with_capacity(settings.limits.ring_capacity);
+    let consumer = ring.consumer();
+    let stats = Arc::new(EngineStats::default());
+    let epoch = new_epoch();
+    let (handle, commands) =
+        engine::channel(epoch.clone(), stats.clone(), settings.limits.engine_queue);
+    let engine = Engine::new(epoch, settings.limits.engine(), stats);
+
+    let mut feeds = Vec::new();
+    let feed_shutdown = shutdown.child_token();
+    let mut feed_tasks = Vec::new();
+    for spec in &settings.feeds {
+        let stats = Arc::new(FeedStats::new(spec.to_string()));
+        let output = FeedOutput::new(ring.producer(), stats.clone());
+        feed_tasks.push(feed::spawn(
+            spec.clone(),
+            settings.replay,
+            output,
+            feed_shutdown.clone(),
+        ));
+        feeds.push(stats);
+    }
+    drop(ring);
+
+    let engine_task = tokio::spawn(engine::run(engine, consumer, commands, shutdown.clone()));
+    let state = Arc::new(AppState::new(
+        handle.clone(),
+        Arc::new(settings.limits.session()),
+        feeds.clone(),
+        settings.limits.max_connections,
+    ));
+    let http_state = state.clone();
+    let token = shutdown.clone();
+    let done = tokio::spawn(async move {
+        http::serve(listener, http_state.clone(), token).await;
+        for task in feed_tasks {
+            let _ = task.await;
+        }
+        let _ = engine_task.await;
+        http_state.sessions.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, http_state.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some sessions did not close within {SHUTDOWN_GRACE:?}");
+        }
+    });
+    Ok(RunningServer {
+        addr,
+        engine: handle,
+        feeds,
+        state,
+        shutdown,
+        done,
+    })
+}

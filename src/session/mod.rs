@@ -1,0 +1,107 @@
+//! One WebSocket connection: a reader that turns client frames into engine
+//! commands, and a writer that drains the session's [`Outbox`] onto the
+//! socket with vectored writes.
+//!
+//! Both run in the connection's one task. The reader is dropped only when
+//! the session is over (fastwebsockets' `read_frame` is not cancel-safe, so
+//! it is never raced against anything that would go on reading).
+
+pub mod outbox;
+pub mod protocol;
+mod reader;
+mod writer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::engine::{Command, EngineHandle};
+use crate::wire::{self, CloseCode};
+use outbox::Outbox;
+
+/// Per-connection limits; see `config::Limits` for defaults and knobs.
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    /// Largest client message; a bigger frame gets close 1009.
+    pub max_message_bytes: usize,
+    /// Most channels in one subscribe or unsubscribe.
+    pub max_channels_per_request: usize,
+    /// Bound of the outbound queue in bytes.
+    pub outbox_bytes: usize,
+    /// How long one write may take before the peer is given up on.
+    pub write_timeout: Duration,
+}
+
+/// How long a closing session waits for the peer's close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs a session on an upgraded connection until either side closes.
+pub async fn run(
+    upgrade: fastwebsockets::upgrade::UpgradeFut,
+    engine: EngineHandle,
+    limits: Arc<SessionLimits>,
+) {
+    let ws = match upgrade.await {
+        Ok(ws) => ws,
+        Err(e) => {
+            tracing::debug!("websocket upgrade failed: {e}");
+            return;
+        }
+    };
+    let upgraded = ws.into_inner().into_inner();
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let stream = parts.io.into_inner();
+            let _ = stream.set_nodelay(true);
+            let (read, write) = stream.into_split();
+            let read = reader::Prefixed::new(parts.read_buf, read);
+            drive(read, write, engine, limits).await
+        }
+        Err(upgraded) => {
+            // Not a plain TCP stream (never the case today): use a shared split.
+            let (read, write) = tokio::io::split(TokioIo::new(upgraded));
+            drive(read, write, engine, limits).await
+        }
+    }
+}
+
+async fn drive<R, W>(read: R, write: W, engine: EngineHandle, limits: Arc<SessionLimits>)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let session = engine.new_session_id();
+    let outbox = Arc::new(Outbox::new(limits.outbox_bytes));
+    let registered = engine
+        .send(Command::Register {
+            session,
+            outbox: outbox.clone(),
+        })
+        .await;
+    if registered.is_err() {
+        return;
+    }
+    let span = tracing::debug_span!("session", id = session);
+    let _enter = span.enter();
+    tracing::debug!("connected");
+
+    let reader = reader::read_loop(read, session, &engine, &outbox, &limits);
+    let writer = writer::write_loop(write, &outbox, limits.write_timeout);
+    tokio::pin!(reader, writer);
+    tokio::select! {
+        () = &mut reader => {
+            // The client closed or broke the protocol; flush what is owed.
+            outbox.close(wire::close(CloseCode::Normal, ""), false);
+            let _ = tokio::time::timeout(limits.write_timeout, &mut writer).await;
+        }
+        () = &mut writer => {
+            // We closed (shutdown, slow consumer, frame too large) or the
+            // socket failed: give the peer a moment to answer the close.
+            let _ = tokio::time::timeout(CLOSE_GRACE, &mut reader).await;
+        }
+    }
+    let _ = engine.send(Command::Deregister { session }).await;
+    tracing::debug!("disconnected");
+}
