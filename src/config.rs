@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// A TOML configuration file (see `tickcast default-config`).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Log the main figures (rates, end-to-end p50/p99/max) every SECS seconds;
+    /// 0 turns it off [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub stats_interval: Option<u64>,
     /// Log filter, e.g. `info`, `debug`, `tickcast=debug` [default: info; env RUST_LOG].
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
@@ -69,6 +73,7 @@ pub struct Config {
     #[serde(rename = "loop")]
     pub looped: bool,
     pub log: String,
+    pub stats_interval: u64,
     pub limits: Limits,
 }
 
@@ -80,6 +85,7 @@ impl Default for Config {
             speed: "1".into(),
             looped: false,
             log: "info".into(),
+            stats_interval: 10,
             limits: Limits::default(),
         }
     }
@@ -194,6 +200,8 @@ pub struct Settings {
     pub feeds: Vec<FeedSpec>,
     pub replay: ReplayOptions,
     pub log: String,
+    /// Seconds between stats log lines; `None` for never.
+    pub stats_interval: Option<Duration>,
     pub limits: Limits,
 }
 
@@ -258,6 +266,9 @@ impl Config {
                 looped: args.looped || self.looped,
             },
             log: args.log.clone().unwrap_or(self.log),
+            stats_interval: Some(args.stats_interval.unwrap_or(self.stats_interval))
+                .filter(|&s| s > 0)
+                .map(Duration::from_secs),
             limits: self.limits,
         })
     }

@@ -23,6 +23,7 @@ pub mod config;
 pub mod engine;
 pub mod feed;
 pub mod http;
+pub mod metrics;
 pub mod record;
 pub mod ring;
 pub mod server;

@@ -12,6 +12,7 @@ use crate::config::Settings;
 use crate::engine::{self, Engine, EngineHandle, EngineStats};
 use crate::feed::{self, FeedOutput, FeedSpec, FeedStats, RingItem};
 use crate::http::{self, AppState};
+use crate::metrics::Metrics;
 use crate::ring::Ring;
 
 /// How long shutdown waits for sessions to send their close frames.
@@ -91,12 +92,13 @@ pub async fn start(
         engine::channel(epoch.clone(), stats.clone(), settings.limits.engine_queue);
     let engine = Engine::new(epoch, settings.limits.engine(), stats);
 
+    let metrics = Arc::new(Metrics::new());
     let mut feeds = Vec::new();
     let feed_shutdown = shutdown.child_token();
     let mut feed_tasks = Vec::new();
     for spec in &settings.feeds {
         let stats = Arc::new(FeedStats::new(spec.to_string()));
-        let output = FeedOutput::new(ring.producer(), stats.clone());
+        let output = FeedOutput::new(ring.producer(), stats.clone()).with_metrics(metrics.clone());
         feed_tasks.push(feed::spawn(
             spec.clone(),
             settings.replay,
@@ -107,13 +109,27 @@ pub async fn start(
     }
     drop(ring);
 
-    let engine_task = tokio::spawn(engine::run(engine, consumer, commands, shutdown.clone()));
+    let engine_task = tokio::spawn(engine::run(
+        engine,
+        consumer,
+        commands,
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let state = Arc::new(AppState::new(
         handle.clone(),
         Arc::new(settings.limits.session()),
         feeds.clone(),
         settings.limits.max_connections,
+        metrics,
     ));
+    if let Some(every) = settings.stats_interval {
+        tokio::spawn(http::observe::log_stats(
+            state.clone(),
+            every,
+            shutdown.clone(),
+        ));
+    }
     let http_state = state.clone();
     let token = shutdown.clone();
     let done = tokio::spawn(async move {

@@ -19,9 +19,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::channel::{ChannelName, Pattern};
 use crate::feed::RingItem;
+use crate::metrics::{Metrics, Stage};
 use crate::record::{FeedRecord, JsonMap};
 use crate::ring::{Consumer, TryRecvError};
-use crate::session::outbox::Outbox;
+use crate::session::outbox::{Outbox, QueuedFrame};
 use crate::wire::{self, CloseCode, ErrorCode};
 use fanout::UpdateFrames;
 pub use index::{ChannelId, SessionId};
@@ -45,6 +46,8 @@ pub struct EngineStats {
     pub bytes_queued: AtomicU64,
     pub frames_encoded: AtomicU64,
     pub slow_consumer_closes: AtomicU64,
+    /// Diffs merged into a pending diff (throttling, slow consumers).
+    pub coalesced_diffs: AtomicU64,
     pub records_dropped_channel_limit: AtomicU64,
     pub channels: AtomicU64,
     pub sessions: AtomicU64,
@@ -153,8 +156,10 @@ impl Engine {
             .store(total as u64, Ordering::Relaxed);
     }
 
-    /// Applies one feed record: merge, seq + 1, fan out.
-    pub fn apply(&mut self, record: &FeedRecord) {
+    /// Applies one feed record: merge, seq + 1, fan out. `now` is the
+    /// caller's monotonic clock (`Metrics::mono_ns`), stamped on queued
+    /// frames for the latency histograms.
+    pub fn apply(&mut self, record: &FeedRecord, now: u64) {
         let cid = match self.by_name.get(&record.channel) {
             Some(&cid) => cid,
             None => return self.create_channel(record),
@@ -179,7 +184,12 @@ impl Engine {
         for delivery in &mut channel.subscribers {
             let frame = frames.for_prev(delivery.last_sent);
             let len = frame.len() as u64;
-            if delivery.outbox.push(frame) {
+            let timed = QueuedFrame {
+                bytes: frame,
+                ingest_ns: record.ingest_ns,
+                queued_ns: now,
+            };
+            if delivery.outbox.push(timed) {
                 delivery.last_sent = channel.seq;
                 queued += 1;
                 bytes += len;
@@ -542,6 +552,7 @@ pub async fn run(
     mut engine: Engine,
     mut ring: Consumer<RingItem>,
     mut commands: mpsc::Receiver<Command>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     let mut ring_open = true;
@@ -551,7 +562,7 @@ pub async fn run(
         while ring_open && applied < RECORDS_PER_TURN {
             match ring.try_recv() {
                 Ok(record) => {
-                    engine.apply(&record);
+                    apply_timed(&mut engine, &record, &metrics);
                     applied += 1;
                     busy = true;
                 }
@@ -582,7 +593,7 @@ pub async fn run(
                 None => break,
             },
             record = ring.recv(), if ring_open => match record {
-                Ok(record) => engine.apply(&record),
+                Ok(record) => apply_timed(&mut engine, &record, &metrics),
                 Err(crate::ring::RecvError::Closed) => ring_open = false,
                 Err(crate::ring::RecvError::Lagged(n)) => {
                     tracing::error!(missed = n, "engine lapped by the ring");
@@ -591,4 +602,17 @@ pub async fn run(
         }
     }
     engine.close_all(wire::close(CloseCode::GoingAway, "server shutting down"));
+}
+
+/// Applies one record and records how long it waited and how long its
+/// fanout took.
+fn apply_timed(engine: &mut Engine, record: &FeedRecord, metrics: &Metrics) {
+    let taken = metrics.mono_ns();
+    let waited = crate::clock::unix_nanos().saturating_sub(record.ingest_ns);
+    engine.apply(record, taken);
+    let fanout = metrics.mono_ns() - taken;
+    metrics.with_local(|h| {
+        h.record(Stage::RingToEngine, waited);
+        h.record(Stage::EngineToQueued, fanout);
+    });
 }

@@ -25,6 +25,7 @@ use tokio::io::AsyncBufRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock;
+use crate::metrics::{Metrics, Stage};
 use crate::record::{parse_line, FeedRecord, LineOutcome, LineReader, RejectReason, Rejection};
 use crate::ring::Producer;
 
@@ -219,11 +220,22 @@ impl FeedStats {
 pub struct FeedOutput {
     producer: Producer<RingItem>,
     stats: Arc<FeedStats>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl FeedOutput {
     pub fn new(producer: Producer<RingItem>, stats: Arc<FeedStats>) -> Self {
-        Self { producer, stats }
+        Self {
+            producer,
+            stats,
+            metrics: None,
+        }
+    }
+
+    /// Times each publish into the ring ([`Stage::FeedToRing`]).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     pub fn stats(&self) -> &Arc<FeedStats> {
@@ -233,9 +245,14 @@ impl FeedOutput {
     /// Stamps the ingest time and publishes; waits while the ring is full, so
     /// a fast feed is slowed to the engine's pace instead of losing records.
     pub async fn send(&self, mut record: FeedRecord) {
-        record.ingest_ns = clock::unix_nanos();
+        let ingest_ns = clock::unix_nanos();
+        record.ingest_ns = ingest_ns;
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
         self.producer.publish(Arc::new(record)).await;
+        if let Some(metrics) = &self.metrics {
+            let took = clock::unix_nanos().saturating_sub(ingest_ns);
+            metrics.record(Stage::FeedToRing, took);
+        }
     }
 
     /// Counts and logs a rejected line; the feed goes on.

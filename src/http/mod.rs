@@ -17,7 +17,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::engine::EngineHandle;
 use crate::feed::FeedStats;
+use crate::metrics::Metrics;
 use crate::session::{self, SessionLimits};
+
+pub mod observe;
 
 /// The live page served at `/`.
 const PAGE: &str = include_str!("page.html");
@@ -30,6 +33,7 @@ pub struct AppState {
     /// Most WebSocket sessions at once; more get 503.
     pub max_connections: usize,
     pub sessions: TaskTracker,
+    pub metrics: Arc<Metrics>,
     live_sessions: AtomicUsize,
 }
 
@@ -39,12 +43,14 @@ impl AppState {
         session_limits: Arc<SessionLimits>,
         feeds: Vec<Arc<FeedStats>>,
         max_connections: usize,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             engine,
             session_limits,
             feeds,
             max_connections,
+            metrics,
             sessions: TaskTracker::new(),
             live_sessions: AtomicUsize::new(0),
         }
@@ -109,6 +115,11 @@ async fn route(mut req: Request<Incoming>, state: &Arc<AppState>) -> Response<Bo
             .body(Full::new(Bytes::from_static(PAGE.as_bytes())))
             .expect("static response"),
         "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/metrics" => Response::builder()
+            .header(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+            .body(Full::new(Bytes::from(observe::prometheus(state))))
+            .expect("static response"),
+        "/stats" => json(StatusCode::OK, &observe::stats_json(state)),
         "/channels" => match state.engine.channel_list().await {
             Ok(list) => json(StatusCode::OK, &serde_json::json!({ "channels": list })),
             Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
@@ -124,7 +135,7 @@ async fn route(mut req: Request<Incoming>, state: &Arc<AppState>) -> Response<Bo
             },
             None => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /, /ws, /channels, /channels/<name>, /healthz\n",
+                "not found: try /, /ws, /channels, /channels/<name>, /stats, /metrics, /healthz\n",
             ),
         },
     }
@@ -159,8 +170,9 @@ fn upgrade(req: &mut Request<Incoming>, state: &Arc<AppState>) -> Response<Body>
     let engine = state.engine.clone();
     let limits = state.session_limits.clone();
     let owner = state.clone();
+    let metrics = state.metrics.clone();
     state.sessions.spawn(async move {
-        session::run(upgrade, engine, limits).await;
+        session::run(upgrade, engine, limits, metrics).await;
         owner.live_sessions.fetch_sub(1, Ordering::Relaxed);
     });
     response.map(|_| Full::new(Bytes::new()))

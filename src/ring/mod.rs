@@ -73,8 +73,21 @@
 //! skipping the lock when it is zero. Either fence comes first in the single total order of
 //! `SeqCst` fences: if the waiter's does, the notifier's load sees the registration and wakes
 //! it; if the notifier's does, the waiter's re-check sees the condition and does not park.
-//! So no wake-up is lost, and a publish with no idle consumer costs one fence and one load.
+//! So no wake-up is lost, and a publish with no idle consumer costs one fence and one load
+//! (as does a gating consumer's cursor update: once per `recv`, or per `recv_many` batch).
 //! Closing (the last producer dropping) always takes the lock, which orders it by itself.
+//!
+//! # Where it spins
+//!
+//! Only inside `slot.rs`, in windows of a few instructions: a writer waits for readers
+//! still cloning the previous lap, and (only when no gating consumer holds producers back)
+//! for the writer of the previous lap of its slot to finish its publish. It spins briefly,
+//! then yields the thread; it never awaits, so a claim is always filled in the same poll.
+//!
+//! # Type requirements
+//!
+//! Handles are `Send + Sync` when `T: Send + Sync`: several consumers clone the same slot
+//! concurrently (`T::clone(&T)` from several threads), so `T: Send` alone is not enough.
 //!
 //! # Closing and dropping
 //!

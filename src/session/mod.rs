@@ -18,6 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::engine::{Command, EngineHandle};
+use crate::metrics::Metrics;
 use crate::wire::{self, CloseCode};
 use outbox::Outbox;
 
@@ -42,6 +43,7 @@ pub async fn run(
     upgrade: fastwebsockets::upgrade::UpgradeFut,
     engine: EngineHandle,
     limits: Arc<SessionLimits>,
+    metrics: Arc<Metrics>,
 ) {
     let ws = match upgrade.await {
         Ok(ws) => ws,
@@ -57,18 +59,23 @@ pub async fn run(
             let _ = stream.set_nodelay(true);
             let (read, write) = stream.into_split();
             let read = reader::Prefixed::new(parts.read_buf, read);
-            drive(read, write, engine, limits).await
+            drive(read, write, engine, limits, &metrics).await
         }
         Err(upgraded) => {
             // Not a plain TCP stream (never the case today): use a shared split.
             let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-            drive(read, write, engine, limits).await
+            drive(read, write, engine, limits, &metrics).await
         }
     }
 }
 
-async fn drive<R, W>(read: R, write: W, engine: EngineHandle, limits: Arc<SessionLimits>)
-where
+async fn drive<R, W>(
+    read: R,
+    write: W,
+    engine: EngineHandle,
+    limits: Arc<SessionLimits>,
+    metrics: &Metrics,
+) where
     R: tokio::io::AsyncRead + Unpin,
     W: tokio::io::AsyncWrite + Unpin,
 {
@@ -88,7 +95,7 @@ where
     tracing::debug!("connected");
 
     let reader = reader::read_loop(read, session, &engine, &outbox, &limits);
-    let writer = writer::write_loop(write, &outbox, limits.write_timeout);
+    let writer = writer::write_loop(write, &outbox, limits.write_timeout, metrics);
     tokio::pin!(reader, writer);
     tokio::select! {
         () = &mut reader => {

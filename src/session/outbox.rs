@@ -12,6 +12,26 @@ use std::sync::Mutex;
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+/// A frame waiting in an outbox, with what the latency histograms need.
+#[derive(Debug, Clone)]
+pub struct QueuedFrame {
+    pub bytes: Bytes,
+    /// The update's feed stamp (Unix ns); 0 for replies and control frames.
+    pub ingest_ns: u64,
+    /// When it was queued (`Metrics::mono_ns`); 0 when not timed.
+    pub queued_ns: u64,
+}
+
+impl From<Bytes> for QueuedFrame {
+    fn from(bytes: Bytes) -> Self {
+        Self {
+            bytes,
+            ingest_ns: 0,
+            queued_ns: 0,
+        }
+    }
+}
+
 pub struct Outbox {
     queue: Mutex<Queue>,
     ready: Notify,
@@ -20,7 +40,7 @@ pub struct Outbox {
 
 #[derive(Default)]
 struct Queue {
-    frames: VecDeque<Bytes>,
+    frames: VecDeque<QueuedFrame>,
     bytes: usize,
     /// The close frame to send after what is queued; set once.
     close: Option<Bytes>,
@@ -49,13 +69,15 @@ impl Outbox {
 
     /// Queues `frame`; false if it would pass the byte bound or the session is
     /// closing (the frame is dropped).
-    pub fn push(&self, frame: Bytes) -> bool {
+    pub fn push(&self, frame: impl Into<QueuedFrame>) -> bool {
+        let frame = frame.into();
+        let len = frame.bytes.len();
         let mut queue = self.lock();
-        if queue.close.is_some() || queue.bytes + frame.len() > self.limit_bytes {
+        if queue.close.is_some() || queue.bytes + len > self.limit_bytes {
             return false;
         }
         let was_empty = queue.frames.is_empty();
-        queue.bytes += frame.len();
+        queue.bytes += len;
         queue.frames.push_back(frame);
         drop(queue);
         if was_empty {
@@ -93,7 +115,7 @@ impl Outbox {
 
     /// Waits until there is something to write, then moves every queued
     /// frame into `into`. Cancel-safe: nothing is taken unless it returns.
-    pub async fn take(&self, into: &mut Vec<Bytes>) -> Batch {
+    pub async fn take(&self, into: &mut Vec<QueuedFrame>) -> Batch {
         loop {
             {
                 let mut queue = self.lock();
@@ -145,7 +167,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(got[0], Bytes::from_static(b"a"));
+        assert_eq!(got[0].bytes, Bytes::from_static(b"a"));
     }
 
     #[tokio::test]

@@ -3,10 +3,11 @@
 use std::io::IoSlice;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::outbox::Outbox;
+use super::outbox::{Outbox, QueuedFrame};
+use crate::clock;
+use crate::metrics::{Metrics, Stage};
 
 /// Most frames handed to one `writev` (Linux allows 1024).
 const MAX_IOVECS: usize = 64;
@@ -16,18 +17,22 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
     mut write: W,
     outbox: &Outbox,
     write_timeout: Duration,
+    metrics: &Metrics,
 ) {
-    let mut frames: Vec<Bytes> = Vec::new();
+    let mut frames: Vec<QueuedFrame> = Vec::new();
     loop {
         let batch = outbox.take(&mut frames).await;
         if let Some(close) = batch.close {
-            frames.push(close);
+            frames.push(close.into());
             let _ = tokio::time::timeout(write_timeout, write_all(&mut write, &frames)).await;
             let _ = tokio::time::timeout(write_timeout, write.shutdown()).await;
             return;
         }
         match tokio::time::timeout(write_timeout, write_all(&mut write, &frames)).await {
-            Ok(Ok(())) => frames.clear(),
+            Ok(Ok(())) => {
+                record_written(&frames, metrics);
+                frames.clear();
+            }
             Ok(Err(e)) => {
                 tracing::debug!("write failed: {e}");
                 return;
@@ -45,8 +50,25 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
     }
 }
 
+/// Times every update frame of a batch the socket has accepted: one clock
+/// read per batch, one histogram record per frame and stage.
+fn record_written(frames: &[QueuedFrame], metrics: &Metrics) {
+    let (mono, wall) = (metrics.mono_ns(), clock::unix_nanos());
+    let bytes: usize = frames.iter().map(|f| f.bytes.len()).sum();
+    metrics.count_written(frames.len() as u64, bytes as u64);
+    metrics.with_local(|h| {
+        for frame in frames.iter().filter(|f| f.ingest_ns != 0) {
+            h.record(Stage::QueuedToWritten, mono.saturating_sub(frame.queued_ns));
+            h.record(Stage::EndToEnd, wall.saturating_sub(frame.ingest_ns));
+        }
+    });
+}
+
 /// Writes every frame, gathering up to [`MAX_IOVECS`] per system call.
-async fn write_all<W: AsyncWrite + Unpin>(write: &mut W, frames: &[Bytes]) -> std::io::Result<()> {
+async fn write_all<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    frames: &[QueuedFrame],
+) -> std::io::Result<()> {
     let mut index = 0;
     let mut offset = 0;
     while index < frames.len() {
@@ -55,7 +77,7 @@ async fn write_all<W: AsyncWrite + Unpin>(write: &mut W, frames: &[Bytes]) -> st
             let mut count = 0;
             for (i, frame) in frames[index..].iter().take(MAX_IOVECS).enumerate() {
                 let start = if i == 0 { offset } else { 0 };
-                slices[count] = IoSlice::new(&frame[start..]);
+                slices[count] = IoSlice::new(&frame.bytes[start..]);
                 count += 1;
             }
             write.write_vectored(&slices[..count]).await?
@@ -65,7 +87,7 @@ async fn write_all<W: AsyncWrite + Unpin>(write: &mut W, frames: &[Bytes]) -> st
         }
         let mut left = n;
         while left > 0 {
-            let remaining = frames[index].len() - offset;
+            let remaining = frames[index].bytes.len() - offset;
             if left >= remaining {
                 left -= remaining;
                 index += 1;
@@ -75,7 +97,7 @@ async fn write_all<W: AsyncWrite + Unpin>(write: &mut W, frames: &[Bytes]) -> st
                 left = 0;
             }
         }
-        while index < frames.len() && frames[index].len() == offset {
+        while index < frames.len() && frames[index].bytes.len() == offset {
             index += 1;
             offset = 0;
         }
@@ -86,6 +108,7 @@ async fn write_all<W: AsyncWrite + Unpin>(write: &mut W, frames: &[Bytes]) -> st
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use std::pin::Pin;
     use std::task::{Context, Poll};
 
@@ -134,10 +157,13 @@ mod tests {
 
     #[tokio::test]
     async fn partial_vectored_writes_keep_every_byte_in_order() {
-        let frames: Vec<Bytes> = (0..200u32)
-            .map(|i| Bytes::from(format!("frame-{i};").repeat((i % 7) as usize)))
+        let frames: Vec<QueuedFrame> = (0..200u32)
+            .map(|i| Bytes::from(format!("frame-{i};").repeat((i % 7) as usize)).into())
             .collect();
-        let expected: Vec<u8> = frames.iter().flat_map(|f| f.iter().copied()).collect();
+        let expected: Vec<u8> = frames
+            .iter()
+            .flat_map(|f| f.bytes.iter().copied())
+            .collect();
         for chunk in [1, 3, 7, 64, 4096] {
             let mut sink = Trickle {
                 out: Vec::new(),

@@ -1,0 +1,267 @@
+//! What operators read: `/metrics` (Prometheus text), `/stats` (JSON) and
+//! the periodic stats log line.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::AppState;
+use crate::metrics::{self, Stage, StageHistograms, BUCKETS_S};
+use crate::record::RejectReason;
+
+/// Prometheus text exposition format, version 0.0.4.
+pub fn prometheus(state: &AppState) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    let stats = &state.engine.stats;
+    let gauge = |out: &mut String, name: &str, help: &str, kind: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+    gauge(
+        &mut out,
+        "tickcast_connections",
+        "Open WebSocket connections.",
+        "gauge",
+        state.live_sessions() as u64,
+    );
+    gauge(
+        &mut out,
+        "tickcast_subscriptions",
+        "Names and patterns subscribed, over all connections.",
+        "gauge",
+        load(&stats.subscriptions),
+    );
+    gauge(
+        &mut out,
+        "tickcast_channels",
+        "Channels held.",
+        "gauge",
+        load(&stats.channels),
+    );
+    gauge(
+        &mut out,
+        "tickcast_updates_in_total",
+        "Updates applied to channels.",
+        "counter",
+        load(&stats.updates_applied),
+    );
+    gauge(
+        &mut out,
+        "tickcast_frames_queued_total",
+        "Frames queued to connections (updates out).",
+        "counter",
+        load(&stats.frames_queued),
+    );
+    gauge(
+        &mut out,
+        "tickcast_frames_encoded_total",
+        "Update frames encoded (shared by every subscriber of the same shape).",
+        "counter",
+        load(&stats.frames_encoded),
+    );
+    gauge(
+        &mut out,
+        "tickcast_frames_written_total",
+        "Frames written to sockets.",
+        "counter",
+        load(&state.metrics.frames_written),
+    );
+    gauge(
+        &mut out,
+        "tickcast_bytes_out_total",
+        "Bytes written to sockets.",
+        "counter",
+        load(&state.metrics.bytes_written),
+    );
+    gauge(
+        &mut out,
+        "tickcast_coalesced_diffs_total",
+        "Diffs merged into a pending diff instead of being sent one by one.",
+        "counter",
+        load(&stats.coalesced_diffs),
+    );
+    gauge(
+        &mut out,
+        "tickcast_slow_consumer_events_total",
+        "Connections that fell behind their outbound bound.",
+        "counter",
+        load(&stats.slow_consumer_closes),
+    );
+    gauge(
+        &mut out,
+        "tickcast_records_dropped_total",
+        "Records dropped because limits.max_channels was reached.",
+        "counter",
+        load(&stats.records_dropped_channel_limit),
+    );
+
+    let _ = writeln!(out, "# HELP tickcast_feed_records_total Records accepted or rejected per feed.\n# TYPE tickcast_feed_records_total counter");
+    for feed in &state.feeds {
+        let name = escape(&feed.name);
+        let _ = writeln!(
+            out,
+            "tickcast_feed_records_total{{feed=\"{name}\",result=\"accepted\"}} {}",
+            feed.accepted()
+        );
+        for reason in RejectReason::ALL {
+            let _ = writeln!(
+                out,
+                "tickcast_feed_records_total{{feed=\"{name}\",result=\"rejected\",reason=\"{reason}\"}} {}",
+                feed.rejected(reason)
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP tickcast_feed_up Feed status: 1 for the current status label.\n# TYPE tickcast_feed_up gauge");
+    for feed in &state.feeds {
+        let _ = writeln!(
+            out,
+            "tickcast_feed_up{{feed=\"{}\",status=\"{}\"}} 1",
+            escape(&feed.name),
+            feed.status().as_str()
+        );
+    }
+
+    let merged = state.metrics.merged();
+    let name = "tickcast_stage_latency_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Latency of each stage of the data path.\n# TYPE {name} histogram"
+    );
+    for stage in Stage::ALL {
+        let h = merged.get(stage);
+        let label = stage.as_str();
+        for (bound, count) in BUCKETS_S.iter().zip(metrics::bucket_counts(h)) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{stage=\"{label}\",le=\"{bound}\"}} {count}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{stage=\"{label}\",le=\"+Inf\"}} {}",
+            h.len()
+        );
+        let sum = h.mean() * h.len() as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{{stage=\"{label}\"}} {sum}");
+        let _ = writeln!(out, "{name}_count{{stage=\"{label}\"}} {}", h.len());
+    }
+    let name = "tickcast_stage_latency_quantile_seconds";
+    let _ = writeln!(out, "# HELP {name} Quantiles of each stage's latency since start (HdrHistogram, 3 significant figures).\n# TYPE {name} gauge");
+    for stage in Stage::ALL {
+        let h = merged.get(stage);
+        for (_, q) in metrics::QUANTILES {
+            let ns = if q >= 1.0 {
+                h.max()
+            } else {
+                h.value_at_quantile(q)
+            };
+            let _ = writeln!(
+                out,
+                "{name}{{stage=\"{}\",quantile=\"{q}\"}} {}",
+                stage.as_str(),
+                ns as f64 / 1e9
+            );
+        }
+    }
+    out
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The same figures as JSON, latencies in microseconds.
+pub fn stats_json(state: &AppState) -> Value {
+    let stats = &state.engine.stats;
+    let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+    let merged = state.metrics.merged();
+    let stages: serde_json::Map<String, Value> = Stage::ALL
+        .iter()
+        .map(|&s| (s.as_str().to_owned(), metrics::summary_us(merged.get(s))))
+        .collect();
+    let feeds: Vec<Value> = state
+        .feeds
+        .iter()
+        .map(|f| {
+            let rejected: serde_json::Map<String, Value> = RejectReason::ALL
+                .iter()
+                .map(|&r| (r.as_str().to_owned(), f.rejected(r).into()))
+                .collect();
+            json!({
+                "name": f.name,
+                "status": f.status().as_str(),
+                "accepted": f.accepted(),
+                "rejected": rejected,
+            })
+        })
+        .collect();
+    json!({
+        "epoch": state.engine.epoch(),
+        "connections": state.live_sessions(),
+        "subscriptions": load(&stats.subscriptions),
+        "channels": load(&stats.channels),
+        "updates_in": load(&stats.updates_applied),
+        "frames_queued": load(&stats.frames_queued),
+        "frames_encoded": load(&stats.frames_encoded),
+        "frames_written": load(&state.metrics.frames_written),
+        "bytes_out": load(&state.metrics.bytes_written),
+        "coalesced_diffs": load(&stats.coalesced_diffs),
+        "slow_consumer_events": load(&stats.slow_consumer_closes),
+        "latency": stages,
+        "feeds": feeds,
+    })
+}
+
+/// Logs the main figures every `every`, over that interval, until `shutdown`.
+pub async fn log_stats(
+    state: std::sync::Arc<AppState>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    let stats = &state.engine.stats;
+    let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
+    let mut before: StageHistograms = state.metrics.merged();
+    let mut last_in = load(&stats.updates_applied);
+    let mut last_out = load(&state.metrics.frames_written);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let now = state.metrics.merged();
+        let mut interval = now.clone();
+        interval.subtract(&before);
+        before = now;
+        let (updates, written) = (
+            load(&stats.updates_applied),
+            load(&state.metrics.frames_written),
+        );
+        let secs = every.as_secs_f64();
+        let e2e = interval.get(Stage::EndToEnd);
+        let us = |q: f64| e2e.value_at_quantile(q) as f64 / 1000.0;
+        tracing::info!(
+            connections = state.live_sessions(),
+            subscriptions = load(&stats.subscriptions),
+            updates_in_per_s = ((updates - last_in) as f64 / secs).round(),
+            frames_out_per_s = ((written - last_out) as f64 / secs).round(),
+            e2e_p50_us = us(0.5),
+            e2e_p99_us = us(0.99),
+            e2e_max_us = e2e.max() as f64 / 1000.0,
+            slow_consumers = load(&stats.slow_consumer_closes),
+            "stats"
+        );
+        last_in = updates;
+        last_out = written;
+    }
+}
