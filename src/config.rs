@@ -55,6 +55,10 @@ pub struct ServeArgs {
     /// 0 turns it off [default: 10].
     #[arg(long, value_name = "SECS")]
     pub stats_interval: Option<u64>,
+    /// Write a frame straight to an idle socket from the fanout (true), or
+    /// always hand it to the connection's writer task (false) [default: false].
+    #[arg(long, value_name = "BOOL")]
+    pub direct_writes: Option<bool>,
     /// Log filter, e.g. `info`, `debug`, `tickcast=debug` [default: info; env RUST_LOG].
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
@@ -74,6 +78,7 @@ pub struct Config {
     pub looped: bool,
     pub log: String,
     pub stats_interval: u64,
+    pub direct_writes: bool,
     pub limits: Limits,
 }
 
@@ -86,6 +91,7 @@ impl Default for Config {
             looped: false,
             log: "info".into(),
             stats_interval: 10,
+            direct_writes: false,
             limits: Limits::default(),
         }
     }
@@ -145,6 +151,7 @@ impl Limits {
             max_channels_per_request: self.max_channels_per_request,
             outbox_bytes: self.outbox_bytes,
             write_timeout: Duration::from_millis(self.write_timeout_ms),
+            direct_writes: false,
         }
     }
 
@@ -202,6 +209,8 @@ pub struct Settings {
     pub log: String,
     /// Seconds between stats log lines; `None` for never.
     pub stats_interval: Option<Duration>,
+    /// See `ServeArgs::direct_writes`.
+    pub direct_writes: bool,
     pub limits: Limits,
 }
 
@@ -269,6 +278,7 @@ impl Config {
             stats_interval: Some(args.stats_interval.unwrap_or(self.stats_interval))
                 .filter(|&s| s > 0)
                 .map(Duration::from_secs),
+            direct_writes: args.direct_writes.unwrap_or(self.direct_writes),
             limits: self.limits,
         })
     }

@@ -14,6 +14,7 @@ use crate::feed::{self, FeedOutput, FeedSpec, FeedStats, RingItem};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::ring::Ring;
+use crate::session::SessionLimits;
 
 /// How long shutdown waits for sessions to send their close frames.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -118,7 +119,10 @@ pub async fn start(
     ));
     let state = Arc::new(AppState::new(
         handle.clone(),
-        Arc::new(settings.limits.session()),
+        Arc::new(SessionLimits {
+            direct_writes: settings.direct_writes,
+            ..settings.limits.session()
+        }),
         feeds.clone(),
         settings.limits.max_connections,
         metrics,

@@ -11,7 +11,16 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn subscribe_gets_snapshot_then_an_unbroken_chain_of_updates() {
-    let (server, feed) = start_with_tcp_feed(|_| {}).await;
+    snapshot_then_chain(false).await;
+}
+
+#[tokio::test]
+async fn direct_writes_keep_the_chain_and_the_order() {
+    snapshot_then_chain(true).await;
+}
+
+async fn snapshot_then_chain(direct_writes: bool) {
+    let (server, feed) = start_with_tcp_feed(|s| s.direct_writes = direct_writes).await;
     let mut producer = Producer::connect(feed).await;
     producer
         .publish("quotes.AAA", json!({"bid": 1.0, "ask": 1.1}))

@@ -113,6 +113,24 @@ pub fn connect(addr: SocketAddr) -> anyhow::Result<TcpStream> {
     Ok(stream)
 }
 
+/// Creates every published channel before clients subscribe, with one record
+/// that carries no `sent_ns`. Servers that snapshot (tickcast) then start each
+/// client's chain at a snapshot of an existing channel instead of folding the
+/// first timed record into it, so every timed record is an `update` that the
+/// delivery count and the latency histogram see.
+pub fn prime(stream: &mut TcpStream, channels: &[String]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut buf = Vec::new();
+    for channel in channels {
+        buf.extend_from_slice(b"{\"channel\":\"");
+        buf.extend_from_slice(channel.as_bytes());
+        buf.extend_from_slice(b"\",\"data\":{\"primed\":true}}\n");
+    }
+    stream
+        .write_all(&buf)
+        .map_err(|e| anyhow::anyhow!("priming the channels on the feed ingest failed: {e}"))
+}
+
 /// Sends the schedule over `stream` on a new thread, until done or `stop` is set.
 pub fn spawn(
     mut stream: TcpStream,

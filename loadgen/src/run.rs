@@ -54,7 +54,11 @@ async fn run_phases(cfg: Config) -> anyhow::Result<Report> {
     let picker = Picker::new(&cfg.mix);
     let clock = Clock::new();
     let feed = match &cfg.publish {
-        Some(p) => Some(publisher::connect(p.addr)?),
+        Some(p) => {
+            let mut stream = publisher::connect(p.addr)?;
+            publisher::prime(&mut stream, &published)?;
+            Some(stream)
+        }
         None => None,
     };
     let shared = Arc::new(Shared {

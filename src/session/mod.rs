@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 
 use crate::engine::{Command, EngineHandle};
@@ -33,6 +35,8 @@ pub struct SessionLimits {
     pub outbox_bytes: usize,
     /// How long one write may take before the peer is given up on.
     pub write_timeout: Duration,
+    /// Let the fanout write to idle sockets itself (see `Outbox`).
+    pub direct_writes: bool,
 }
 
 /// How long a closing session waits for the peer's close frame.
@@ -53,34 +57,33 @@ pub async fn run(
         }
     };
     let upgraded = ws.into_inner().into_inner();
-    match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => {
-            let stream = parts.io.into_inner();
-            let _ = stream.set_nodelay(true);
-            let (read, write) = stream.into_split();
-            let read = reader::Prefixed::new(parts.read_buf, read);
-            drive(read, write, engine, limits, &metrics).await
+    let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => parts,
+        Err(_) => {
+            // hyper hands back the connection it was given: always a TcpStream.
+            tracing::error!("upgraded connection is not a TCP stream; closing it");
+            return;
         }
-        Err(upgraded) => {
-            // Not a plain TCP stream (never the case today): use a shared split.
-            let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-            drive(read, write, engine, limits, &metrics).await
-        }
-    }
+    };
+    let stream = parts.io.into_inner();
+    let _ = stream.set_nodelay(true);
+    let (read, write) = stream.into_split();
+    let read = reader::Prefixed::new(parts.read_buf, read);
+    drive(read, Arc::new(write), engine, limits, &metrics).await
 }
 
-async fn drive<R, W>(
+async fn drive<R: tokio::io::AsyncRead + Unpin>(
     read: R,
-    write: W,
+    write: Arc<OwnedWriteHalf>,
     engine: EngineHandle,
     limits: Arc<SessionLimits>,
-    metrics: &Metrics,
-) where
-    R: tokio::io::AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
-{
+    metrics: &Arc<Metrics>,
+) {
     let session = engine.new_session_id();
     let outbox = Arc::new(Outbox::new(limits.outbox_bytes));
+    if limits.direct_writes {
+        outbox.attach_socket(write.clone(), metrics.clone());
+    }
     let registered = engine
         .send(Command::Register {
             session,
@@ -90,25 +93,29 @@ async fn drive<R, W>(
     if registered.is_err() {
         return;
     }
-    let span = tracing::debug_span!("session", id = session);
-    let _enter = span.enter();
-    tracing::debug!("connected");
-
-    let reader = reader::read_loop(read, session, &engine, &outbox, &limits);
-    let writer = writer::write_loop(write, &outbox, limits.write_timeout, metrics);
-    tokio::pin!(reader, writer);
-    tokio::select! {
-        () = &mut reader => {
-            // The client closed or broke the protocol; flush what is owed.
-            outbox.close(wire::close(CloseCode::Normal, ""), false);
-            let _ = tokio::time::timeout(limits.write_timeout, &mut writer).await;
-        }
-        () = &mut writer => {
-            // We closed (shutdown, slow consumer, frame too large) or the
-            // socket failed: give the peer a moment to answer the close.
-            let _ = tokio::time::timeout(CLOSE_GRACE, &mut reader).await;
+    tracing::debug!(session, "connected");
+    {
+        let reader = reader::read_loop(read, session, &engine, &outbox, &limits);
+        let writer = writer::write_loop(&write, &outbox, limits.write_timeout, metrics);
+        tokio::pin!(reader, writer);
+        tokio::select! {
+            () = &mut reader => {
+                // The client closed or broke the protocol; flush what is owed.
+                outbox.close(wire::close(CloseCode::Normal, ""), false);
+                let _ = tokio::time::timeout(limits.write_timeout, &mut writer).await;
+            }
+            () = &mut writer => {
+                // We closed (shutdown, slow consumer, frame too large) or the
+                // socket failed: give the peer a moment to answer the close.
+                let _ = tokio::time::timeout(CLOSE_GRACE, &mut reader).await;
+            }
         }
     }
+    outbox.detach_socket();
     let _ = engine.send(Command::Deregister { session }).await;
-    tracing::debug!("disconnected");
+    // Now the only owner: shut the write side down so the peer sees FIN.
+    if let Ok(mut write) = Arc::try_unwrap(write) {
+        let _ = tokio::time::timeout(CLOSE_GRACE, write.shutdown()).await;
+    }
+    tracing::debug!(session, "disconnected");
 }

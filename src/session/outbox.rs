@@ -1,16 +1,27 @@
-//! A session's bounded outbound queue of encoded frames.
+//! A session's outbound path: a byte-bounded queue of encoded frames, and a
+//! direct write to the socket when nothing is queued.
 //!
-//! The engine (and the session's own reader, through the engine) push shared
-//! [`Bytes`] frames; the session's writer takes everything queued at once and
-//! writes it with one vectored write. The queue is bounded in bytes: a push
-//! that would pass the bound is refused, and the caller decides what a full
-//! queue means (today: the engine closes the session with 1013).
+//! The engine pushes shared [`Bytes`] frames. When the session is idle (no
+//! queued frames, writer not busy) a push writes the frame to the socket
+//! right away with a non-blocking `try_write`: no task wake-up, no second
+//! hand-off, the way a corked uWebSockets publish goes out. Only what the
+//! socket does not take at once is queued, and then the session's writer task
+//! is woken; it takes everything queued and writes it with vectored writes.
+//! Order holds because a direct write happens only when nothing is queued or
+//! in the writer's hands.
+//!
+//! The queue is bounded in bytes: a push past the bound is refused, and the
+//! caller decides what that means (today: the engine closes with 1013).
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::io::{self, IoSlice};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::Notify;
+
+use crate::clock;
+use crate::metrics::{Metrics, Stage};
 
 /// A frame waiting in an outbox, with what the latency histograms need.
 #[derive(Debug, Clone)]
@@ -32,6 +43,22 @@ impl From<Bytes> for QueuedFrame {
     }
 }
 
+/// The non-blocking half of a socket's write side.
+pub trait TryWrite: Send + Sync {
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+}
+
+impl TryWrite for tokio::net::tcp::OwnedWriteHalf {
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        tokio::net::tcp::OwnedWriteHalf::try_write_vectored(self, bufs)
+    }
+}
+
+struct Direct {
+    socket: Arc<dyn TryWrite>,
+    metrics: Arc<Metrics>,
+}
+
 pub struct Outbox {
     queue: Mutex<Queue>,
     ready: Notify,
@@ -44,6 +71,10 @@ struct Queue {
     bytes: usize,
     /// The close frame to send after what is queued; set once.
     close: Option<Bytes>,
+    /// The writer task holds frames it has not finished writing.
+    writer_busy: bool,
+    /// Where direct writes go; `None` for a queue-only outbox.
+    direct: Option<Direct>,
 }
 
 /// What the writer gets from [`Outbox::take`].
@@ -53,6 +84,7 @@ pub struct Batch {
 }
 
 impl Outbox {
+    /// A queue-only outbox (frames reach the socket through the writer task).
     pub fn new(limit_bytes: usize) -> Self {
         Self {
             queue: Mutex::new(Queue::default()),
@@ -61,26 +93,52 @@ impl Outbox {
         }
     }
 
+    /// Lets pushes write straight to `socket` while the session is idle.
+    pub fn attach_socket(&self, socket: Arc<dyn TryWrite>, metrics: Arc<Metrics>) {
+        self.lock().direct = Some(Direct { socket, metrics });
+    }
+
+    /// Stops direct writes (the writer is about to close the socket).
+    pub fn detach_socket(&self) {
+        self.lock().direct = None;
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         // A panic while holding this lock cannot leave the queue half-updated
         // (every update is a single push/drain), so a poisoned lock is usable.
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues `frame`; false if it would pass the byte bound or the session is
-    /// closing (the frame is dropped).
+    /// Sends or queues `frame`; false if it would pass the byte bound or the
+    /// session is closing (the frame is dropped).
     pub fn push(&self, frame: impl Into<QueuedFrame>) -> bool {
-        let frame = frame.into();
-        let len = frame.bytes.len();
+        let mut frame = frame.into();
         let mut queue = self.lock();
-        if queue.close.is_some() || queue.bytes + len > self.limit_bytes {
+        if queue.close.is_some() || queue.bytes + frame.bytes.len() > self.limit_bytes {
             return false;
         }
-        let was_empty = queue.frames.is_empty();
-        queue.bytes += len;
+        let idle = queue.frames.is_empty() && !queue.writer_busy;
+        if idle {
+            if let Some(direct) = &queue.direct {
+                match direct
+                    .socket
+                    .try_write_vectored(&[IoSlice::new(&frame.bytes)])
+                {
+                    Ok(n) if n == frame.bytes.len() => {
+                        record_direct(&frame, &direct.metrics);
+                        return true;
+                    }
+                    // The rest waits for the writer, which waits for room.
+                    Ok(n) => frame.bytes = frame.bytes.slice(n..),
+                    // Would block, or a broken socket the writer will find.
+                    Err(_) => {}
+                }
+            }
+        }
+        queue.bytes += frame.bytes.len();
         queue.frames.push_back(frame);
         drop(queue);
-        if was_empty {
+        if idle {
             // notify_one keeps a permit if the writer is not waiting yet, so
             // a push between its check and its wait is not lost.
             self.ready.notify_one();
@@ -114,7 +172,8 @@ impl Outbox {
     }
 
     /// Waits until there is something to write, then moves every queued
-    /// frame into `into`. Cancel-safe: nothing is taken unless it returns.
+    /// frame into `into` and marks the writer busy until [`Outbox::done`].
+    /// Cancel-safe: nothing is taken unless it returns.
     pub async fn take(&self, into: &mut Vec<QueuedFrame>) -> Batch {
         loop {
             {
@@ -122,6 +181,7 @@ impl Outbox {
                 if !queue.frames.is_empty() || queue.close.is_some() {
                     into.extend(queue.frames.drain(..));
                     queue.bytes = 0;
+                    queue.writer_busy = true;
                     if queue.frames.capacity() > 1024 {
                         // Give back what a burst grew; idle sessions stay small.
                         queue.frames.shrink_to(64);
@@ -134,13 +194,57 @@ impl Outbox {
             self.ready.notified().await;
         }
     }
+
+    /// The writer has written everything it took; direct writes may resume
+    /// unless more was queued meanwhile (then the writer takes that next).
+    pub fn done(&self) {
+        let mut queue = self.lock();
+        if queue.frames.is_empty() {
+            queue.writer_busy = false;
+        }
+    }
+}
+
+/// Times a frame the socket took at once: it waited only for the fanout.
+fn record_direct(frame: &QueuedFrame, metrics: &Metrics) {
+    metrics.count_written(1, frame.bytes.len() as u64);
+    if frame.ingest_ns != 0 {
+        let (mono, wall) = (metrics.mono_ns(), clock::unix_nanos());
+        metrics.with_local(|h| {
+            h.record(Stage::QueuedToWritten, mono.saturating_sub(frame.queued_ns));
+            h.record(Stage::EndToEnd, wall.saturating_sub(frame.ingest_ns));
+        });
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
     use std::time::Duration;
+
+    /// A socket that takes at most `room` more bytes, then would block.
+    pub struct Narrow {
+        pub written: Mutex<Vec<u8>>,
+        pub room: Mutex<usize>,
+    }
+
+    impl TryWrite for Narrow {
+        fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let mut room = self.room.lock().unwrap();
+            if *room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut out = self.written.lock().unwrap();
+            let mut n = 0;
+            for buf in bufs {
+                let take = buf.len().min(*room - n);
+                out.extend_from_slice(&buf[..take]);
+                n += take;
+            }
+            *room -= n;
+            Ok(n)
+        }
+    }
 
     #[test]
     fn bound_is_in_bytes_and_refuses_past_it() {
@@ -180,5 +284,38 @@ mod tests {
         let batch = outbox.take(&mut got).await;
         assert!(got.is_empty());
         assert_eq!(batch.close.unwrap(), Bytes::from_static(b"bye"));
+    }
+
+    #[tokio::test]
+    async fn idle_pushes_go_straight_to_the_socket_and_the_rest_keeps_order() {
+        let socket = Arc::new(Narrow {
+            written: Mutex::new(Vec::new()),
+            room: Mutex::new(6),
+        });
+        let outbox = Outbox::new(1 << 20);
+        outbox.attach_socket(socket.clone(), Arc::new(Metrics::new()));
+        assert!(outbox.push(Bytes::from_static(b"abc")));
+        assert_eq!(outbox.queued_bytes(), 0, "written directly");
+        // 3 bytes of room left: "de" fits, "fgh" is cut after "f", "jk" queues.
+        assert!(outbox.push(Bytes::from_static(b"de")));
+        assert!(outbox.push(Bytes::from_static(b"fgh")));
+        assert!(outbox.push(Bytes::from_static(b"jk")));
+        assert_eq!(&socket.written.lock().unwrap()[..], b"abcdef");
+        let mut got = Vec::new();
+        outbox.take(&mut got).await;
+        let rest: Vec<u8> = got.iter().flat_map(|f| f.bytes.iter().copied()).collect();
+        assert_eq!(
+            rest, b"ghjk",
+            "the unwritten tail first, then what came after"
+        );
+        // While the writer is busy, pushes queue even if the socket has room.
+        *socket.room.lock().unwrap() = 100;
+        assert!(outbox.push(Bytes::from_static(b"l")));
+        assert_eq!(outbox.queued_bytes(), 1);
+        got.clear();
+        outbox.take(&mut got).await;
+        outbox.done();
+        assert!(outbox.push(Bytes::from_static(b"m")));
+        assert_eq!(outbox.queued_bytes(), 0, "idle again: direct");
     }
 }

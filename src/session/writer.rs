@@ -1,20 +1,34 @@
-//! The write half: everything queued goes out in one vectored write.
+//! The write half: what the outbox could not write directly goes out here,
+//! everything queued at once, in vectored writes.
 
-use std::io::IoSlice;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
-
-use super::outbox::{Outbox, QueuedFrame};
+use super::outbox::{Outbox, QueuedFrame, TryWrite};
 use crate::clock;
 use crate::metrics::{Metrics, Stage};
 
 /// Most frames handed to one `writev` (Linux allows 1024).
 const MAX_IOVECS: usize = 64;
 
+/// A socket's write side as the writer uses it: non-blocking writes, and a
+/// way to wait until one can succeed.
+pub trait SocketWrite: TryWrite {
+    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+impl SocketWrite for tokio::net::tcp::OwnedWriteHalf {
+    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        tokio::net::tcp::OwnedWriteHalf::writable(self)
+    }
+}
+
 /// Writes batches until a close frame has been sent or the socket fails.
-pub async fn write_loop<W: AsyncWrite + Unpin>(
-    mut write: W,
+/// Returns the socket so the caller can shut it down.
+pub async fn write_loop<S: SocketWrite>(
+    socket: &Arc<S>,
     outbox: &Outbox,
     write_timeout: Duration,
     metrics: &Metrics,
@@ -23,15 +37,16 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
     loop {
         let batch = outbox.take(&mut frames).await;
         if let Some(close) = batch.close {
+            outbox.detach_socket();
             frames.push(close.into());
-            let _ = tokio::time::timeout(write_timeout, write_all(&mut write, &frames)).await;
-            let _ = tokio::time::timeout(write_timeout, write.shutdown()).await;
+            let _ = tokio::time::timeout(write_timeout, write_all(&**socket, &frames)).await;
             return;
         }
-        match tokio::time::timeout(write_timeout, write_all(&mut write, &frames)).await {
+        match tokio::time::timeout(write_timeout, write_all(&**socket, &frames)).await {
             Ok(Ok(())) => {
                 record_written(&frames, metrics);
                 frames.clear();
+                outbox.done();
             }
             Ok(Err(e)) => {
                 tracing::debug!("write failed: {e}");
@@ -64,15 +79,13 @@ fn record_written(frames: &[QueuedFrame], metrics: &Metrics) {
     });
 }
 
-/// Writes every frame, gathering up to [`MAX_IOVECS`] per system call.
-async fn write_all<W: AsyncWrite + Unpin>(
-    write: &mut W,
-    frames: &[QueuedFrame],
-) -> std::io::Result<()> {
+/// Writes every frame, gathering up to [`MAX_IOVECS`] per system call and
+/// waiting for room when the socket is full.
+async fn write_all<S: SocketWrite>(socket: &S, frames: &[QueuedFrame]) -> io::Result<()> {
     let mut index = 0;
     let mut offset = 0;
     while index < frames.len() {
-        let n = {
+        let written = {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
             for (i, frame) in frames[index..].iter().take(MAX_IOVECS).enumerate() {
@@ -80,11 +93,17 @@ async fn write_all<W: AsyncWrite + Unpin>(
                 slices[count] = IoSlice::new(&frame.bytes[start..]);
                 count += 1;
             }
-            write.write_vectored(&slices[..count]).await?
+            socket.try_write_vectored(&slices[..count])
         };
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
+        let n = match written {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                socket.writable().await?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let mut left = n;
         while left > 0 {
             let remaining = frames[index].bytes.len() - offset;
@@ -109,49 +128,39 @@ async fn write_all<W: AsyncWrite + Unpin>(
 mod tests {
     use super::*;
     use bytes::Bytes;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
 
-    /// Accepts at most `chunk` bytes per call, to exercise partial writes.
+    /// Accepts at most `chunk` bytes per call and would block every other
+    /// call, to exercise partial writes and waiting for room.
     struct Trickle {
-        out: Vec<u8>,
+        out: Mutex<Vec<u8>>,
         chunk: usize,
+        blocked: AtomicBool,
     }
 
-    impl AsyncWrite for Trickle {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
-            let n = buf.len().min(self.chunk);
-            self.out.extend_from_slice(&buf[..n]);
-            Poll::Ready(Ok(n))
-        }
-        fn poll_write_vectored(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            bufs: &[IoSlice<'_>],
-        ) -> Poll<std::io::Result<usize>> {
+    impl TryWrite for Trickle {
+        fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            if !self.blocked.fetch_xor(true, Ordering::Relaxed) {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut out = self.out.lock().unwrap();
             let mut n = 0;
             for buf in bufs {
                 let take = buf.len().min(self.chunk - n);
-                self.out.extend_from_slice(&buf[..take]);
+                out.extend_from_slice(&buf[..take]);
                 n += take;
                 if n == self.chunk {
                     break;
                 }
             }
-            Poll::Ready(Ok(n))
+            Ok(n)
         }
-        fn is_write_vectored(&self) -> bool {
-            true
-        }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
+    }
+
+    impl SocketWrite for Trickle {
+        fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
+            std::future::ready(Ok(()))
         }
     }
 
@@ -165,12 +174,13 @@ mod tests {
             .flat_map(|f| f.bytes.iter().copied())
             .collect();
         for chunk in [1, 3, 7, 64, 4096] {
-            let mut sink = Trickle {
-                out: Vec::new(),
+            let sink = Trickle {
+                out: Mutex::new(Vec::new()),
                 chunk,
+                blocked: AtomicBool::new(false),
             };
-            write_all(&mut sink, &frames).await.unwrap();
-            assert_eq!(sink.out, expected, "chunk {chunk}");
+            write_all(&sink, &frames).await.unwrap();
+            assert_eq!(*sink.out.lock().unwrap(), expected, "chunk {chunk}");
         }
     }
 }
