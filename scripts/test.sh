@@ -38,7 +38,7 @@ say "cargo test --doc"
 cargo test --workspace --doc
 
 say "loom model of the ring"
-RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom \
+RUSTFLAGS="--cfg tickcast_loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR=target/loom \
   cargo test --release --lib ring::loom -- --test-threads=2
 
 say "all checks passed"

@@ -1,7 +1,7 @@
 //! Model checks of the ring under loom: every interleaving (up to the preemption bound)
 //! of the claim CAS, the slot stamp protocol, the cursors and the wake-up protocol.
 //!
-//! Run: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --lib -- loom`.
+//! Run: `RUSTFLAGS="--cfg tickcast_loom" LOOM_MAX_PREEMPTIONS=2 cargo test --release --lib -- loom`.
 //! A lost wake-up shows up as a loom deadlock, a torn or unsynchronized slot access as a
 //! loom causality error, a wrong value or count as a failed assertion.
 

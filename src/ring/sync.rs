@@ -1,7 +1,7 @@
 //! Synchronization shim and the ring's wait lists.
 //!
 //! Everything the ring shares between threads comes through this module, so that
-//! `RUSTFLAGS="--cfg loom"` swaps the std primitives for loom's models and loom sees every
+//! `RUSTFLAGS="--cfg tickcast_loom"` swaps the std primitives for loom's models and loom sees every
 //! atomic access, every cell access, every lock and every spin (the same trick as tokio's
 //! `src/loom`). loom's `UnsafeCell` is accessed through closures (`with`/`with_mut`) so
 //! that it can check each access; the std side is wrapped to offer the same API.
@@ -10,26 +10,26 @@
 //! producers waiting for space. It is built from the shimmed `Mutex` and atomics rather
 //! than `tokio::sync::Notify` so that loom can model the whole wake-up protocol.
 
-#[cfg(loom)]
+#[cfg(tickcast_loom)]
 pub(crate) use loom::sync::{
     atomic::{fence, AtomicU64, AtomicUsize, Ordering},
     Arc, Mutex, MutexGuard,
 };
-#[cfg(not(loom))]
+#[cfg(not(tickcast_loom))]
 pub(crate) use std::sync::{
     atomic::{fence, AtomicU64, AtomicUsize, Ordering},
     Arc, Mutex, MutexGuard,
 };
 
-#[cfg(loom)]
+#[cfg(tickcast_loom)]
 pub(crate) use loom::cell::UnsafeCell;
 
 /// `std::cell::UnsafeCell` with loom's closure-based API, so slot.rs is written once.
-#[cfg(not(loom))]
+#[cfg(not(tickcast_loom))]
 #[derive(Debug)]
 pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
 
-#[cfg(not(loom))]
+#[cfg(not(tickcast_loom))]
 impl<T> UnsafeCell<T> {
     pub(crate) fn new(value: T) -> Self {
         Self(std::cell::UnsafeCell::new(value))
@@ -56,7 +56,7 @@ pub(crate) struct Backoff {
 
 impl Backoff {
     /// Spins before yielding: 2^6 spin hints cost well under a microsecond.
-    #[cfg(not(loom))]
+    #[cfg(not(tickcast_loom))]
     const SPIN_LIMIT: u32 = 6;
 
     pub(crate) fn new() -> Self {
@@ -64,12 +64,12 @@ impl Backoff {
     }
 
     pub(crate) fn snooze(&mut self) {
-        #[cfg(loom)]
+        #[cfg(tickcast_loom)]
         {
             self.step = self.step.saturating_add(1);
             loom::thread::yield_now();
         }
-        #[cfg(not(loom))]
+        #[cfg(not(tickcast_loom))]
         {
             if self.step <= Self::SPIN_LIMIT {
                 for _ in 0..(1u32 << self.step) {
@@ -127,7 +127,7 @@ impl WaitList {
     }
 
     /// Number of registered waiters (tests park a task, then check it is registered).
-    #[cfg(all(test, not(loom)))]
+    #[cfg(all(test, not(tickcast_loom)))]
     pub(crate) fn waiting(&self) -> usize {
         self.lock().len()
     }
