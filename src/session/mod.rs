@@ -3,9 +3,12 @@
 //! socket with vectored writes.
 //!
 //! Both run in the connection's one task. The reader is dropped only when
-//! the session is over (fastwebsockets' `read_frame` is not cancel-safe, so
-//! it is never raced against anything that would go on reading).
+//! the session is over (reading a frame is not cancel-safe, so it is never
+//! raced against anything that would go on reading). fastwebsockets does the
+//! HTTP upgrade; frames are read by `frames` (no buffer while idle) and
+//! written pre-encoded by the outbox and writer.
 
+mod frames;
 pub mod outbox;
 pub mod protocol;
 mod reader;
@@ -16,12 +19,13 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::engine::{Command, EngineHandle};
 use crate::metrics::Metrics;
 use crate::wire::{self, CloseCode};
+use frames::FrameReader;
 use outbox::Outbox;
 
 /// Per-connection limits; see `config::Limits` for defaults and knobs.
@@ -68,12 +72,16 @@ pub async fn run(
     let stream = parts.io.into_inner();
     let _ = stream.set_nodelay(true);
     let (read, write) = stream.into_split();
-    let read = reader::Prefixed::new(parts.read_buf, read);
-    drive(read, Arc::new(write), engine, limits, &metrics).await
+    // `read_buf` (bytes hyper read past the upgrade request, almost always
+    // none) is copied into the frame reader, not kept: it is a slice of
+    // hyper's whole read buffer.
+    let frames = FrameReader::new(read, &parts.read_buf, limits.max_message_bytes);
+    drop(parts.read_buf);
+    drive(frames, Arc::new(write), engine, limits, &metrics).await
 }
 
-async fn drive<R: tokio::io::AsyncRead + Unpin>(
-    read: R,
+async fn drive(
+    frames: FrameReader<OwnedReadHalf>,
     write: Arc<OwnedWriteHalf>,
     engine: EngineHandle,
     limits: Arc<SessionLimits>,
@@ -95,7 +103,7 @@ async fn drive<R: tokio::io::AsyncRead + Unpin>(
     }
     tracing::debug!(session, "connected");
     {
-        let reader = reader::read_loop(read, session, &engine, &outbox, &limits);
+        let reader = reader::read_loop(frames, session, &engine, &outbox, &limits);
         let writer = writer::write_loop(&write, &outbox, limits.write_timeout, metrics);
         tokio::pin!(reader, writer);
         tokio::select! {

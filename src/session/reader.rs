@@ -1,13 +1,6 @@
 //! The read half: client frames in, engine commands out.
 
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
-use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
-use tokio::io::{AsyncRead, ReadBuf};
-
+use super::frames::{FrameError, FrameReader, OpCode, ReadSocket};
 use super::outbox::Outbox;
 use super::protocol::{self, ClientOp};
 use super::SessionLimits;
@@ -15,35 +8,18 @@ use crate::engine::{Command, EngineHandle, SessionId};
 use crate::wire::{self, CloseCode, ErrorCode};
 
 /// Reads frames until the client closes, the connection fails, or a frame
-/// breaks a limit (then the close frame is queued here).
-pub async fn read_loop<R: AsyncRead + Unpin>(
-    read: R,
+/// breaks a limit or the protocol (then the close frame is queued here).
+pub async fn read_loop<S: ReadSocket>(
+    mut frames: FrameReader<S>,
     session: SessionId,
     engine: &EngineHandle,
     outbox: &Outbox,
     limits: &SessionLimits,
 ) {
-    let (mut ws, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
-    ws.set_max_message_size(limits.max_message_bytes);
-    // Pongs and close echoes the protocol owes go to our writer.
-    let mut obligated = |frame: Frame<'_>| {
-        let bytes = match frame.opcode {
-            OpCode::Pong => Some(wire::pong_frame(&frame.payload)),
-            OpCode::Close => {
-                outbox.close(wire::close_raw(&frame.payload), false);
-                None
-            }
-            _ => None,
-        };
-        if let Some(bytes) = bytes {
-            outbox.push(bytes);
-        }
-        std::future::ready(Ok::<(), std::convert::Infallible>(()))
-    };
     // Text split over continuation frames, bounded like a single frame.
     let mut partial: Option<Vec<u8>> = None;
     loop {
-        let frame = match ws.read_frame(&mut obligated).await {
+        let frame = match frames.read_frame().await {
             Ok(frame) => frame,
             Err(e) => return close_on_error(e, outbox, limits),
         };
@@ -62,15 +38,23 @@ pub async fn read_loop<R: AsyncRead + Unpin>(
                 if !fin {
                     continue;
                 }
-                let message = partial.take().expect("checked above");
-                if std::str::from_utf8(&message).is_err() {
-                    return close_protocol(outbox, "text message is not valid UTF-8");
-                }
-                message
+                partial.take().expect("checked above")
             }
-            (OpCode::Close, _) => return,
-            (OpCode::Ping | OpCode::Pong, _) => continue,
-            (OpCode::Binary, _) if partial.is_none() => {
+            (OpCode::Ping, _) => {
+                outbox.push(wire::pong_frame(&frame.payload));
+                continue;
+            }
+            (OpCode::Pong, _) => continue,
+            (OpCode::Close, _) => {
+                if frame.payload.len() == 1 {
+                    return close_protocol(outbox, "close frame with a one-byte payload");
+                }
+                // Echo the client's close (RFC 6455 section 5.5.1); the
+                // writer sends it after what is queued and ends the session.
+                outbox.close(wire::close_raw(&frame.payload), false);
+                return;
+            }
+            (OpCode::Binary, true) if partial.is_none() => {
                 let frame = wire::error(
                     None,
                     ErrorCode::BadRequest,
@@ -87,6 +71,12 @@ pub async fn read_loop<R: AsyncRead + Unpin>(
             }
             _ => return close_protocol(outbox, "unexpected frame order"),
         };
+        if std::str::from_utf8(&message).is_err() {
+            // 1007: invalid frame payload data (RFC 6455 section 7.4.1).
+            let close = wire::close_with_code(1007, "text message is not valid UTF-8");
+            outbox.close(close, false);
+            return;
+        }
         if handle_message(message, session, engine, limits)
             .await
             .is_err()
@@ -125,12 +115,11 @@ async fn handle_message(
     engine.send(command).await
 }
 
-fn close_on_error(error: WebSocketError, outbox: &Outbox, limits: &SessionLimits) {
+fn close_on_error(error: FrameError, outbox: &Outbox, limits: &SessionLimits) {
     match error {
-        WebSocketError::FrameTooLarge => close_too_big(outbox, limits),
-        WebSocketError::UnexpectedEOF | WebSocketError::IoError(_) => {}
-        WebSocketError::InvalidUTF8 => close_protocol(outbox, "text frame is not valid UTF-8"),
-        other => close_protocol(outbox, &other.to_string()),
+        FrameError::TooLarge(_) => close_too_big(outbox, limits),
+        FrameError::Eof | FrameError::Io(_) => {}
+        FrameError::Protocol(why) => close_protocol(outbox, why),
     }
 }
 
@@ -144,34 +133,5 @@ fn close_too_big(outbox: &Outbox, limits: &SessionLimits) {
 
 fn close_protocol(outbox: &Outbox, reason: &str) {
     // 1002: protocol error (RFC 6455 section 7.4.1).
-    let frame = wire::close_with_code(1002, reason);
-    outbox.close(frame, false);
-}
-
-/// A reader that first yields bytes that were read ahead during the HTTP
-/// upgrade, then reads from the socket.
-pub struct Prefixed<R> {
-    prefix: Bytes,
-    inner: R,
-}
-
-impl<R> Prefixed<R> {
-    pub fn new(prefix: Bytes, inner: R) -> Self {
-        Self { prefix, inner }
-    }
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for Prefixed<R> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
+    outbox.close(wire::close_with_code(1002, reason), false);
 }

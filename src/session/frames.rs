@@ -1,0 +1,288 @@
+//! Reading client WebSocket frames (RFC 6455 section 5) with a buffer that
+//! costs nothing while the connection is idle.
+//!
+//! tickcast writes its own frames (pre-encoded, shared) and reads only small
+//! JSON requests, so an idle connection should hold no read buffer at all:
+//! the reader waits for the socket to become readable before it allocates,
+//! and gives the buffer back once every byte it holds has been consumed.
+//! (fastwebsockets' reader keeps an 8 KiB buffer per connection for its
+//! whole life, which is most of an idle connection's memory.)
+
+use std::io;
+
+use bytes::{Buf, BytesMut};
+use tokio::net::tcp::OwnedReadHalf;
+
+/// Bytes reserved for the first read of a burst: a typical request fits.
+const FIRST_READ: usize = 512;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpCode {
+    Continuation,
+    Text,
+    Binary,
+    Close,
+    Ping,
+    Pong,
+}
+
+impl OpCode {
+    fn from_bits(bits: u8) -> Option<Self> {
+        Some(match bits {
+            0x0 => Self::Continuation,
+            0x1 => Self::Text,
+            0x2 => Self::Binary,
+            0x8 => Self::Close,
+            0x9 => Self::Ping,
+            0xA => Self::Pong,
+            _ => return None,
+        })
+    }
+
+    fn is_control(self) -> bool {
+        matches!(self, Self::Close | Self::Ping | Self::Pong)
+    }
+}
+
+/// One frame, unmasked.
+#[derive(Debug)]
+pub struct Frame {
+    pub fin: bool,
+    pub opcode: OpCode,
+    pub payload: BytesMut,
+}
+
+/// Why reading stopped; each maps to a close code in the session.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("connection closed")]
+    Eof,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error("frame of {0} bytes is over the limit")]
+    TooLarge(u64),
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+}
+
+/// A socket read half as the frame reader needs it.
+pub trait ReadSocket {
+    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send;
+    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize>;
+}
+
+impl ReadSocket for OwnedReadHalf {
+    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send {
+        OwnedReadHalf::readable(self)
+    }
+    fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        OwnedReadHalf::try_read_buf(self, buf)
+    }
+}
+
+/// Reads masked client frames of at most `max_payload` bytes each.
+pub struct FrameReader<S> {
+    socket: S,
+    buf: BytesMut,
+    max_payload: usize,
+}
+
+impl<S: ReadSocket> FrameReader<S> {
+    /// `read_ahead` holds bytes already read from the socket (during the
+    /// HTTP upgrade); they come first.
+    pub fn new(socket: S, read_ahead: &[u8], max_payload: usize) -> Self {
+        Self {
+            socket,
+            buf: BytesMut::from(read_ahead),
+            max_payload,
+        }
+    }
+
+    /// Bytes the reader holds right now (0 while idle).
+    #[cfg(test)]
+    pub fn buffered_capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Reads until the buffer holds at least `n` bytes.
+    async fn fill(&mut self, n: usize) -> Result<(), FrameError> {
+        while self.buf.len() < n {
+            if self.buf.capacity() - self.buf.len() < n - self.buf.len() {
+                self.buf.reserve((n - self.buf.len()).max(FIRST_READ));
+            }
+            match self.socket.try_read_buf(&mut self.buf) {
+                Ok(0) => return Err(FrameError::Eof),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if self.buf.is_empty() {
+                        // Idle: hold no memory while waiting.
+                        self.buf = BytesMut::new();
+                    }
+                    self.socket.readable().await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The next frame. Not cancel-safe (bytes of a partly read frame stay in
+    /// the buffer, but a cancelled call loses its place): call it from one
+    /// task that is dropped only when the session ends.
+    pub async fn read_frame(&mut self) -> Result<Frame, FrameError> {
+        self.fill(2).await?;
+        let (b0, b1) = (self.buf[0], self.buf[1]);
+        if b0 & 0x70 != 0 {
+            return Err(FrameError::Protocol(
+                "reserved bits set (no extensions were agreed)",
+            ));
+        }
+        let fin = b0 & 0x80 != 0;
+        let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(FrameError::Protocol("unknown opcode"))?;
+        if b1 & 0x80 == 0 {
+            return Err(FrameError::Protocol("client frames must be masked"));
+        }
+        let (len_bytes, short) = match b1 & 0x7F {
+            126 => (2, None),
+            127 => (8, None),
+            n => (0, Some(u64::from(n))),
+        };
+        self.fill(2 + len_bytes + 4).await?;
+        let len = match short {
+            Some(n) => n,
+            None if len_bytes == 2 => u64::from(u16::from_be_bytes([self.buf[2], self.buf[3]])),
+            None => u64::from_be_bytes(self.buf[2..10].try_into().expect("8 bytes")),
+        };
+        if opcode.is_control() && (!fin || len > 125) {
+            return Err(FrameError::Protocol(
+                "control frames must be whole and at most 125 bytes",
+            ));
+        }
+        if len > self.max_payload as u64 {
+            return Err(FrameError::TooLarge(len));
+        }
+        let head = 2 + len_bytes;
+        let mask: [u8; 4] = self.buf[head..head + 4].try_into().expect("4 bytes");
+        let total = head + 4 + len as usize;
+        self.fill(total).await?;
+        self.buf.advance(head + 4);
+        let mut payload = self.buf.split_to(len as usize);
+        for (i, byte) in payload.iter_mut().enumerate() {
+            *byte ^= mask[i % 4];
+        }
+        if self.buf.is_empty() {
+            // Everything consumed: the next read starts from nothing.
+            self.buf = BytesMut::new();
+        }
+        Ok(Frame {
+            fin,
+            opcode,
+            payload,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Hands out the scripted chunks one `try_read` at a time.
+    struct Script(Mutex<Vec<Vec<u8>>>);
+
+    impl ReadSocket for Script {
+        fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send {
+            std::future::ready(Ok(()))
+        }
+        fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+            let mut chunks = self.0.lock().unwrap();
+            if chunks.is_empty() {
+                return Ok(0);
+            }
+            let chunk = chunks.remove(0);
+            let room = buf.capacity() - buf.len();
+            let n = chunk.len().min(room);
+            buf.extend_from_slice(&chunk[..n]);
+            if n < chunk.len() {
+                chunks.insert(0, chunk[n..].to_vec());
+            }
+            Ok(n)
+        }
+    }
+
+    fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        let mut out = vec![first];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n <= 65535 => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    fn reader(chunks: Vec<Vec<u8>>, max: usize) -> FrameReader<Script> {
+        FrameReader::new(Script(Mutex::new(chunks)), b"", max)
+    }
+
+    #[tokio::test]
+    async fn frames_split_anywhere_are_read_whole_and_unmasked() {
+        let text = masked(0x81, b"{\"op\":\"ping\"}");
+        let big = masked(0x82, &vec![7u8; 70_000]);
+        let mut bytes = text.clone();
+        bytes.extend_from_slice(&big);
+        bytes.extend_from_slice(&masked(0x89, b"hi"));
+        for step in [1, 3, 7, 100, bytes.len()] {
+            let chunks = bytes.chunks(step).map(|c| c.to_vec()).collect();
+            let mut r = reader(chunks, 1 << 20);
+            let f = r.read_frame().await.unwrap();
+            assert_eq!(
+                (f.fin, f.opcode, &f.payload[..]),
+                (true, OpCode::Text, &b"{\"op\":\"ping\"}"[..])
+            );
+            let f = r.read_frame().await.unwrap();
+            assert_eq!((f.opcode, f.payload.len()), (OpCode::Binary, 70_000));
+            assert!(f.payload.iter().all(|&b| b == 7));
+            let f = r.read_frame().await.unwrap();
+            assert_eq!((f.opcode, &f.payload[..]), (OpCode::Ping, &b"hi"[..]));
+            assert_eq!(r.buffered_capacity(), 0, "nothing held once consumed");
+            assert!(matches!(r.read_frame().await, Err(FrameError::Eof)));
+        }
+    }
+
+    #[tokio::test]
+    async fn limits_and_rules_are_enforced() {
+        let mut r = reader(vec![masked(0x81, &[b'x'; 200])], 100);
+        assert!(matches!(
+            r.read_frame().await,
+            Err(FrameError::TooLarge(200))
+        ));
+        let mut unmasked = masked(0x81, b"a");
+        unmasked[1] &= 0x7F;
+        let mut r = reader(vec![unmasked], 100);
+        assert!(matches!(r.read_frame().await, Err(FrameError::Protocol(_))));
+        let mut r = reader(vec![masked(0xC1, b"a")], 100);
+        assert!(
+            matches!(r.read_frame().await, Err(FrameError::Protocol(_))),
+            "rsv1"
+        );
+        let mut r = reader(vec![masked(0x09, b"a")], 100);
+        assert!(
+            matches!(r.read_frame().await, Err(FrameError::Protocol(_))),
+            "fragmented ping"
+        );
+        let mut r = reader(vec![masked(0x83, b"a")], 100);
+        assert!(
+            matches!(r.read_frame().await, Err(FrameError::Protocol(_))),
+            "opcode 3"
+        );
+    }
+}
