@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Side-by-side runs of tickcast and the uWebSockets.js reference server with
+# the same loadgen on the same machine, alternating (A B A B ...), then the
+# median of each figure per server.
+#
+#   scripts/compare-uws.sh                 # target 1: 2000 clients, 1 channel, 100 updates/s
+#   RUNS=5 CLIENTS=8000 scripts/compare-uws.sh
+#   CHANNELS=200 PER_CLIENT=10 PICK=zipf CLIENTS=4000 RATE=2000 scripts/compare-uws.sh
+#
+# UWS_DIR is a writable copy of shared/peers/uws (made and set up on first
+# use; never committed). Results: results/compare/<time>/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS=${RUNS:-3}
+CLIENTS=${CLIENTS:-2000}
+RATE=${RATE:-100}
+DURATION=${DURATION:-15s}
+CHANNELS=${CHANNELS:-1}
+PER_CLIENT=${PER_CLIENT:-1}
+PICK=${PICK:-uniform}
+TICKCAST_ARGS=${TICKCAST_ARGS:-}
+UWS_DIR=${UWS_DIR:-target/uws}
+OUT=${OUT:-results/compare/$(date +%Y%m%d-%H%M%S)}
+
+if [ ! -d "$UWS_DIR/node_modules" ]; then
+  mkdir -p "$UWS_DIR"
+  cp -r ../shared/peers/uws/. "$UWS_DIR/"
+  chmod -R u+w "$UWS_DIR"
+  bash "$UWS_DIR/setup.sh"
+fi
+cargo build --release -q -p tickcast -p tickcast-loadgen
+mkdir -p "$OUT"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_port() { # wait until something listens on $1
+  for _ in $(seq 1 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on port $1" >&2; return 1
+}
+
+loadgen() { # URL FEED LABEL
+  target/release/tickcast-loadgen --url "$1" --publish "tcp:$2" --rate "$RATE" --clients "$CLIENTS" \
+    --channels "$CHANNELS" --per-client "$PER_CLIENT" --pick "$PICK" --channel-prefix bench.c \
+    --duration "$DURATION" --no-progress --out "$OUT/$3" > "$OUT/$3.txt" 2>&1 || true
+}
+
+for i in $(seq 1 "$RUNS"); do
+  ws=$(free_port); feed=$(free_port)
+  # shellcheck disable=SC2086
+  target/release/tickcast serve --listen "127.0.0.1:$ws" --feed "tcp:127.0.0.1:$feed" \
+    --stats-interval 0 --log warn $TICKCAST_ARGS > "$OUT/tickcast-$i.log" 2>&1 &
+  pid=$!
+  wait_port "$ws"; wait_port "$feed"
+  echo "run $i: tickcast"
+  loadgen "ws://127.0.0.1:$ws/ws" "127.0.0.1:$feed" "tickcast-$i"
+  kill $pid; wait $pid 2>/dev/null || true
+
+  ws=$(free_port); feed=$(free_port)
+  (cd "$UWS_DIR" && exec node uws.js --ws "127.0.0.1:$ws" --ingest "127.0.0.1:$feed") > "$OUT/uws-$i.log" 2>&1 &
+  pid=$!
+  wait_port "$ws"; wait_port "$feed"
+  echo "run $i: uws"
+  loadgen "ws://127.0.0.1:$ws/ws" "127.0.0.1:$feed" "uws-$i"
+  kill $pid; wait $pid 2>/dev/null || true
+done
+
+python3 - "$OUT" <<'PY'
+import json, os, statistics, sys
+out = sys.argv[1]
+rows = {}
+for name in sorted(os.listdir(out)):
+    path = os.path.join(out, name, "result.json")
+    if not os.path.isfile(path):
+        continue
+    server = name.rsplit("-", 1)[0]
+    r = json.load(open(path))
+    lat = r["latency"]["corrected"]
+    pub = r.get("publisher") or {}
+    rows.setdefault(server, []).append({
+        "delivered_pct": pub.get("delivered_pct", float("nan")),
+        "p50_ms": lat["p50"] / 1000, "p90_ms": lat["p90"] / 1000, "p99_ms": lat["p99"] / 1000,
+        "p99_9_ms": lat["p99_9"] / 1000, "max_ms": lat["max"] / 1000,
+        "deliveries_per_s": r["deliveries_per_s"], "gaps": r["chains"]["gaps"],
+    })
+keys = ["delivered_pct", "deliveries_per_s", "p50_ms", "p90_ms", "p99_ms", "p99_9_ms", "max_ms", "gaps"]
+print(f"\nmedians over runs ({out})")
+print(f"{'server':>10} {'runs':>5} " + " ".join(f"{k:>16}" for k in keys))
+summary = {}
+for server, runs in rows.items():
+    med = {k: statistics.median(r[k] for r in runs) for k in keys}
+    summary[server] = {"runs": runs, "median": med}
+    print(f"{server:>10} {len(runs):>5} " + " ".join(f"{med[k]:>16.2f}" for k in keys))
+json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=1)
+PY
