@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
-use crate::engine::EngineLimits;
+use crate::engine::{EngineLimits, Namespaces};
 use crate::feed::{FeedSpec, ReplayOptions, Speed};
 use crate::session::SessionLimits;
 
@@ -203,6 +203,8 @@ pub struct Settings {
     /// Seconds between stats log lines; `None` for never.
     pub stats_interval: Option<Duration>,
     pub limits: Limits,
+    /// Mode and history depth per namespace.
+    pub namespaces: Namespaces,
 }
 
 impl Default for Settings {
@@ -270,6 +272,7 @@ impl Config {
                 .filter(|&s| s > 0)
                 .map(Duration::from_secs),
             limits: self.limits,
+            namespaces: Namespaces::default(),
         })
     }
 }
