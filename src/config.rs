@@ -483,20 +483,43 @@ mod tests {
     #[test]
     fn bad_values_are_named_with_their_key_and_line() {
         let cases = [
-            ("[limits]\nring_capacity = 1000\n", "limits.ring_capacity", 2),
-            ("log = \"info\"\n[limits]\n\noutbox_bytes = 0\n", "limits.outbox_bytes", 4),
-            ("feeds = [\"synthetic\", \"carrier-pigeon\"]\n", "feeds[1]", 1),
+            (
+                "[limits]\nring_capacity = 1000\n",
+                "limits.ring_capacity",
+                2,
+            ),
+            (
+                "log = \"info\"\n[limits]\n\noutbox_bytes = 0\n",
+                "limits.outbox_bytes",
+                4,
+            ),
+            (
+                "feeds = [\"synthetic\", \"carrier-pigeon\"]\n",
+                "feeds[1]",
+                1,
+            ),
             ("speed = \"warp\"\n", "speed", 1),
             ("stats_interval = -1\n", "stats_interval", 1),
-            ("[namespace_defaults]\nmode = \"merge\"\nhistory = 99999999\n", "history", 3),
+            (
+                "[namespace_defaults]\nmode = \"merge\"\nhistory = 99999999\n",
+                "history",
+                3,
+            ),
             ("[namespaces.trades]\nmode = \"firehose\"\n", "mode", 2),
-            ("[namespaces.trades]\nmode = \"stream\"\nhistroy = 5\n", "histroy", 3),
+            (
+                "[namespaces.trades]\nmode = \"stream\"\nhistroy = 5\n",
+                "histroy",
+                3,
+            ),
             ("[namespaces.\"a.b\"]\nmode = \"stream\"\n", "a.b", 1),
         ];
         for (text, key, line) in cases {
             let err = toml::from_str::<Config>(text).unwrap_err().to_string();
             assert!(err.contains(key), "{key} missing from: {err}");
-            assert!(err.contains(&format!("line {line}")), "line {line} missing from: {err}");
+            assert!(
+                err.contains(&format!("line {line}")),
+                "line {line} missing from: {err}"
+            );
         }
     }
 

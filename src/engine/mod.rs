@@ -396,12 +396,22 @@ impl Engine {
         covered.sort_unstable();
         covered.dedup();
         let epoch_matches = options.epoch.as_deref() == Some(&*self.epoch);
-        for cid in covered {
-            let start = resume::Start::from_request(
-                options.since.get(self.channels[cid].name.as_str()).copied(),
-                epoch_matches,
-            );
-            self.attach(session, cid, &delivery_options, start, now);
+        let filter = &delivery_options.filter;
+        let mut plans: Vec<resume::Plan> = covered
+            .into_iter()
+            .map(|cid| {
+                let since = options.since.get(self.channels[cid].name.as_str());
+                let start = resume::Start::from_request(since.copied(), epoch_matches);
+                self.plan(cid, filter, start)
+            })
+            .collect();
+        let outbox = &self.sessions[&session].outbox;
+        let room = outbox.limit_bytes().saturating_sub(outbox.queued_bytes());
+        self.fit(&mut plans, room, filter);
+        for plan in plans {
+            if !self.start(session, plan, &delivery_options, now) {
+                return;
+            }
         }
     }
 

@@ -43,23 +43,26 @@ impl Start {
     }
 }
 
+/// What one channel's (re)start sends, worked out before anything is sent
+/// so that a subscribe can check its answers fit the session's queue.
+pub(super) struct Plan {
+    cid: ChannelId,
+    frames: Vec<Bytes>,
+    bytes: usize,
+    last_sent: u64,
+    /// The frames replay a resume; a resync snapshot could replace them.
+    replay: bool,
+}
+
 impl Engine {
-    /// Starts (or restarts) delivering `cid` to `session` with `options`.
-    /// A restart drops anything the old delivery was holding.
-    pub(super) fn attach(
+    /// Works out how `cid` starts for a subscriber with `filter`.
+    pub(super) fn plan(
         &mut self,
-        session: SessionId,
         cid: ChannelId,
-        options: &Arc<DeliveryOptions>,
+        filter: &Option<Arc<FieldFilter>>,
         start: Start,
-        now: u64,
-    ) {
-        let Some(entry) = self.sessions.get_mut(&session) else {
-            return;
-        };
+    ) -> Plan {
         let channel = &mut self.channels[cid];
-        let filter = options.filter.clone();
-        let outbox = entry.outbox.clone();
         let replayed = match start {
             Start::Snapshot => None,
             Start::Since {
@@ -69,25 +72,84 @@ impl Engine {
             Start::Since {
                 since,
                 epoch_matches: true,
-            } => replay(channel, since, &filter, outbox.limit_bytes()),
+            } => replay(channel, since, filter),
             Start::Since { .. } => None,
         };
+        let replay = replayed.as_ref().is_some_and(|(f, _)| !f.is_empty());
         let (frames, last_sent) = replayed.unwrap_or_else(|| {
             // A resume that cannot be honoured is announced as a resync.
             let resync = start != Start::Snapshot;
-            let frame = channel.snapshot_frame(&self.epoch, &filter, resync);
+            let frame = channel.snapshot_frame(&self.epoch, filter, resync);
             (vec![frame], channel.seq)
         });
-        for bytes in frames {
+        Plan {
+            cid,
+            bytes: frames.iter().map(Bytes::len).sum(),
+            frames,
+            last_sent,
+            replay,
+        }
+    }
+
+    /// Makes `plans` fit in half of `room` (the queue's free bytes) by
+    /// answering the biggest replays with resync snapshots instead. Without
+    /// this, a resume whose answers exceed the queue would be closed with
+    /// 1013 and, resumed from the same positions, closed again forever. Half,
+    /// so that a replay also leaves room for what follows it: the next
+    /// subscribe of a reconnecting client, and live updates.
+    pub(super) fn fit(
+        &mut self,
+        plans: &mut [Plan],
+        room: usize,
+        filter: &Option<Arc<FieldFilter>>,
+    ) {
+        let room = room / 2;
+        let mut total: usize = plans.iter().map(|p| p.bytes).sum();
+        while total > room {
+            let Some(plan) = plans
+                .iter_mut()
+                .filter(|p| p.replay)
+                .max_by_key(|p| p.bytes)
+            else {
+                return;
+            };
+            let channel = &mut self.channels[plan.cid];
+            let frame = channel.snapshot_frame(&self.epoch, filter, true);
+            total = total - plan.bytes + frame.len();
+            plan.bytes = frame.len();
+            plan.frames = vec![frame];
+            plan.last_sent = channel.seq;
+            plan.replay = false;
+        }
+    }
+
+    /// Sends `plan` to `session` and (re)sets its delivery with `options`.
+    /// A restart drops anything the old delivery was holding. Returns false
+    /// if the session's queue was full and it has been closed.
+    pub(super) fn start(
+        &mut self,
+        session: SessionId,
+        plan: Plan,
+        options: &Arc<DeliveryOptions>,
+        now: u64,
+    ) -> bool {
+        let Some(entry) = self.sessions.get_mut(&session) else {
+            return false;
+        };
+        let outbox = entry.outbox.clone();
+        for bytes in plan.frames {
             let frame = QueuedFrame {
                 bytes,
                 ingest_ns: 0,
                 queued_ns: now,
             };
             if !outbox.push(frame) {
-                return self.close_slow(session);
+                self.close_slow(session);
+                return false;
             }
         }
+        let cid = plan.cid;
+        let channel = &mut self.channels[cid];
         // `max_hz` never applies to stream channels, even via a pattern.
         let throttle = match (channel.mode, options.max_hz) {
             (Mode::Merge, Some(hz)) => Some(Throttle::from_hz(hz, now)),
@@ -96,7 +158,7 @@ impl Engine {
         let delivery = if entry.attached.insert(cid) {
             channel
                 .subscribers
-                .push(Delivery::new(session, outbox, last_sent));
+                .push(Delivery::new(session, outbox, plan.last_sent));
             channel.subscribers.last_mut().expect("just pushed")
         } else {
             let delivery = channel
@@ -106,28 +168,38 @@ impl Engine {
                 self.timers.disarm(due, cid, session);
             }
             delivery.discard_pending();
-            delivery.last_sent = last_sent;
+            delivery.last_sent = plan.last_sent;
             delivery
         };
-        delivery.filter = filter;
+        delivery.filter = options.filter.clone();
         delivery.throttle = throttle;
+        true
+    }
+
+    /// Starts `cid` for `session` on its own (a channel that just appeared).
+    pub(super) fn attach(
+        &mut self,
+        session: SessionId,
+        cid: ChannelId,
+        options: &Arc<DeliveryOptions>,
+        start: Start,
+        now: u64,
+    ) {
+        let plan = self.plan(cid, &options.filter, start);
+        self.start(session, plan, options, now);
     }
 }
 
 /// The updates after `since` as frames, filtered and chained, and the seq
-/// the chain ends at; `None` if history no longer holds them all, or if
-/// together they could never fit the session's queue (`room` bytes), in
-/// which case a resync is the only answer that can arrive.
+/// the chain ends at; `None` if history no longer holds them all.
 fn replay(
     channel: &Channel,
     since: u64,
     filter: &Option<Arc<FieldFilter>>,
-    room: usize,
 ) -> Option<(Vec<Bytes>, u64)> {
     let name = channel.name.as_str();
     let mut frames = Vec::new();
     let mut prev = since;
-    let mut total = 0;
     for entry in channel.history.after(since)? {
         let frame = match filter {
             None => wire::update(name, entry.seq, prev, entry.ts, &entry.patch),
@@ -142,10 +214,6 @@ fn replay(
                 wire::update(name, entry.seq, prev, entry.ts, &json)
             }
         };
-        total += frame.len();
-        if total > room {
-            return None;
-        }
         prev = entry.seq;
         frames.push(frame);
     }
