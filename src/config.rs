@@ -3,7 +3,12 @@
 //!
 //! Precedence: a flag given on the command line, then the config file, then
 //! the default written here.
+//!
+//! Values are checked while the file is read (the `check` module below), so
+//! an unknown key or a bad value stops start-up with an error that quotes
+//! the file's line, key included.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,7 +16,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
-use crate::engine::EngineLimits;
+use crate::engine::{EngineLimits, Mode, NamespacePolicy, Namespaces};
 use crate::feed::{FeedSpec, ReplayOptions, Speed};
 use crate::session::SessionLimits;
 
@@ -72,15 +77,54 @@ pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub listen: SocketAddr,
+    #[serde(deserialize_with = "check::feeds")]
     pub feeds: Vec<String>,
+    #[serde(deserialize_with = "check::speed")]
     pub speed: String,
     #[serde(rename = "loop")]
     pub looped: bool,
+    #[serde(deserialize_with = "check::log_filter")]
     pub log: String,
     pub stats_interval: u64,
     pub direct_writes: bool,
     pub limits: Limits,
+    /// Policy for every namespace not named in `namespaces`.
+    pub namespace_defaults: NamespaceDefaults,
+    /// Per-namespace policy; a key left out comes from `namespace_defaults`.
+    #[serde(deserialize_with = "check::namespaces")]
+    pub namespaces: BTreeMap<String, NamespaceConfig>,
 }
+
+/// `[namespace_defaults]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NamespaceDefaults {
+    pub mode: Mode,
+    #[serde(deserialize_with = "check::history")]
+    pub history: usize,
+}
+
+impl Default for NamespaceDefaults {
+    fn default() -> Self {
+        let policy = NamespacePolicy::default();
+        Self {
+            mode: policy.mode,
+            history: policy.history,
+        }
+    }
+}
+
+/// `[namespaces.<name>]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceConfig {
+    pub mode: Option<Mode>,
+    #[serde(default, deserialize_with = "check::some_history")]
+    pub history: Option<usize>,
+}
+
+/// Most updates a channel may keep for resume (memory is per channel).
+pub const MAX_HISTORY: usize = 1 << 20;
 
 impl Default for Config {
     fn default() -> Self {
@@ -93,6 +137,8 @@ impl Default for Config {
             stats_interval: 10,
             direct_writes: false,
             limits: Limits::default(),
+            namespace_defaults: NamespaceDefaults::default(),
+            namespaces: BTreeMap::new(),
         }
     }
 }
@@ -102,22 +148,31 @@ impl Default for Config {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest client message in bytes; a larger frame is closed with 1009.
+    #[serde(deserialize_with = "check::max_message_bytes")]
     pub max_message_bytes: usize,
     /// Outbound queue bound per connection, in bytes.
+    #[serde(deserialize_with = "check::outbox_bytes")]
     pub outbox_bytes: usize,
     /// Most names and patterns one connection may be subscribed to.
+    #[serde(deserialize_with = "check::max_subscriptions_per_connection")]
     pub max_subscriptions_per_connection: usize,
     /// Most channels in one subscribe or unsubscribe message.
+    #[serde(deserialize_with = "check::max_channels_per_request")]
     pub max_channels_per_request: usize,
     /// Most channels the server keeps.
+    #[serde(deserialize_with = "check::max_channels")]
     pub max_channels: usize,
     /// Most WebSocket connections at once.
+    #[serde(deserialize_with = "check::max_connections")]
     pub max_connections: usize,
     /// Records the feed-to-engine ring holds (a power of two).
+    #[serde(deserialize_with = "check::power_of_two")]
     pub ring_capacity: usize,
     /// Commands from sessions the engine queues before sessions wait.
+    #[serde(deserialize_with = "check::engine_queue")]
     pub engine_queue: usize,
     /// How long one socket write may take before the client is dropped (ms).
+    #[serde(deserialize_with = "check::write_timeout_ms")]
     pub write_timeout_ms: u64,
 }
 
@@ -154,36 +209,6 @@ impl Limits {
             direct_writes: false,
         }
     }
-
-    fn check(&self) -> Result<(), String> {
-        if !self.ring_capacity.is_power_of_two() || self.ring_capacity < 2 {
-            return Err(format!(
-                "limits.ring_capacity must be a power of two >= 2, not {}",
-                self.ring_capacity
-            ));
-        }
-        for (key, value) in [
-            ("limits.max_message_bytes", self.max_message_bytes),
-            ("limits.outbox_bytes", self.outbox_bytes),
-            (
-                "limits.max_subscriptions_per_connection",
-                self.max_subscriptions_per_connection,
-            ),
-            (
-                "limits.max_channels_per_request",
-                self.max_channels_per_request,
-            ),
-            ("limits.max_channels", self.max_channels),
-            ("limits.max_connections", self.max_connections),
-            ("limits.engine_queue", self.engine_queue),
-            ("limits.write_timeout_ms", self.write_timeout_ms as usize),
-        ] {
-            if value == 0 {
-                return Err(format!("{key} must be greater than 0"));
-            }
-        }
-        Ok(())
-    }
 }
 
 /// A configuration that cannot be used, with what to change.
@@ -212,6 +237,8 @@ pub struct Settings {
     /// See `ServeArgs::direct_writes`.
     pub direct_writes: bool,
     pub limits: Limits,
+    /// Mode and history depth per namespace.
+    pub namespaces: Namespaces,
 }
 
 impl Default for Settings {
@@ -261,12 +288,7 @@ impl Config {
                 .parse()
                 .map_err(|e| ConfigError::Invalid(format!("{}: {e}", place("speed"))))?,
         };
-        self.limits.check().map_err(|e| {
-            ConfigError::Invalid(match file {
-                Some(path) => format!("{e} (in {})", path.display()),
-                None => e,
-            })
-        })?;
+        let namespaces = self.namespace_policies();
         Ok(Settings {
             listen: args.listen.unwrap_or(self.listen),
             feeds,
@@ -280,7 +302,27 @@ impl Config {
                 .map(Duration::from_secs),
             direct_writes: args.direct_writes.unwrap_or(self.direct_writes),
             limits: self.limits,
+            namespaces,
         })
+    }
+
+    fn namespace_policies(&self) -> Namespaces {
+        let default = NamespacePolicy {
+            mode: self.namespace_defaults.mode,
+            history: self.namespace_defaults.history,
+        };
+        let named = self
+            .namespaces
+            .iter()
+            .map(|(name, ns)| {
+                let policy = NamespacePolicy {
+                    mode: ns.mode.unwrap_or(default.mode),
+                    history: ns.history.unwrap_or(default.history),
+                };
+                (name.clone(), policy)
+            })
+            .collect();
+        Namespaces { default, named }
     }
 }
 
@@ -289,6 +331,108 @@ pub fn settings_from_args(args: &ServeArgs) -> Result<Settings, ConfigError> {
     match &args.config {
         Some(path) => Config::load(path)?.resolve(args, Some(path)),
         None => Config::default().resolve(args, None),
+    }
+}
+
+/// Value checks run while the file is read. toml puts the file line, and
+/// the text of that line, in front of each message; the messages name their
+/// key as well, so the error is clear even for a value split over lines.
+mod check {
+    use std::collections::BTreeMap;
+
+    use serde::de::{Deserialize, Deserializer, Error};
+
+    use super::{NamespaceConfig, MAX_HISTORY};
+    use crate::channel::ChannelName;
+    use crate::feed::{FeedSpec, Speed};
+
+    macro_rules! positive {
+        ($($name:ident: $ty:ty = $key:literal;)*) => {$(
+            pub fn $name<'de, D: Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
+                match <$ty>::deserialize(d)? {
+                    0 => Err(D::Error::custom(concat!($key, " must be greater than 0"))),
+                    value => Ok(value),
+                }
+            }
+        )*};
+    }
+
+    positive! {
+        max_message_bytes: usize = "limits.max_message_bytes";
+        outbox_bytes: usize = "limits.outbox_bytes";
+        max_subscriptions_per_connection: usize = "limits.max_subscriptions_per_connection";
+        max_channels_per_request: usize = "limits.max_channels_per_request";
+        max_channels: usize = "limits.max_channels";
+        max_connections: usize = "limits.max_connections";
+        engine_queue: usize = "limits.engine_queue";
+        write_timeout_ms: u64 = "limits.write_timeout_ms";
+    }
+
+    pub fn power_of_two<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        let value = usize::deserialize(d)?;
+        if value < 2 || !value.is_power_of_two() {
+            return Err(D::Error::custom(format!(
+                "limits.ring_capacity must be a power of two >= 2, not {value}"
+            )));
+        }
+        Ok(value)
+    }
+
+    pub fn feeds<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        let feeds = Vec::<String>::deserialize(d)?;
+        for (i, spec) in feeds.iter().enumerate() {
+            if let Err(e) = spec.parse::<FeedSpec>() {
+                return Err(D::Error::custom(format!("feeds[{i}] {spec:?}: {e}")));
+            }
+        }
+        Ok(feeds)
+    }
+
+    pub fn speed<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        let speed = String::deserialize(d)?;
+        match speed.parse::<Speed>() {
+            Ok(_) => Ok(speed),
+            Err(e) => Err(D::Error::custom(format!("speed {speed:?}: {e}"))),
+        }
+    }
+
+    pub fn log_filter<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        let filter = String::deserialize(d)?;
+        match tracing_subscriber::EnvFilter::try_new(&filter) {
+            Ok(_) => Ok(filter),
+            Err(e) => Err(D::Error::custom(format!("log {filter:?}: {e}"))),
+        }
+    }
+
+    fn history_value<E: Error>(value: usize) -> Result<usize, E> {
+        if value > MAX_HISTORY {
+            return Err(E::custom(format!(
+                "history must be at most {MAX_HISTORY} updates, not {value}"
+            )));
+        }
+        Ok(value)
+    }
+
+    pub fn history<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        history_value(usize::deserialize(d)?)
+    }
+
+    pub fn some_history<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+        history_value(usize::deserialize(d)?).map(Some)
+    }
+
+    pub fn namespaces<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, NamespaceConfig>, D::Error> {
+        let map = BTreeMap::<String, NamespaceConfig>::deserialize(d)?;
+        for name in map.keys() {
+            if name.contains('.') || ChannelName::new(name).is_err() {
+                return Err(D::Error::custom(format!(
+                    "namespaces.{name:?}: a namespace is one channel segment (A-Z a-z 0-9 _ - :)"
+                )));
+            }
+        }
+        Ok(map)
     }
 }
 
@@ -308,6 +452,8 @@ mod tests {
             defaults.limits.max_connections
         );
         assert_eq!(parsed.limits.ring_capacity, defaults.limits.ring_capacity);
+        assert_eq!(parsed.namespace_defaults, defaults.namespace_defaults);
+        assert_eq!(parsed.namespaces, defaults.namespaces);
     }
 
     #[test]
@@ -331,13 +477,91 @@ mod tests {
         let settings = file.resolve(&args, None).unwrap();
         assert_eq!(settings.replay.speed, Speed::Factor(2.0));
         assert_eq!(settings.feeds, vec!["tcp:127.0.0.1:9000".parse().unwrap()]);
-        let bad: Config = toml::from_str("feeds = [\"carrier-pigeon\"]").unwrap();
+        // Built in code, a bad value is still caught when resolving.
+        let bad = Config {
+            feeds: vec!["carrier-pigeon".into()],
+            ..Config::default()
+        };
         let err = bad
             .resolve(&ServeArgs::default(), None)
             .unwrap_err()
             .to_string();
         assert!(err.contains("feeds[0]"), "{err}");
-        let zero: Config = toml::from_str("[limits]\nring_capacity = 1000").unwrap();
-        assert!(zero.resolve(&ServeArgs::default(), None).is_err());
+    }
+
+    /// A bad value in the file stops start-up naming the key and its line.
+    #[test]
+    fn bad_values_are_named_with_their_key_and_line() {
+        let cases = [
+            (
+                "[limits]\nring_capacity = 1000\n",
+                "limits.ring_capacity",
+                2,
+            ),
+            (
+                "log = \"info\"\n[limits]\n\noutbox_bytes = 0\n",
+                "limits.outbox_bytes",
+                4,
+            ),
+            (
+                "feeds = [\"synthetic\", \"carrier-pigeon\"]\n",
+                "feeds[1]",
+                1,
+            ),
+            ("speed = \"warp\"\n", "speed", 1),
+            ("stats_interval = -1\n", "stats_interval", 1),
+            (
+                "[namespace_defaults]\nmode = \"merge\"\nhistory = 99999999\n",
+                "history",
+                3,
+            ),
+            ("[namespaces.trades]\nmode = \"firehose\"\n", "mode", 2),
+            (
+                "[namespaces.trades]\nmode = \"stream\"\nhistroy = 5\n",
+                "histroy",
+                3,
+            ),
+            ("[namespaces.\"a.b\"]\nmode = \"stream\"\n", "a.b", 1),
+        ];
+        for (text, key, line) in cases {
+            let err = toml::from_str::<Config>(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{key} missing from: {err}");
+            assert!(
+                err.contains(&format!("line {line}")),
+                "line {line} missing from: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn namespaces_inherit_what_they_do_not_set() {
+        let text = "[namespace_defaults]\nhistory = 10\n[namespaces.trades]\nmode = \"stream\"\n\
+                    [namespaces.quotes]\nhistory = 0\n";
+        let settings = toml::from_str::<Config>(text)
+            .unwrap()
+            .resolve(&ServeArgs::default(), None)
+            .unwrap();
+        let ns = &settings.namespaces;
+        assert_eq!(
+            ns.policy("trades"),
+            NamespacePolicy {
+                mode: Mode::Stream,
+                history: 10
+            }
+        );
+        assert_eq!(
+            ns.policy("quotes"),
+            NamespacePolicy {
+                mode: Mode::Merge,
+                history: 0
+            }
+        );
+        assert_eq!(
+            ns.policy("scores"),
+            NamespacePolicy {
+                mode: Mode::Merge,
+                history: 10
+            }
+        );
     }
 }

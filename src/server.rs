@@ -91,7 +91,8 @@ pub async fn start(
     let epoch = new_epoch();
     let (handle, commands) =
         engine::channel(epoch.clone(), stats.clone(), settings.limits.engine_queue);
-    let engine = Engine::new(epoch, settings.limits.engine(), stats);
+    let engine = Engine::new(epoch, settings.limits.engine(), stats)
+        .with_namespaces(settings.namespaces.clone());
 
     let metrics = Arc::new(Metrics::new());
     let mut feeds = Vec::new();

@@ -8,19 +8,51 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use super::filter::FieldFilter;
 use crate::channel::{ChannelName, Pattern};
 use crate::session::outbox::Outbox;
 
 pub type SessionId = u64;
 pub type ChannelId = usize;
 
+/// What one subscribe asked for, shared by every target it named.
+#[derive(Debug)]
+pub struct DeliveryOptions {
+    pub filter: Option<Arc<FieldFilter>>,
+    pub max_hz: Option<f64>,
+    /// Order of subscribes within the engine: when several targets cover a
+    /// channel that appears later, the latest subscribe's options win.
+    pub generation: u64,
+}
+
+/// A name or pattern a session subscribed to, with the options it came with.
+pub struct Target {
+    pub pattern: Pattern,
+    pub options: Arc<DeliveryOptions>,
+}
+
 /// One connected session as the engine sees it.
 pub struct SessionEntry {
     pub outbox: Arc<Outbox>,
     /// Names and patterns this session subscribed to, without repeats.
-    pub targets: Vec<Pattern>,
+    pub targets: Vec<Target>,
     /// Channels currently delivered to this session.
     pub attached: HashSet<ChannelId>,
+}
+
+impl SessionEntry {
+    pub fn has_target(&self, pattern: &Pattern) -> bool {
+        self.targets.iter().any(|t| t.pattern == *pattern)
+    }
+
+    /// The options of the latest subscribe covering `name`.
+    pub fn options_for(&self, name: &ChannelName) -> Option<Arc<DeliveryOptions>> {
+        self.targets
+            .iter()
+            .filter(|t| t.pattern.matches(name))
+            .max_by_key(|t| t.options.generation)
+            .map(|t| t.options.clone())
+    }
 }
 
 /// Reverse index from targets to sessions, for channels that appear later.

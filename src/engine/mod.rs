@@ -1,32 +1,50 @@
 //! The engine: owns every channel's state and seq, and every subscription.
 //!
-//! One task owns an [`Engine`]; feeds reach it through the ring and sessions
-//! through a bounded command queue ([`EngineHandle`]). It never touches a
-//! socket or reads a clock: it turns inputs into frames pushed onto each
-//! session's [`Outbox`], so it can be tested as plain function calls.
+//! One task owns an [`Engine`] ([`task::run`]); feeds reach it through the
+//! ring and sessions through a bounded command queue ([`EngineHandle`]). It
+//! never touches a socket or reads a clock: it turns inputs (and the `now`
+//! the task passes in) into frames pushed onto each session's [`Outbox`], so
+//! it can be tested as plain function calls with a virtual clock.
+//!
+//! Where things live: [`state`] (a channel, merge patches and their
+//! composition), [`index`] (who subscribed to what), [`fanout`] (an update
+//! into shared frames), [`delivery`] (one channel to one session: filter,
+//! throttle, held diff), [`filter`], [`history`] and [`resume`] (`since`),
+//! [`timers`] and [`flush`] (held diffs falling due), [`policy`] (modes and
+//! history per namespace), [`task`] (the task and its command queue).
 
+pub mod delivery;
 pub mod fanout;
+pub mod filter;
+mod flush;
+pub mod history;
 pub mod index;
+pub mod policy;
+mod resume;
 pub mod state;
+pub mod task;
+pub mod timers;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
 
 use crate::channel::{ChannelName, Pattern};
-use crate::feed::RingItem;
-use crate::metrics::{Metrics, Stage};
 use crate::record::{FeedRecord, JsonMap};
-use crate::ring::{Consumer, TryRecvError};
 use crate::session::outbox::{Outbox, QueuedFrame};
+use crate::session::protocol::SubscribeOptions;
 use crate::wire::{self, CloseCode, ErrorCode};
+use delivery::pending_limit;
 use fanout::UpdateFrames;
+use filter::FilterInterner;
 pub use index::{ChannelId, SessionId};
-use index::{SessionEntry, TargetIndex};
+use index::{DeliveryOptions, SessionEntry, Target, TargetIndex};
+pub use policy::{Mode, NamespacePolicy, Namespaces};
+use state::Channel;
+pub use task::{channel, run, Command, EngineGone, EngineHandle};
+use timers::Timers;
 
 /// Limits the engine enforces; see `config::Limits` for defaults and knobs.
 #[derive(Debug, Clone)]
@@ -54,25 +72,6 @@ pub struct EngineStats {
     pub subscriptions: AtomicU64,
 }
 
-/// A delivery of one channel to one session.
-struct Delivery {
-    session: SessionId,
-    outbox: Arc<Outbox>,
-    /// Seq of the last snapshot or update sent on this channel: the next
-    /// update's `prev`.
-    last_sent: u64,
-}
-
-struct Channel {
-    name: ChannelName,
-    state: JsonMap,
-    seq: u64,
-    subscribers: Vec<Delivery>,
-    /// The snapshot frame for `seq`, shared by everyone who subscribes
-    /// before the next update.
-    snapshot_cache: Option<(u64, Bytes)>,
-}
-
 /// Name and seq of one channel, for `GET /channels`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ChannelInfo {
@@ -92,11 +91,16 @@ pub struct ChannelSnapshot {
 pub struct Engine {
     epoch: Arc<str>,
     limits: EngineLimits,
+    namespaces: Namespaces,
     stats: Arc<EngineStats>,
     channels: Vec<Channel>,
     by_name: HashMap<ChannelName, ChannelId>,
     sessions: HashMap<SessionId, SessionEntry>,
     index: TargetIndex,
+    filters: FilterInterner,
+    timers: Timers,
+    /// Counts subscribes, so the latest one covering a channel wins.
+    generation: u64,
 }
 
 impl Engine {
@@ -104,12 +108,23 @@ impl Engine {
         Self {
             epoch,
             limits,
+            namespaces: Namespaces::default(),
             stats,
             channels: Vec::new(),
             by_name: HashMap::new(),
             sessions: HashMap::new(),
             index: TargetIndex::default(),
+            filters: FilterInterner::default(),
+            timers: Timers::default(),
+            generation: 0,
         }
+    }
+
+    /// Sets the per-namespace policies (mode, history depth). Channels that
+    /// already exist keep the policy they were created with.
+    pub fn with_namespaces(mut self, namespaces: Namespaces) -> Self {
+        self.namespaces = namespaces;
+        self
     }
 
     pub fn epoch(&self) -> &str {
@@ -136,17 +151,35 @@ impl Engine {
             return;
         };
         for target in &entry.targets {
-            self.index.remove(target, session);
+            self.index.remove(&target.pattern, session);
         }
         for cid in entry.attached {
-            self.channels[cid]
-                .subscribers
-                .retain(|d| d.session != session);
+            self.remove_delivery(cid, session);
         }
         self.stats
             .sessions
             .store(self.sessions.len() as u64, Ordering::Relaxed);
         self.count_subscriptions();
+    }
+
+    /// Takes `session` off `cid`'s list, cancelling any held diff's timer.
+    fn remove_delivery(&mut self, cid: ChannelId, session: SessionId) {
+        let subscribers = &mut self.channels[cid].subscribers;
+        if let Some(pos) = subscribers.iter().position(|d| d.session == session) {
+            let delivery = subscribers.swap_remove(pos);
+            if let Some(due) = delivery.due_ns() {
+                self.timers.disarm(due, cid, session);
+            }
+        }
+    }
+
+    /// Stops delivering `cid` to `session`.
+    fn detach(&mut self, session: SessionId, cid: ChannelId) {
+        if let Some(entry) = self.sessions.get_mut(&session) {
+            if entry.attached.remove(&cid) {
+                self.remove_delivery(cid, session);
+            }
+        }
     }
 
     fn count_subscriptions(&self) {
@@ -157,51 +190,73 @@ impl Engine {
     }
 
     /// Applies one feed record: merge, seq + 1, fan out. `now` is the
-    /// caller's monotonic clock (`Metrics::mono_ns`), stamped on queued
-    /// frames for the latency histograms.
+    /// caller's monotonic clock (`Metrics::mono_ns`): it decides what a
+    /// throttled subscription may send, and is stamped on queued frames for
+    /// the latency histograms.
     pub fn apply(&mut self, record: &FeedRecord, now: u64) {
         let cid = match self.by_name.get(&record.channel) {
             Some(&cid) => cid,
-            None => return self.create_channel(record),
+            None => return self.create_channel(record, now),
         };
         self.stats.updates_applied.fetch_add(1, Ordering::Relaxed);
         let channel = &mut self.channels[cid];
-        state::merge_patch(&mut channel.state, &record.data);
-        channel.seq += 1;
-        channel.snapshot_cache = None;
+        let Some(data_json) = channel.apply(record) else {
+            return;
+        };
         if channel.subscribers.is_empty() {
             return;
         }
-        let data_json = serde_json::to_vec(&record.data).expect("serializing a JSON map");
-        let mut frames = UpdateFrames::new(
-            channel.name.as_str(),
-            channel.seq,
-            record.ingest_ns,
-            &data_json,
-        );
+        let Channel {
+            name,
+            state,
+            seq,
+            subscribers,
+            ..
+        } = channel;
+        let seq = *seq;
+        let ts = record.ingest_ns;
+        let mut frames = UpdateFrames::new(name.as_str(), seq, ts, &record.data, &data_json);
+        // Measured at most once per update, and only if a held diff grows big.
+        let mut state_len = None;
         let mut slow = Vec::new();
-        let (mut queued, mut bytes) = (0u64, 0u64);
-        for delivery in &mut channel.subscribers {
-            let frame = frames.for_prev(delivery.last_sent);
+        let (mut queued, mut bytes, mut held) = (0u64, 0u64, 0u64);
+        for delivery in subscribers.iter_mut() {
+            let Some((part, len)) = frames.part(&delivery.filter) else {
+                // Touches none of its fields: nothing to send, and its
+                // `last_sent` stays, so the next `prev` still chains.
+                continue;
+            };
+            if delivery.must_hold(now) {
+                let bound = || {
+                    pending_limit(*state_len.get_or_insert_with(|| delivery::serialized_len(state)))
+                };
+                if delivery.hold(part, len, ts, bound) {
+                    let due = delivery.due_ns().expect("a held diff has a due time");
+                    self.timers.arm(due, cid, delivery.session);
+                }
+                held += 1;
+                continue;
+            }
+            let frame = frames.frame(&delivery.filter, delivery.last_sent);
             let len = frame.len() as u64;
             let timed = QueuedFrame {
                 bytes: frame,
-                ingest_ns: record.ingest_ns,
+                ingest_ns: ts,
                 queued_ns: now,
             };
             if delivery.outbox.push(timed) {
-                delivery.last_sent = channel.seq;
+                delivery.sent(seq, now);
                 queued += 1;
                 bytes += len;
             } else {
                 slow.push(delivery.session);
             }
         }
-        self.stats
-            .frames_queued
-            .fetch_add(queued, Ordering::Relaxed);
-        self.stats.bytes_queued.fetch_add(bytes, Ordering::Relaxed);
-        self.stats
+        let stats = &self.stats;
+        stats.frames_queued.fetch_add(queued, Ordering::Relaxed);
+        stats.bytes_queued.fetch_add(bytes, Ordering::Relaxed);
+        stats.coalesced_diffs.fetch_add(held, Ordering::Relaxed);
+        stats
             .frames_encoded
             .fetch_add(frames.encoded() as u64, Ordering::Relaxed);
         for session in slow {
@@ -211,7 +266,7 @@ impl Engine {
 
     /// A channel's first record creates it (seq 1) and starts every matching
     /// session on it with a snapshot.
-    fn create_channel(&mut self, record: &FeedRecord) {
+    fn create_channel(&mut self, record: &FeedRecord, now: u64) {
         if self.channels.len() >= self.limits.max_channels {
             self.stats
                 .records_dropped_channel_limit
@@ -224,76 +279,26 @@ impl Engine {
             return;
         }
         self.stats.updates_applied.fetch_add(1, Ordering::Relaxed);
-        let mut state = JsonMap::new();
-        state::merge_patch(&mut state, &record.data);
+        let policy = self.namespaces.policy(record.channel.namespace());
         let cid = self.channels.len();
-        self.channels.push(Channel {
-            name: record.channel.clone(),
-            state,
-            seq: 1,
-            subscribers: Vec::new(),
-            snapshot_cache: None,
-        });
+        self.channels.push(Channel::create(record, policy));
         self.by_name.insert(record.channel.clone(), cid);
         self.stats
             .channels
             .store(self.channels.len() as u64, Ordering::Relaxed);
         for session in self.index.sessions_for(&record.channel) {
-            self.attach(session, cid);
-        }
-    }
-
-    /// Starts (or restarts) delivering `cid` to `session` with a snapshot.
-    fn attach(&mut self, session: SessionId, cid: ChannelId) {
-        let Some(entry) = self.sessions.get_mut(&session) else {
-            return;
-        };
-        let channel = &mut self.channels[cid];
-        let seq = channel.seq;
-        let frame = match &channel.snapshot_cache {
-            Some((cached_seq, frame)) if *cached_seq == seq => frame.clone(),
-            _ => {
-                let frame = wire::snapshot(
-                    channel.name.as_str(),
-                    seq,
-                    &self.epoch,
-                    &channel.state,
-                    false,
-                );
-                channel.snapshot_cache = Some((seq, frame.clone()));
-                frame
-            }
-        };
-        if !entry.outbox.push(frame) {
-            return self.close_slow(session);
-        }
-        if entry.attached.insert(cid) {
-            channel.subscribers.push(Delivery {
-                session,
-                outbox: entry.outbox.clone(),
-                last_sent: seq,
-            });
-        } else if let Some(d) = channel
-            .subscribers
-            .iter_mut()
-            .find(|d| d.session == session)
-        {
-            d.last_sent = seq;
-        }
-    }
-
-    fn detach(&mut self, session: SessionId, cid: ChannelId) {
-        if let Some(entry) = self.sessions.get_mut(&session) {
-            if entry.attached.remove(&cid) {
-                self.channels[cid]
-                    .subscribers
-                    .retain(|d| d.session != session);
+            let options = self
+                .sessions
+                .get(&session)
+                .and_then(|entry| entry.options_for(&record.channel));
+            if let Some(options) = options {
+                self.attach(session, cid, &options, resume::Start::Snapshot, now);
             }
         }
     }
 
     /// A session whose queue is full is closed with 1013 rather than
-    /// silently skipped: its client resumes and gets a fresh snapshot.
+    /// silently skipped: its client resumes with `since`.
     fn close_slow(&mut self, session: SessionId) {
         if let Some(entry) = self.sessions.get(&session) {
             tracing::info!(session, "closing slow consumer (outbound queue full)");
@@ -320,14 +325,20 @@ impl Engine {
         }
     }
 
-    pub fn subscribe(&mut self, session: SessionId, id: Option<i64>, targets: Vec<Pattern>) {
-        let Some(entry) = self.sessions.get_mut(&session) else {
+    /// Subscribes `session` to `targets` with `options`, then starts every
+    /// existing channel they cover: a snapshot, or from `since` a replay.
+    pub fn subscribe(
+        &mut self,
+        session: SessionId,
+        id: Option<i64>,
+        targets: Vec<Pattern>,
+        options: SubscribeOptions,
+        now: u64,
+    ) {
+        let Some(entry) = self.sessions.get(&session) else {
             return;
         };
-        let new = targets
-            .iter()
-            .filter(|t| !entry.targets.contains(t))
-            .count();
+        let new = targets.iter().filter(|t| !entry.has_target(t)).count();
         if entry.targets.len() + new > self.limits.max_targets_per_session {
             let message = format!(
                 "at most {} channels and patterns per connection (limits.max_subscriptions_per_connection)",
@@ -335,14 +346,25 @@ impl Engine {
             );
             return self.reply(session, wire::error(id, ErrorCode::Limit, &message));
         }
+        if options.max_hz.is_some() {
+            if let Some(namespace) = self.stream_namespace_named(&targets) {
+                let message = format!(
+                    "max_hz is not available on stream channels (namespace {namespace:?} is stream: every update is delivered)"
+                );
+                return self.reply(session, wire::error(id, ErrorCode::Unsupported, &message));
+            }
+        }
+        self.generation += 1;
+        let delivery_options = Arc::new(DeliveryOptions {
+            filter: options.fields.as_deref().map(|f| self.filters.intern(f)),
+            max_hz: options.max_hz,
+            generation: self.generation,
+        });
+        let entry = self.sessions.get_mut(&session).expect("checked above");
         let names: Vec<String> = targets.iter().map(|t| t.as_str().to_owned()).collect();
         let reply = wire::channels_reply("subscribed", id, &names);
         let mut covered = Vec::new();
-        for target in &targets {
-            if !entry.targets.contains(target) {
-                entry.targets.push(target.clone());
-                self.index.add(target, session);
-            }
+        for target in targets {
             if target.is_wildcard() {
                 covered.extend(
                     self.channels
@@ -354,6 +376,17 @@ impl Engine {
             } else if let Some(&cid) = self.by_name.get(target.as_str()) {
                 covered.push(cid);
             }
+            // The latest subscribe naming a target sets its options.
+            match entry.targets.iter_mut().find(|t| t.pattern == target) {
+                Some(existing) => existing.options = delivery_options.clone(),
+                None => {
+                    self.index.add(&target, session);
+                    entry.targets.push(Target {
+                        pattern: target,
+                        options: delivery_options.clone(),
+                    });
+                }
+            }
         }
         let replied = entry.outbox.push(reply);
         self.count_subscriptions();
@@ -362,9 +395,35 @@ impl Engine {
         }
         covered.sort_unstable();
         covered.dedup();
-        for cid in covered {
-            self.attach(session, cid);
+        let epoch_matches = options.epoch.as_deref() == Some(&*self.epoch);
+        let filter = &delivery_options.filter;
+        let mut plans: Vec<resume::Plan> = covered
+            .into_iter()
+            .map(|cid| {
+                let since = options.since.get(self.channels[cid].name.as_str());
+                let start = resume::Start::from_request(since.copied(), epoch_matches);
+                self.plan(cid, filter, start)
+            })
+            .collect();
+        let outbox = &self.sessions[&session].outbox;
+        let room = outbox.limit_bytes().saturating_sub(outbox.queued_bytes());
+        self.fit(&mut plans, room, filter);
+        for plan in plans {
+            if !self.start(session, plan, &delivery_options, now) {
+                return;
+            }
         }
+    }
+
+    /// The stream-mode namespace a target names literally, if any. Targets
+    /// whose first segment is a wildcard span namespaces; `max_hz` applies
+    /// to their merge channels only.
+    fn stream_namespace_named<'a>(&self, targets: &'a [Pattern]) -> Option<&'a str> {
+        targets
+            .iter()
+            .filter_map(|t| t.as_str().split('.').next())
+            .filter(|ns| *ns != "*" && *ns != ">")
+            .find(|ns| self.namespaces.policy(ns).mode == Mode::Stream)
     }
 
     pub fn unsubscribe(&mut self, session: SessionId, id: Option<i64>, targets: Vec<Pattern>) {
@@ -372,19 +431,20 @@ impl Engine {
             return;
         };
         for target in &targets {
-            if let Some(pos) = entry.targets.iter().position(|t| t == target) {
+            if let Some(pos) = entry.targets.iter().position(|t| t.pattern == *target) {
                 entry.targets.swap_remove(pos);
                 self.index.remove(target, session);
             }
         }
-        // A channel stays while any remaining target still covers it.
+        // A channel stays (with the options it has) while any remaining
+        // target still covers it.
         let orphaned: Vec<ChannelId> = entry
             .attached
             .iter()
             .copied()
             .filter(|&cid| {
                 let name = &self.channels[cid].name;
-                !entry.targets.iter().any(|t| t.matches(name))
+                !entry.targets.iter().any(|t| t.pattern.matches(name))
             })
             .collect();
         for cid in orphaned {
@@ -424,195 +484,4 @@ impl Engine {
             entry.outbox.close(close.clone(), false);
         }
     }
-
-    pub fn handle(&mut self, command: Command) {
-        match command {
-            Command::Register { session, outbox } => self.register(session, outbox),
-            Command::Deregister { session } => self.deregister(session),
-            Command::Subscribe {
-                session,
-                id,
-                targets,
-            } => self.subscribe(session, id, targets),
-            Command::Unsubscribe {
-                session,
-                id,
-                targets,
-            } => self.unsubscribe(session, id, targets),
-            Command::Reply { session, frame } => self.reply(session, frame),
-            Command::ListChannels { reply } => {
-                let _ = reply.send(self.channel_list());
-            }
-            Command::Snapshot { name, reply } => {
-                let _ = reply.send(self.snapshot(&name));
-            }
-        }
-    }
-}
-
-/// What sessions and the HTTP side ask of the engine.
-pub enum Command {
-    Register {
-        session: SessionId,
-        outbox: Arc<Outbox>,
-    },
-    Deregister {
-        session: SessionId,
-    },
-    Subscribe {
-        session: SessionId,
-        id: Option<i64>,
-        targets: Vec<Pattern>,
-    },
-    Unsubscribe {
-        session: SessionId,
-        id: Option<i64>,
-        targets: Vec<Pattern>,
-    },
-    /// A reply the session's reader produced (pong, error), kept in order
-    /// with the engine's own frames.
-    Reply {
-        session: SessionId,
-        frame: Bytes,
-    },
-    ListChannels {
-        reply: oneshot::Sender<Vec<ChannelInfo>>,
-    },
-    Snapshot {
-        name: String,
-        reply: oneshot::Sender<Option<ChannelSnapshot>>,
-    },
-}
-
-/// The engine went away (shutdown); the caller should stop too.
-#[derive(Debug, thiserror::Error)]
-#[error("the engine has stopped")]
-pub struct EngineGone;
-
-/// A cheap, cloneable way to talk to the engine task.
-#[derive(Clone)]
-pub struct EngineHandle {
-    commands: mpsc::Sender<Command>,
-    next_session: Arc<AtomicU64>,
-    epoch: Arc<str>,
-    pub stats: Arc<EngineStats>,
-}
-
-impl EngineHandle {
-    pub fn epoch(&self) -> &str {
-        &self.epoch
-    }
-
-    pub fn new_session_id(&self) -> SessionId {
-        self.next_session.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Sends a command, waiting while the engine's queue is full.
-    pub async fn send(&self, command: Command) -> Result<(), EngineGone> {
-        self.commands.send(command).await.map_err(|_| EngineGone)
-    }
-
-    pub async fn channel_list(&self) -> Result<Vec<ChannelInfo>, EngineGone> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::ListChannels { reply }).await?;
-        answer.await.map_err(|_| EngineGone)
-    }
-
-    pub async fn snapshot(&self, name: &str) -> Result<Option<ChannelSnapshot>, EngineGone> {
-        let (reply, answer) = oneshot::channel();
-        let name = name.to_owned();
-        self.send(Command::Snapshot { name, reply }).await?;
-        answer.await.map_err(|_| EngineGone)
-    }
-}
-
-/// Records applied per turn before the engine looks at its commands again,
-/// so subscribes are not starved by a busy feed.
-const RECORDS_PER_TURN: usize = 256;
-
-/// Creates the engine's command queue and handle.
-pub fn channel(
-    epoch: Arc<str>,
-    stats: Arc<EngineStats>,
-    queue: usize,
-) -> (EngineHandle, mpsc::Receiver<Command>) {
-    let (commands, receiver) = mpsc::channel(queue);
-    let handle = EngineHandle {
-        commands,
-        next_session: Arc::new(AtomicU64::new(1)),
-        epoch,
-        stats,
-    };
-    (handle, receiver)
-}
-
-/// The engine task: applies records from the ring and commands from
-/// sessions until `shutdown`, then closes every session with 1001.
-pub async fn run(
-    mut engine: Engine,
-    mut ring: Consumer<RingItem>,
-    mut commands: mpsc::Receiver<Command>,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) {
-    let mut ring_open = true;
-    loop {
-        let mut busy = false;
-        let mut applied = 0;
-        while ring_open && applied < RECORDS_PER_TURN {
-            match ring.try_recv() {
-                Ok(record) => {
-                    apply_timed(&mut engine, &record, &metrics);
-                    applied += 1;
-                    busy = true;
-                }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Closed) => ring_open = false,
-                Err(TryRecvError::Lagged(n)) => {
-                    // Cannot happen to a gating consumer; say so loudly if it does.
-                    tracing::error!(missed = n, "engine lapped by the ring");
-                }
-            }
-        }
-        while let Ok(command) = commands.try_recv() {
-            engine.handle(command);
-            busy = true;
-        }
-        if busy {
-            tokio::task::yield_now().await;
-            if shutdown.is_cancelled() {
-                break;
-            }
-            continue;
-        }
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            command = commands.recv() => match command {
-                Some(command) => engine.handle(command),
-                None => break,
-            },
-            record = ring.recv(), if ring_open => match record {
-                Ok(record) => apply_timed(&mut engine, &record, &metrics),
-                Err(crate::ring::RecvError::Closed) => ring_open = false,
-                Err(crate::ring::RecvError::Lagged(n)) => {
-                    tracing::error!(missed = n, "engine lapped by the ring");
-                }
-            },
-        }
-    }
-    engine.close_all(wire::close(CloseCode::GoingAway, "server shutting down"));
-}
-
-/// Applies one record and records how long it waited and how long its
-/// fanout took.
-fn apply_timed(engine: &mut Engine, record: &FeedRecord, metrics: &Metrics) {
-    let taken = metrics.mono_ns();
-    let waited = crate::clock::unix_nanos().saturating_sub(record.ingest_ns);
-    engine.apply(record, taken);
-    let fanout = metrics.mono_ns() - taken;
-    metrics.with_local(|h| {
-        h.record(Stage::RingToEngine, waited);
-        h.record(Stage::EngineToQueued, fanout);
-    });
 }

@@ -1,9 +1,102 @@
 //! Channel state: one JSON object per channel, changed only by JSON Merge
-//! Patch (RFC 7396), with a seq that grows by one per applied update.
+//! Patch (RFC 7396), with a seq that grows by one per applied update; and
+//! [`compose`], which folds two patches into one for coalesced diffs.
 
+use std::sync::Arc;
+
+use bytes::Bytes;
 use serde_json::Value;
 
-use crate::record::JsonMap;
+use super::delivery::Delivery;
+use super::filter::{self, FieldFilter};
+use super::history::{Entry, History};
+use super::policy::{Mode, NamespacePolicy};
+use crate::channel::ChannelName;
+use crate::record::{FeedRecord, JsonMap};
+use crate::wire;
+
+/// Distinct snapshot frames kept per channel between two updates.
+const SNAPSHOT_CACHE: usize = 8;
+
+/// One channel: its state and seq, its recent updates and who receives it.
+pub struct Channel {
+    pub name: ChannelName,
+    pub state: JsonMap,
+    pub seq: u64,
+    pub mode: Mode,
+    pub history: History,
+    pub subscribers: Vec<Delivery>,
+    /// Snapshot frames for `seq`, by filter and resync flag, shared by
+    /// everyone who subscribes before the next update. The filter is held
+    /// (not just its address) so a freed filter's address cannot be reused.
+    snapshots: Vec<(Option<Arc<FieldFilter>>, bool, Bytes)>,
+}
+
+impl Channel {
+    /// A channel created by its first record (seq 1).
+    pub fn create(record: &FeedRecord, policy: NamespacePolicy) -> Self {
+        let mut channel = Self {
+            name: record.channel.clone(),
+            state: JsonMap::new(),
+            seq: 0,
+            mode: policy.mode,
+            history: History::new(policy.history),
+            subscribers: Vec::new(),
+            snapshots: Vec::new(),
+        };
+        channel.apply(record);
+        channel
+    }
+
+    /// Merges `record`, advances the seq and remembers the update. Returns
+    /// the patch serialized (for fanout) when anyone needs it.
+    pub fn apply(&mut self, record: &FeedRecord) -> Option<Bytes> {
+        merge_patch(&mut self.state, &record.data);
+        self.seq += 1;
+        self.snapshots.clear();
+        if self.subscribers.is_empty() && !self.history.keeps_anything() {
+            return None;
+        }
+        let json = Bytes::from(serde_json::to_vec(&record.data).expect("serializing a JSON map"));
+        self.history.push(Entry {
+            seq: self.seq,
+            ts: record.ingest_ns,
+            patch: json.clone(),
+        });
+        Some(json)
+    }
+
+    /// The snapshot frame of the current state for `filter`.
+    pub fn snapshot_frame(
+        &mut self,
+        epoch: &str,
+        filter: &Option<Arc<FieldFilter>>,
+        resync: bool,
+    ) -> Bytes {
+        if let Some((_, _, frame)) = self
+            .snapshots
+            .iter()
+            .find(|(f, r, _)| *r == resync && filter::same(f, filter))
+        {
+            return frame.clone();
+        }
+        let frame = match filter {
+            None => wire::snapshot(self.name.as_str(), self.seq, epoch, &self.state, resync),
+            Some(f) => {
+                let data = f.restrict(&self.state);
+                wire::snapshot(self.name.as_str(), self.seq, epoch, &data, resync)
+            }
+        };
+        if self.snapshots.len() < SNAPSHOT_CACHE {
+            self.snapshots.push((filter.clone(), resync, frame.clone()));
+        }
+        frame
+    }
+
+    pub fn delivery_mut(&mut self, session: super::SessionId) -> Option<&mut Delivery> {
+        self.subscribers.iter_mut().find(|d| d.session == session)
+    }
+}
 
 /// Applies `patch` to `target` as RFC 7396 section 2 describes: `null`
 /// removes a member, an object merges recursively, anything else replaces.
@@ -32,6 +125,39 @@ pub fn merge_patch(target: &mut JsonMap, patch: &JsonMap) {
             }
         }
     }
+}
+
+/// Two patches that no single merge patch can express in sequence: the
+/// first replaced a member with a non-object (or deleted it) and the second
+/// writes an object there. Applied in order they *replace* whatever the
+/// client had at that member; one patch could only merge into it, and it
+/// cannot delete keys it does not know. The caller sends a snapshot instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NeedsSnapshot;
+
+/// Folds `next` into `pending` so that applying the result to any state
+/// gives what applying `pending` and then `next` gives.
+///
+/// On `Err`, `pending` is left partly merged and must be discarded.
+pub fn compose(pending: &mut JsonMap, next: &JsonMap) -> Result<(), NeedsSnapshot> {
+    for (key, value) in next {
+        match value {
+            Value::Object(inner_next) => match pending.get_mut(key) {
+                // Untouched so far: the object merges into the client's value
+                // exactly as it would have on its own.
+                None => {
+                    pending.insert(key.clone(), value.clone());
+                }
+                Some(Value::Object(inner_pending)) => compose(inner_pending, inner_next)?,
+                Some(_) => return Err(NeedsSnapshot),
+            },
+            // `null` deletes and scalars or arrays replace, whatever came before.
+            other => {
+                pending.insert(key.clone(), other.clone());
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -79,5 +205,59 @@ mod tests {
             merge_patch(&mut state, &map(patch.clone()));
             assert_eq!(Value::Object(state), want, "{target} + {patch}");
         }
+    }
+
+    /// `compose(a, b)` applied once equals `a` then `b` applied in turn, on
+    /// targets that hold objects, scalars or nothing at the touched keys.
+    #[test]
+    fn compose_equals_sequential_application() {
+        let targets = [
+            json!({}),
+            json!({"a": 1, "b": {"x": 1, "y": 2}}),
+            json!({"a": {"p": 1}, "b": 5, "c": [1]}),
+        ];
+        let pairs = [
+            (json!({"a": 2}), json!({"b": 3})),
+            (json!({"a": 2}), json!({"a": null})),
+            (json!({"a": null}), json!({"a": 7})),
+            (json!({"b": {"x": null}}), json!({"b": {"z": 3}})),
+            (json!({"b": {"x": 9}}), json!({"b": {"y": {"deep": 1}}})),
+            (json!({"c": [2]}), json!({"c": [3], "d": {"e": null}})),
+            (
+                json!({"a": {"q": {"r": 1}}}),
+                json!({"a": {"q": {"s": null}}}),
+            ),
+        ];
+        for (first, second) in pairs {
+            let mut composed = map(first.clone());
+            compose(&mut composed, &map(second.clone())).expect("composable");
+            for target in &targets {
+                let mut sequential = map(target.clone());
+                merge_patch(&mut sequential, &map(first.clone()));
+                merge_patch(&mut sequential, &map(second.clone()));
+                let mut once = map(target.clone());
+                merge_patch(&mut once, &composed);
+                assert_eq!(once, sequential, "{target} + {first} + {second}");
+            }
+        }
+    }
+
+    /// The trap: a scalar (or a delete) followed by an object replaces the
+    /// client's value, which one merge patch cannot say.
+    #[test]
+    fn an_object_after_a_non_object_needs_a_snapshot() {
+        for first in [json!({"a": 1}), json!({"a": null}), json!({"a": [1]})] {
+            let mut pending = map(first.clone());
+            assert_eq!(
+                compose(&mut pending, &map(json!({"a": {"b": 1}}))),
+                Err(NeedsSnapshot),
+                "{first}"
+            );
+        }
+        let mut nested = map(json!({"o": {"k": "v"}}));
+        assert_eq!(
+            compose(&mut nested, &map(json!({"o": {"k": {"deeper": true}}}))),
+            Err(NeedsSnapshot)
+        );
     }
 }

@@ -162,6 +162,11 @@ impl Outbox {
         self.ready.notify_one();
     }
 
+    /// The byte bound given at creation: nothing bigger can ever be queued.
+    pub fn limit_bytes(&self) -> usize {
+        self.limit_bytes
+    }
+
     pub fn is_closing(&self) -> bool {
         self.lock().close.is_some()
     }

@@ -2,10 +2,15 @@
 //! to server"). Every problem becomes a [`ProtocolError`] that is answered
 //! with an `error` reply; the connection stays open.
 
+use std::collections::HashMap;
+
 use serde_json::Value;
 
-use crate::channel::Pattern;
+use crate::channel::{ChannelName, Pattern};
 use crate::wire::ErrorCode;
+
+/// Most entries in a subscribe's `fields`.
+pub const MAX_FIELDS: usize = 64;
 
 /// A valid client request.
 #[derive(Debug, PartialEq)]
@@ -13,6 +18,7 @@ pub enum ClientOp {
     Subscribe {
         id: Option<i64>,
         targets: Vec<Pattern>,
+        options: SubscribeOptions,
     },
     Unsubscribe {
         id: Option<i64>,
@@ -21,6 +27,19 @@ pub enum ClientOp {
     Ping {
         id: Option<i64>,
     },
+}
+
+/// What a subscribe asks for beyond its channels (PROTOCOL.md).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SubscribeOptions {
+    /// Top-level fields to keep; `None` keeps every field.
+    pub fields: Option<Vec<String>>,
+    /// At most this many updates per second per channel (finite, > 0).
+    pub max_hz: Option<f64>,
+    /// Resume positions: channel name -> the last seq the client applied.
+    pub since: HashMap<String, u64>,
+    /// The epoch the `since` positions belong to.
+    pub epoch: Option<String>,
 }
 
 /// Why a request was refused, and the `id` to echo if it had a usable one.
@@ -77,17 +96,13 @@ pub fn parse(text: &mut [u8], max_channels: usize) -> Result<ClientOp, ProtocolE
     match op {
         "ping" => Ok(ClientOp::Ping { id }),
         "subscribe" => {
-            for option in ["fields", "max_hz", "since", "epoch"] {
-                if message.get(option).is_some_and(|v| !v.is_null()) {
-                    return Err(ProtocolError::new(
-                        id,
-                        ErrorCode::Unsupported,
-                        format!("{option} is not supported by this server version"),
-                    ));
-                }
-            }
             let targets = targets(id, message.get("channels"), max_channels)?;
-            Ok(ClientOp::Subscribe { id, targets })
+            let options = subscribe_options(id, &message)?;
+            Ok(ClientOp::Subscribe {
+                id,
+                targets,
+                options,
+            })
         }
         "unsubscribe" => {
             let targets = targets(id, message.get("channels"), max_channels)?;
@@ -97,6 +112,71 @@ pub fn parse(text: &mut [u8], max_channels: usize) -> Result<ClientOp, ProtocolE
             "unknown op {other:?}: use subscribe, unsubscribe or ping"
         ))),
     }
+}
+
+/// The present member `key` of `message` (`null` counts as absent).
+fn member<'a>(message: &'a serde_json::Map<String, Value>, key: &str) -> Option<&'a Value> {
+    message.get(key).filter(|v| !v.is_null())
+}
+
+fn subscribe_options(
+    id: Option<i64>,
+    message: &serde_json::Map<String, Value>,
+) -> Result<SubscribeOptions, ProtocolError> {
+    let bad = |message: &str| ProtocolError::new(id, ErrorCode::BadRequest, message);
+    let mut options = SubscribeOptions::default();
+    if let Some(fields) = member(message, "fields") {
+        let not_strings = "fields must be a non-empty array of non-empty strings";
+        let Value::Array(list) = fields else {
+            return Err(bad(not_strings));
+        };
+        if list.is_empty() {
+            return Err(bad(not_strings));
+        }
+        if list.len() > MAX_FIELDS {
+            return Err(ProtocolError::new(
+                id,
+                ErrorCode::Limit,
+                format!("at most {MAX_FIELDS} fields per subscribe"),
+            ));
+        }
+        let mut names = Vec::with_capacity(list.len());
+        for item in list {
+            match item {
+                Value::String(name) if !name.is_empty() => names.push(name.clone()),
+                _ => return Err(bad(not_strings)),
+            }
+        }
+        options.fields = Some(names);
+    }
+    if let Some(max_hz) = member(message, "max_hz") {
+        match max_hz.as_f64() {
+            Some(hz) if hz > 0.0 && hz.is_finite() => options.max_hz = Some(hz),
+            _ => return Err(bad("max_hz must be a number greater than 0")),
+        }
+    }
+    if let Some(since) = member(message, "since") {
+        let shape = "since must be an object of channel name -> last seq applied (an integer >= 0)";
+        let Value::Object(positions) = since else {
+            return Err(bad(shape));
+        };
+        for (name, seq) in positions {
+            if let Err(e) = ChannelName::new(name) {
+                return Err(bad(&format!("since {name:?}: {e}")));
+            }
+            let Some(seq) = seq.as_u64() else {
+                return Err(bad(shape));
+            };
+            options.since.insert(name.clone(), seq);
+        }
+    }
+    if let Some(epoch) = member(message, "epoch") {
+        let Value::String(epoch) = epoch else {
+            return Err(bad("epoch must be a string (the epoch of a snapshot)"));
+        };
+        options.epoch = Some(epoch.clone());
+    }
+    Ok(options)
 }
 
 fn targets(
@@ -153,13 +233,72 @@ mod tests {
             parse_str(r#"{"op":"ping","x":[1]}"#),
             Ok(ClientOp::Ping { id: None })
         );
-        let Ok(ClientOp::Subscribe { id, targets }) =
-            parse_str(r#"{"op":"subscribe","id":1,"channels":["quotes.*","a.b","a.b"]}"#)
+        let Ok(ClientOp::Subscribe {
+            id,
+            targets,
+            options,
+        }) = parse_str(r#"{"op":"subscribe","id":1,"channels":["quotes.*","a.b","a.b"]}"#)
         else {
             panic!("subscribe expected")
         };
         assert_eq!(id, Some(1));
         assert_eq!(targets.len(), 2, "repeats collapse");
+        assert_eq!(options, SubscribeOptions::default());
+    }
+
+    #[test]
+    fn subscribe_options_are_parsed() {
+        let Ok(ClientOp::Subscribe { options, .. }) = parse_str(
+            r#"{"op":"subscribe","channels":["q.A"],"fields":["bid","ask"],"max_hz":2.5,
+                "since":{"q.A":41,"q.B":0},"epoch":"e1"}"#,
+        ) else {
+            panic!("subscribe expected")
+        };
+        assert_eq!(
+            options.fields,
+            Some(vec!["bid".to_owned(), "ask".to_owned()])
+        );
+        assert_eq!(options.max_hz, Some(2.5));
+        assert_eq!(options.since.get("q.A"), Some(&41));
+        assert_eq!(options.since.get("q.B"), Some(&0));
+        assert_eq!(options.epoch.as_deref(), Some("e1"));
+        let Ok(ClientOp::Subscribe { options, .. }) =
+            parse_str(r#"{"op":"subscribe","channels":["q.A"],"fields":null,"max_hz":null}"#)
+        else {
+            panic!("subscribe expected")
+        };
+        assert_eq!(options, SubscribeOptions::default(), "null means absent");
+    }
+
+    #[test]
+    fn bad_subscribe_options_are_refused() {
+        use ErrorCode::*;
+        let sub = |extra: &str| {
+            code(&format!(
+                r#"{{"op":"subscribe","id":9,"channels":["q.A"],{extra}}}"#
+            ))
+        };
+        for extra in [
+            r#""fields":[]"#,
+            r#""fields":"bid""#,
+            r#""fields":[""]"#,
+            r#""fields":[1]"#,
+            r#""max_hz":0"#,
+            r#""max_hz":-1"#,
+            r#""max_hz":"fast""#,
+            r#""since":[1]"#,
+            r#""since":{"q.A":-1}"#,
+            r#""since":{"q.A":1.5}"#,
+            r#""since":{"q.*":1}"#,
+            r#""epoch":7"#,
+        ] {
+            assert_eq!(sub(extra), (Some(9), BadRequest), "{extra}");
+        }
+        let many: Vec<String> = (0..=MAX_FIELDS).map(|i| format!("\"f{i}\"")).collect();
+        assert_eq!(
+            sub(&format!(r#""fields":[{}]"#, many.join(","))),
+            (Some(9), Limit)
+        );
     }
 
     #[test]

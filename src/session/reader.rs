@@ -93,10 +93,15 @@ async fn handle_message(
     limits: &SessionLimits,
 ) -> Result<(), crate::engine::EngineGone> {
     let command = match protocol::parse(&mut message, limits.max_channels_per_request) {
-        Ok(ClientOp::Subscribe { id, targets }) => Command::Subscribe {
+        Ok(ClientOp::Subscribe {
+            id,
+            targets,
+            options,
+        }) => Command::Subscribe {
             session,
             id,
             targets,
+            options,
         },
         Ok(ClientOp::Unsubscribe { id, targets }) => Command::Unsubscribe {
             session,

@@ -1,0 +1,221 @@
+//! Starting (or restarting) a channel for a session: a snapshot, or, from a
+//! client's `since`, exactly the updates it missed.
+//!
+//! The rules (PROTOCOL.md, `since` and `epoch`): a position from another
+//! epoch, one older than the channel's history, or one ahead of the channel
+//! is answered with a snapshot marked `"resync":true`; a position at the
+//! channel's seq needs no message (the chain goes on from it); any other is
+//! replayed in order, filtered like live updates and not throttled.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::delivery::{Delivery, Throttle};
+use super::filter::FieldFilter;
+use super::index::DeliveryOptions;
+use super::policy::Mode;
+use super::state::Channel;
+use super::{ChannelId, Engine, SessionId};
+use crate::record::JsonMap;
+use crate::session::outbox::QueuedFrame;
+use crate::wire;
+
+/// How a delivery begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Start {
+    /// No resume position: a plain snapshot.
+    Snapshot,
+    /// The client holds the channel at `since`, in the numbering of the
+    /// epoch it named (`epoch_matches` if that is this server's).
+    Since { since: u64, epoch_matches: bool },
+}
+
+impl Start {
+    pub fn from_request(since: Option<u64>, epoch_matches: bool) -> Self {
+        match since {
+            None => Start::Snapshot,
+            Some(since) => Start::Since {
+                since,
+                epoch_matches,
+            },
+        }
+    }
+}
+
+/// What one channel's (re)start sends, worked out before anything is sent
+/// so that a subscribe can check its answers fit the session's queue.
+pub(super) struct Plan {
+    cid: ChannelId,
+    frames: Vec<Bytes>,
+    bytes: usize,
+    last_sent: u64,
+    /// The frames replay a resume; a resync snapshot could replace them.
+    replay: bool,
+}
+
+impl Engine {
+    /// Works out how `cid` starts for a subscriber with `filter`.
+    pub(super) fn plan(
+        &mut self,
+        cid: ChannelId,
+        filter: &Option<Arc<FieldFilter>>,
+        start: Start,
+    ) -> Plan {
+        let channel = &mut self.channels[cid];
+        let replayed = match start {
+            Start::Snapshot => None,
+            Start::Since {
+                since,
+                epoch_matches: true,
+            } if since == channel.seq => Some((Vec::new(), since)),
+            Start::Since {
+                since,
+                epoch_matches: true,
+            } => replay(channel, since, filter),
+            Start::Since { .. } => None,
+        };
+        let replay = replayed.as_ref().is_some_and(|(f, _)| !f.is_empty());
+        let (frames, last_sent) = replayed.unwrap_or_else(|| {
+            // A resume that cannot be honoured is announced as a resync.
+            let resync = start != Start::Snapshot;
+            let frame = channel.snapshot_frame(&self.epoch, filter, resync);
+            (vec![frame], channel.seq)
+        });
+        Plan {
+            cid,
+            bytes: frames.iter().map(Bytes::len).sum(),
+            frames,
+            last_sent,
+            replay,
+        }
+    }
+
+    /// Makes `plans` fit in half of `room` (the queue's free bytes) by
+    /// answering the biggest replays with resync snapshots instead. Without
+    /// this, a resume whose answers exceed the queue would be closed with
+    /// 1013 and, resumed from the same positions, closed again forever. Half,
+    /// so that a replay also leaves room for what follows it: the next
+    /// subscribe of a reconnecting client, and live updates.
+    pub(super) fn fit(
+        &mut self,
+        plans: &mut [Plan],
+        room: usize,
+        filter: &Option<Arc<FieldFilter>>,
+    ) {
+        let room = room / 2;
+        let mut total: usize = plans.iter().map(|p| p.bytes).sum();
+        while total > room {
+            let Some(plan) = plans
+                .iter_mut()
+                .filter(|p| p.replay)
+                .max_by_key(|p| p.bytes)
+            else {
+                return;
+            };
+            let channel = &mut self.channels[plan.cid];
+            let frame = channel.snapshot_frame(&self.epoch, filter, true);
+            total = total - plan.bytes + frame.len();
+            plan.bytes = frame.len();
+            plan.frames = vec![frame];
+            plan.last_sent = channel.seq;
+            plan.replay = false;
+        }
+    }
+
+    /// Sends `plan` to `session` and (re)sets its delivery with `options`.
+    /// A restart drops anything the old delivery was holding. Returns false
+    /// if the session's queue was full and it has been closed.
+    pub(super) fn start(
+        &mut self,
+        session: SessionId,
+        plan: Plan,
+        options: &Arc<DeliveryOptions>,
+        now: u64,
+    ) -> bool {
+        let Some(entry) = self.sessions.get_mut(&session) else {
+            return false;
+        };
+        let outbox = entry.outbox.clone();
+        for bytes in plan.frames {
+            let frame = QueuedFrame {
+                bytes,
+                ingest_ns: 0,
+                queued_ns: now,
+            };
+            if !outbox.push(frame) {
+                self.close_slow(session);
+                return false;
+            }
+        }
+        let cid = plan.cid;
+        let channel = &mut self.channels[cid];
+        // `max_hz` never applies to stream channels, even via a pattern.
+        let throttle = match (channel.mode, options.max_hz) {
+            (Mode::Merge, Some(hz)) => Some(Throttle::from_hz(hz, now)),
+            _ => None,
+        };
+        let delivery = if entry.attached.insert(cid) {
+            channel
+                .subscribers
+                .push(Delivery::new(session, outbox, plan.last_sent));
+            channel.subscribers.last_mut().expect("just pushed")
+        } else {
+            let delivery = channel
+                .delivery_mut(session)
+                .expect("an attached channel lists its session");
+            if let Some(due) = delivery.due_ns() {
+                self.timers.disarm(due, cid, session);
+            }
+            delivery.discard_pending();
+            delivery.last_sent = plan.last_sent;
+            delivery
+        };
+        delivery.filter = options.filter.clone();
+        delivery.throttle = throttle;
+        true
+    }
+
+    /// Starts `cid` for `session` on its own (a channel that just appeared).
+    pub(super) fn attach(
+        &mut self,
+        session: SessionId,
+        cid: ChannelId,
+        options: &Arc<DeliveryOptions>,
+        start: Start,
+        now: u64,
+    ) {
+        let plan = self.plan(cid, &options.filter, start);
+        self.start(session, plan, options, now);
+    }
+}
+
+/// The updates after `since` as frames, filtered and chained, and the seq
+/// the chain ends at; `None` if history no longer holds them all.
+fn replay(
+    channel: &Channel,
+    since: u64,
+    filter: &Option<Arc<FieldFilter>>,
+) -> Option<(Vec<Bytes>, u64)> {
+    let name = channel.name.as_str();
+    let mut frames = Vec::new();
+    let mut prev = since;
+    for entry in channel.history.after(since)? {
+        let frame = match filter {
+            None => wire::update(name, entry.seq, prev, entry.ts, &entry.patch),
+            Some(filter) => {
+                let patch: JsonMap =
+                    serde_json::from_slice(&entry.patch).expect("history holds JSON objects");
+                let kept = filter.restrict(&patch);
+                if kept.is_empty() {
+                    continue;
+                }
+                let json = serde_json::to_vec(&kept).expect("serializing a JSON map");
+                wire::update(name, entry.seq, prev, entry.ts, &json)
+            }
+        };
+        prev = entry.seq;
+        frames.push(frame);
+    }
+    Some((frames, prev))
+}
