@@ -29,6 +29,7 @@ use tickcast::engine::state::merge_patch;
 use tickcast::engine::{Engine, EngineLimits, EngineStats};
 use tickcast::record::{record_from_value, FeedRecord};
 use tickcast::session::outbox::{Outbox, QueuedFrame};
+use tickcast::session::protocol::SubscribeOptions;
 use tickcast::wire;
 
 /// Counts allocation calls; frees are not counted.
@@ -122,7 +123,13 @@ fn run(sessions: u64) -> Run {
         .collect();
     for (id, outbox) in (1..).zip(&outboxes) {
         engine.register(id, outbox.clone());
-        engine.subscribe(id, Some(1), vec![Pattern::new(CHANNEL).unwrap()]);
+        engine.subscribe(
+            id,
+            Some(1),
+            vec![Pattern::new(CHANNEL).unwrap()],
+            SubscribeOptions::default(),
+            0,
+        );
     }
 
     let warm_up = records(1 + ROUND);
