@@ -536,6 +536,11 @@ impl Client {
             self.reconnect(server, now);
             return true;
         }
+        // As the session's writer does: once everything taken is written,
+        // a session the engine held diffs for is reported drained.
+        if self.outbox.done() {
+            server.engine.drained(self.session, now);
+        }
         for channel in gapped {
             self.resubscribe_channel(server, now, &channel);
         }
@@ -602,9 +607,10 @@ impl Client {
             None => {
                 assert!(!resync, "{m}");
                 // A channel's first snapshot, or a held diff flushed as a
-                // snapshot (throttled merge channels only).
+                // snapshot (throttled merge channels, or a slow reader's
+                // merge channels held while its queue was full).
                 assert!(
-                    !held_here || self.cfg.interval(&channel).is_some(),
+                    !held_here || self.cfg.interval(&channel).is_some() || self.cfg.outbox < ROOMY,
                     "unasked snapshot on a held channel: {m}"
                 );
             }
@@ -652,7 +658,10 @@ impl Client {
             .find(|&s| touches(&model.patches[s as usize], fields))
             .expect("an update carries at least one change");
         assert_eq!(ts, model.ingest[latest as usize], "{m}");
-        if interval.is_none() {
+        // Merge channels of a reader whose queue can fill are coalesced while
+        // it lags; everything else is never coalesced.
+        let may_coalesce = interval.is_some() || (!is_stream(&channel) && self.cfg.outbox < ROOMY);
+        if !may_coalesce {
             // Never coalesced: exactly the update at `seq`, and every
             // update in between touched none of the fields. (c) for stream
             // channels; (b) for the unfiltered merge ones below.

@@ -104,6 +104,11 @@ impl Delivery {
         self.pending.is_some() || self.throttle.is_some_and(|t| now < t.next_allowed_ns)
     }
 
+    /// Whether its rate limit forbids sending at `now`.
+    pub fn must_wait(&self, now: u64) -> bool {
+        self.throttle.is_some_and(|t| now < t.next_allowed_ns)
+    }
+
     /// When the held diff may go out; `None` if nothing decides that yet.
     pub fn due_ns(&self) -> Option<u64> {
         self.pending.as_ref()?;

@@ -9,7 +9,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{ChannelId, Engine, SessionId};
+use super::{ChannelId, Engine, Mode, SessionId};
 use crate::session::outbox::QueuedFrame;
 use crate::wire;
 
@@ -48,22 +48,51 @@ impl Engine {
                 &json,
             )
         };
+        let mode = channel.mode;
         let delivery = channel.delivery_mut(session).expect("found just above");
-        delivery.discard_pending();
         let len = bytes.len() as u64;
-        // Not timed for latency: the wait was asked for by the client.
+        // Not timed for latency: the wait was asked for by the client (or
+        // caused by its own slow reading).
         let frame = QueuedFrame {
             bytes,
             ingest_ns: 0,
             queued_ns: now,
         };
         if delivery.outbox.push(frame) {
+            delivery.discard_pending();
             delivery.sent(seq, now);
             self.stats.frames_queued.fetch_add(1, Ordering::Relaxed);
             self.stats.bytes_queued.fetch_add(len, Ordering::Relaxed);
             self.stats.frames_encoded.fetch_add(1, Ordering::Relaxed);
-        } else {
+        } else if mode == Mode::Stream {
             self.close_slow(session);
+        } else {
+            // Still backed up: keep holding; the drain will bring it back.
+            delivery.outbox.mark_lagging();
+        }
+    }
+
+    /// The session's socket drained after it lagged: send every held diff
+    /// that its rate limit (if any) allows now; the rest wait for their timer.
+    pub fn drained(&mut self, session: SessionId, now: u64) {
+        let Some(entry) = self.sessions.get(&session) else {
+            return;
+        };
+        let mut ready: Vec<ChannelId> = entry
+            .attached
+            .iter()
+            .copied()
+            .filter(|&cid| {
+                self.channels[cid]
+                    .subscribers
+                    .iter()
+                    .find(|d| d.session == session)
+                    .is_some_and(|d| d.pending.is_some() && !d.must_wait(now))
+            })
+            .collect();
+        ready.sort_unstable();
+        for cid in ready {
+            self.flush(cid, session, now);
         }
     }
 }

@@ -64,6 +64,9 @@ pub struct EngineStats {
     pub bytes_queued: AtomicU64,
     pub frames_encoded: AtomicU64,
     pub slow_consumer_closes: AtomicU64,
+    /// Times a merge-channel subscriber's queue was full and its diffs were
+    /// held back until the socket drained (coalescing, no close).
+    pub slow_consumer_holds: AtomicU64,
     /// Diffs merged into a pending diff (throttling, slow consumers).
     pub coalesced_diffs: AtomicU64,
     pub records_dropped_channel_limit: AtomicU64,
@@ -210,9 +213,11 @@ impl Engine {
             name,
             state,
             seq,
+            mode,
             subscribers,
             ..
         } = channel;
+        let mode = *mode;
         let seq = *seq;
         let ts = record.ingest_ns;
         let mut frames = UpdateFrames::new(name.as_str(), seq, ts, &record.data, &data_json);
@@ -248,8 +253,31 @@ impl Engine {
                 delivery.sent(seq, now);
                 queued += 1;
                 bytes += len;
-            } else {
+            } else if mode == Mode::Stream {
+                // Every update or none: a stream subscriber that cannot
+                // keep up is closed (1013) and resumes with `since`.
                 slow.push(delivery.session);
+            } else {
+                // A merge subscriber whose queue is full: hold this update
+                // and every later one in one pending diff per channel, sent
+                // when its socket drains. Memory stays bounded (the queue,
+                // plus one diff per channel that turns into a snapshot past
+                // its bound) and `prev` still chains.
+                let (part, len) = frames
+                    .part(&delivery.filter)
+                    .expect("this update touches the delivery's fields");
+                let bound = || {
+                    pending_limit(*state_len.get_or_insert_with(|| delivery::serialized_len(state)))
+                };
+                delivery.hold(part, len, ts, bound);
+                if let Some(due) = delivery.due_ns() {
+                    self.timers.arm(due, cid, delivery.session);
+                }
+                delivery.outbox.mark_lagging();
+                self.stats
+                    .slow_consumer_holds
+                    .fetch_add(1, Ordering::Relaxed);
+                held += 1;
             }
         }
         let stats = &self.stats;

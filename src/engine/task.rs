@@ -39,6 +39,11 @@ pub enum Command {
         id: Option<i64>,
         targets: Vec<Pattern>,
     },
+    /// The session's socket took everything queued after the engine had to
+    /// hold diffs back: send them now.
+    Drained {
+        session: SessionId,
+    },
     /// A reply the session's reader produced (pong, error), kept in order
     /// with the engine's own frames.
     Reply {
@@ -72,6 +77,7 @@ impl Engine {
                 targets,
             } => self.unsubscribe(session, id, targets),
             Command::Reply { session, frame } => self.reply(session, frame),
+            Command::Drained { session } => self.drained(session, now),
             Command::ListChannels { reply } => {
                 let _ = reply.send(self.channel_list());
             }

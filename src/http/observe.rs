@@ -89,9 +89,16 @@ pub fn prometheus(state: &AppState) -> String {
     gauge(
         &mut out,
         "tickcast_slow_consumer_events_total",
-        "Connections that fell behind their outbound bound.",
+        "Connections closed (1013) for falling behind their outbound bound.",
         "counter",
         load(&stats.slow_consumer_closes),
+    );
+    gauge(
+        &mut out,
+        "tickcast_slow_consumer_holds_total",
+        "Updates held in a pending diff because a merge subscriber's queue was full.",
+        "counter",
+        load(&stats.slow_consumer_holds),
     );
     gauge(
         &mut out,
@@ -216,6 +223,7 @@ pub fn stats_json(state: &AppState) -> Value {
         "bytes_out": load(&state.metrics.bytes_written),
         "coalesced_diffs": load(&stats.coalesced_diffs),
         "slow_consumer_events": load(&stats.slow_consumer_closes),
+        "slow_consumer_holds": load(&stats.slow_consumer_holds),
         "latency": stages,
         "feeds": feeds,
     })

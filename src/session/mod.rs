@@ -104,7 +104,11 @@ async fn drive(
     tracing::debug!(session, "connected");
     {
         let reader = reader::read_loop(frames, session, &engine, &outbox, &limits);
-        let writer = writer::write_loop(&write, &outbox, limits.write_timeout, metrics);
+        let drained = writer::Drained {
+            engine: &engine,
+            session,
+        };
+        let writer = writer::write_loop(&write, &outbox, limits.write_timeout, metrics, &drained);
         tokio::pin!(reader, writer);
         tokio::select! {
             () = &mut reader => {

@@ -75,6 +75,8 @@ struct Queue {
     writer_busy: bool,
     /// Where direct writes go; `None` for a queue-only outbox.
     direct: Option<Direct>,
+    /// The engine is holding diffs back for this session until it drains.
+    lagging: bool,
 }
 
 /// What the writer gets from [`Outbox::take`].
@@ -110,11 +112,14 @@ impl Outbox {
     }
 
     /// Sends or queues `frame`; false if it would pass the byte bound or the
-    /// session is closing (the frame is dropped).
+    /// session is closing (the frame is dropped). A frame is always taken
+    /// into an empty queue, however large: the bound is on backlog, and a
+    /// refusal must always mean there is a backlog that will drain.
     pub fn push(&self, frame: impl Into<QueuedFrame>) -> bool {
         let mut frame = frame.into();
         let mut queue = self.lock();
-        if queue.close.is_some() || queue.bytes + frame.bytes.len() > self.limit_bytes {
+        let over = queue.bytes > 0 && queue.bytes + frame.bytes.len() > self.limit_bytes;
+        if queue.close.is_some() || over {
             return false;
         }
         let idle = queue.frames.is_empty() && !queue.writer_busy;
@@ -202,11 +207,25 @@ impl Outbox {
 
     /// The writer has written everything it took; direct writes may resume
     /// unless more was queued meanwhile (then the writer takes that next).
-    pub fn done(&self) {
+    /// True when this drained a session the engine marked as lagging: the
+    /// writer then tells the engine, which sends what it held back.
+    pub fn done(&self) -> bool {
         let mut queue = self.lock();
         if queue.frames.is_empty() {
             queue.writer_busy = false;
+            if queue.lagging {
+                queue.lagging = false;
+                return true;
+            }
         }
+        false
+    }
+
+    /// The engine could not queue a frame and is holding diffs back: ask the
+    /// writer to report when everything queued has been written. (A refused
+    /// push means frames are queued, so the writer will come to `done`.)
+    pub fn mark_lagging(&self) {
+        self.lock().lagging = true;
     }
 }
 
@@ -258,6 +277,11 @@ mod tests {
         assert!(outbox.push(Bytes::from_static(b"1234")));
         assert!(!outbox.push(Bytes::from_static(b"1")));
         assert_eq!(outbox.queued_bytes(), 10);
+        // An empty queue takes any one frame, so a refusal always means a
+        // backlog the writer will drain.
+        let outbox = Outbox::new(10);
+        assert!(outbox.push(Bytes::from(vec![0u8; 50])));
+        assert!(!outbox.push(Bytes::from_static(b"1")));
     }
 
     #[tokio::test]

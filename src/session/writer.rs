@@ -8,7 +8,14 @@ use std::time::Duration;
 
 use super::outbox::{Outbox, QueuedFrame, TryWrite};
 use crate::clock;
+use crate::engine::{Command, EngineHandle, SessionId};
 use crate::metrics::{Metrics, Stage};
+
+/// Whom to tell when a lagging session's socket has drained.
+pub struct Drained<'a> {
+    pub engine: &'a EngineHandle,
+    pub session: SessionId,
+}
 
 /// Most frames handed to one `writev` (Linux allows 1024).
 const MAX_IOVECS: usize = 64;
@@ -32,6 +39,7 @@ pub async fn write_loop<S: SocketWrite>(
     outbox: &Outbox,
     write_timeout: Duration,
     metrics: &Metrics,
+    drained: &Drained<'_>,
 ) {
     let mut frames: Vec<QueuedFrame> = Vec::new();
     loop {
@@ -46,7 +54,13 @@ pub async fn write_loop<S: SocketWrite>(
             Ok(Ok(())) => {
                 record_written(&frames, metrics);
                 frames.clear();
-                outbox.done();
+                if outbox.done() {
+                    // The engine held diffs back while this socket lagged.
+                    let command = Command::Drained {
+                        session: drained.session,
+                    };
+                    let _ = drained.engine.send(command).await;
+                }
             }
             Ok(Err(e)) => {
                 tracing::debug!("write failed: {e}");

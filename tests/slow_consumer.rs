@@ -1,0 +1,183 @@
+//! A client that stops reading: on `merge` channels it is switched to one
+//! pending diff per channel and catches up exactly when it reads again; on
+//! `stream` channels it is closed with 1013. Either way the clients that do
+//! read get every update.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use serde_json::{json, Value};
+use tickcast::engine::{Mode, NamespacePolicy};
+use tokio::net::TcpSocket;
+
+const UPDATES: u64 = 400;
+
+/// A WebSocket client whose socket has a tiny receive buffer, so that when it
+/// stops reading the server's side backs up quickly.
+async fn narrow_client(addr: SocketAddr) -> Client {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
+        .await
+        .expect("websocket connects");
+    Client { ws }
+}
+
+/// Publishes `UPDATES` large updates (each ~16 KB) to `channel`.
+async fn flood(producer: &mut Producer, channel: &str) {
+    for n in 1..=UPDATES {
+        let blob = format!("{n:0>16000}");
+        producer
+            .publish(channel, json!({"n": n, "blob": blob, "odd": if n % 2 == 1 { json!(n) } else { Value::Null }}))
+            .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_merge_subscriber_coalesces_and_ends_exact() {
+    let (server, feed) = start_with_tcp_feed(|s| s.limits.outbox_bytes = 64 * 1024).await;
+    let mut producer = Producer::connect(feed).await;
+    producer.publish("big.c", json!({"n": 0})).await;
+    let engine = server.engine.clone();
+    wait_for(
+        || {
+            let e = engine.clone();
+            async move { e.snapshot("big.c").await.unwrap() }
+        },
+        "channel",
+    )
+    .await;
+
+    let mut reader = Client::connect(server.addr).await;
+    reader.subscribe(1, &["big.c"]).await;
+    let mut stalled = narrow_client(server.addr).await;
+    stalled.subscribe(1, &["big.c"]).await;
+    let mut follower = Follower::default();
+    follower.apply(&stalled.recv().await);
+
+    // The stalled client reads nothing while the flood goes out. The reading
+    // client keeps up as well as it can (with a 64 KiB bound and 16 KB
+    // updates it may lag now and then, and be coalesced too): following
+    // `prev`, it must end with exactly the server's state.
+    let reading = tokio::spawn(async move {
+        let mut follower = Follower::default();
+        follower.apply(&reader.recv().await);
+        while follower.channels["big.c"].0 < UPDATES + 1 {
+            follower.apply(&reader.recv().await);
+        }
+        follower
+    });
+    flood(&mut producer, "big.c").await;
+    tokio::time::timeout(DEADLINE * 3, reading)
+        .await
+        .expect("reader done")
+        .unwrap();
+    let stats = server.engine.stats.clone();
+    wait_for(
+        || {
+            let stats = stats.clone();
+            async move {
+                (stats
+                    .slow_consumer_holds
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    > 0)
+                .then_some(())
+            }
+        },
+        "the server held diffs for the stalled client",
+    )
+    .await;
+    assert_eq!(
+        stats
+            .slow_consumer_closes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "merge: no close"
+    );
+
+    // Now it reads again: following prev, it reaches the server's exact state.
+    let mut received = 0;
+    while follower.channels["big.c"].0 < UPDATES + 1 {
+        let m = stalled.recv().await;
+        follower.apply(&m);
+        received += 1;
+    }
+    let server_state = server.engine.snapshot("big.c").await.unwrap().unwrap();
+    assert_eq!(
+        follower.channels["big.c"],
+        (server_state.seq, Value::Object(server_state.data))
+    );
+    assert!(
+        received < UPDATES,
+        "coalesced: {received} messages for {UPDATES} updates"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stream_subscriber_is_closed_with_1013() {
+    let (server, feed) = start_with_tcp_feed(|s| {
+        s.limits.outbox_bytes = 64 * 1024;
+        s.namespaces = std::mem::take(&mut s.namespaces).with(
+            "events",
+            NamespacePolicy {
+                mode: Mode::Stream,
+                ..NamespacePolicy::default()
+            },
+        );
+    })
+    .await;
+    let mut producer = Producer::connect(feed).await;
+    producer.publish("events.m", json!({"n": 0})).await;
+    let engine = server.engine.clone();
+    wait_for(
+        || {
+            let e = engine.clone();
+            async move { e.snapshot("events.m").await.unwrap() }
+        },
+        "channel",
+    )
+    .await;
+    let mut stalled = narrow_client(server.addr).await;
+    stalled.subscribe(1, &["events.m"]).await;
+    assert_eq!(stalled.recv().await["type"], "snapshot");
+    flood(&mut producer, "events.m").await;
+    let stats = server.engine.stats.clone();
+    wait_for(
+        || {
+            let stats = stats.clone();
+            async move {
+                (stats
+                    .slow_consumer_closes
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    == 1)
+                    .then_some(())
+            }
+        },
+        "the stalled stream subscriber closed",
+    )
+    .await;
+    // Reading again, it finds an unbroken run of updates and then 1013.
+    let mut last = 1;
+    let code = loop {
+        match stalled.next().await {
+            tokio_tungstenite::tungstenite::Message::Text(text) => {
+                let m: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(
+                    m["prev"].as_u64(),
+                    Some(last),
+                    "stream: no skipped seq before the close"
+                );
+                last = m["seq"].as_u64().unwrap();
+            }
+            tokio_tungstenite::tungstenite::Message::Close(frame) => break frame.unwrap().code,
+            _ => {}
+        }
+    };
+    assert_eq!(u16::from(code), 1013);
+    server.shutdown().await;
+}
