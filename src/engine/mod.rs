@@ -327,6 +327,12 @@ impl Engine {
 
     /// A session whose queue is full is closed with 1013 rather than
     /// silently skipped: its client resumes with `since`.
+    ///
+    /// What is already queued still goes out before the close (it is a
+    /// prefix of every chain, and bounded by the queue): a client that reads
+    /// slowly then resumes from further on. Were it dropped, a resume whose
+    /// answers overflow the queue would be dropped and refused again on
+    /// every retry, never making progress.
     fn close_slow(&mut self, session: SessionId) {
         if let Some(entry) = self.sessions.get(&session) {
             tracing::info!(session, "closing slow consumer (outbound queue full)");
@@ -335,7 +341,7 @@ impl Engine {
                     CloseCode::TryAgainLater,
                     "slow consumer: outbound queue full",
                 ),
-                true,
+                false,
             );
             self.stats
                 .slow_consumer_closes

@@ -91,19 +91,16 @@ impl Engine {
         }
     }
 
-    /// Makes `plans` fit in half of `room` (the queue's free bytes) by
-    /// answering the biggest replays with resync snapshots instead. Without
-    /// this, a resume whose answers exceed the queue would be closed with
-    /// 1013 and, resumed from the same positions, closed again forever. Half,
-    /// so that a replay also leaves room for what follows it: the next
-    /// subscribe of a reconnecting client, and live updates.
+    /// Makes `plans` fit in `room` (the queue's free bytes) by answering
+    /// the biggest replays with resync snapshots instead: a resume that the
+    /// queue cannot hold is announced as a resync rather than closed with
+    /// 1013, which would only repeat when the client resumes the same way.
     pub(super) fn fit(
         &mut self,
         plans: &mut [Plan],
         room: usize,
         filter: &Option<Arc<FieldFilter>>,
     ) {
-        let room = room / 2;
         let mut total: usize = plans.iter().map(|p| p.bytes).sum();
         while total > room {
             let Some(plan) = plans
