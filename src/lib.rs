@@ -6,8 +6,10 @@
 //!    line with [`record`] into a [`record::FeedRecord`] on a [`channel`].
 //! 2. The sequenced [`ring`] carries records from every feed to the engine.
 //! 3. The [`engine`] applies each record to its channel's state (JSON Merge
-//!    Patch, seq + 1) and encodes the update once as a [`wire`] frame for
-//!    all subscribers that share it.
+//!    Patch, seq + 1), keeps it in the channel's history for resume, and
+//!    encodes the update once per distinct field filter as a [`wire`] frame
+//!    for all subscribers that share it; `max_hz` subscriptions hold and
+//!    merge diffs until their next allowed instant.
 //! 4. Each [`session`] has a bounded [`session::outbox::Outbox`]; its writer
 //!    sends everything queued in one vectored write, its reader turns client
 //!    messages into engine commands.

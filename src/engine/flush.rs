@@ -96,3 +96,105 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::channel::{ChannelName, Pattern};
+    use crate::engine::{Engine, EngineLimits, EngineStats};
+    use crate::record::{FeedRecord, JsonMap};
+    use crate::session::outbox::{Outbox, QueuedFrame};
+    use crate::session::protocol::SubscribeOptions;
+
+    const MS: u64 = 1_000_000;
+
+    fn record(bid: i64) -> FeedRecord {
+        let mut data = JsonMap::new();
+        data.insert("bid".into(), bid.into());
+        FeedRecord {
+            channel: ChannelName::new("q.A").unwrap(),
+            data,
+            ts: None,
+            ingest_ns: 1_000 + bid as u64,
+        }
+    }
+
+    fn drain(outbox: &Outbox) -> Vec<serde_json::Value> {
+        use futures_util::FutureExt;
+        let mut frames: Vec<QueuedFrame> = Vec::new();
+        let _ = outbox.take(&mut frames).now_or_never();
+        frames
+            .iter()
+            .map(|f| serde_json::from_slice(&f.bytes[2..]).unwrap())
+            .collect()
+    }
+
+    /// Ten thousand throttled subscriptions hold their diffs in one timer
+    /// set: one due time to sleep on, one sweep to send them all.
+    #[test]
+    fn ten_thousand_throttled_subscriptions_share_one_sweep() {
+        let stats = Arc::new(EngineStats::default());
+        let limits = EngineLimits {
+            max_targets_per_session: 4,
+            max_channels: 4,
+        };
+        let mut engine = Engine::new(Arc::from("e"), limits, stats.clone());
+        engine.apply(&record(0), 0);
+        let options = SubscribeOptions {
+            max_hz: Some(10.0),
+            ..SubscribeOptions::default()
+        };
+        let mut outboxes = Vec::new();
+        for session in 0..10_000u64 {
+            let outbox = Arc::new(Outbox::new(1 << 16));
+            engine.register(session, outbox.clone());
+            let targets = vec![Pattern::new("q.A").unwrap()];
+            engine.subscribe(session, None, targets, options.clone(), MS);
+            outboxes.push(outbox);
+        }
+        engine.apply(&record(1), 2 * MS); // sent at once: the first is free
+        for bid in 2..=5 {
+            engine.apply(&record(bid), 3 * MS); // held and merged
+        }
+        assert_eq!(engine.timers.len(), 10_000);
+        assert_eq!(
+            engine.next_due(),
+            Some(102 * MS),
+            "one interval after the send"
+        );
+        engine.flush_due(101 * MS);
+        assert_eq!(engine.timers.len(), 10_000, "nothing is due early");
+        engine.flush_due(102 * MS);
+        assert!(engine.timers.is_empty() && engine.next_due().is_none());
+        assert_eq!(
+            stats
+                .coalesced_diffs
+                .load(std::sync::atomic::Ordering::Relaxed),
+            40_000
+        );
+        for outbox in [&outboxes[0], &outboxes[9_999]] {
+            let messages = drain(outbox);
+            let kinds: Vec<&str> = messages
+                .iter()
+                .map(|m| m["type"].as_str().unwrap())
+                .collect();
+            assert_eq!(kinds, ["subscribed", "snapshot", "update", "update"]);
+            let flushed = &messages[3];
+            assert_eq!(
+                (
+                    &flushed["seq"],
+                    &flushed["prev"],
+                    &flushed["ts"],
+                    &flushed["data"]
+                ),
+                (
+                    &serde_json::json!(6),
+                    &serde_json::json!(2),
+                    &serde_json::json!(1_005),
+                    &serde_json::json!({"bid": 5})
+                )
+            );
+        }
+    }
+}
