@@ -110,19 +110,21 @@ pub fn merge_patch(target: &mut JsonMap, patch: &JsonMap) {
                 target.remove(key);
             }
             Value::Object(inner_patch) => {
-                let slot = target
-                    .entry(key.clone())
-                    .or_insert_with(|| Value::Object(JsonMap::new()));
-                if !slot.is_object() {
-                    *slot = Value::Object(JsonMap::new());
+                // Look the key up before cloning it: most patches change
+                // members that exist, and a key clone is an allocation.
+                if !matches!(target.get(key), Some(Value::Object(_))) {
+                    target.insert(key.clone(), Value::Object(JsonMap::new()));
                 }
-                if let Value::Object(inner) = slot {
+                if let Some(Value::Object(inner)) = target.get_mut(key) {
                     merge_patch(inner, inner_patch);
                 }
             }
-            other => {
-                target.insert(key.clone(), other.clone());
-            }
+            other => match target.get_mut(key) {
+                Some(slot) => *slot = other.clone(),
+                None => {
+                    target.insert(key.clone(), other.clone());
+                }
+            },
         }
     }
 }
