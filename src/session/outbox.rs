@@ -152,7 +152,8 @@ impl Outbox {
     }
 
     /// Ends the session with `close_frame`. With `discard_queued`, frames not
-    /// yet taken are dropped (a slow consumer is not owed its backlog).
+    /// yet taken are dropped; without, they go out before the close (the
+    /// engine's 1013 keeps them, so the client resumes from further on).
     pub fn close(&self, close_frame: Bytes, discard_queued: bool) {
         let mut queue = self.lock();
         if queue.close.is_some() {
