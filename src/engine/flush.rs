@@ -67,8 +67,8 @@ impl Engine {
         } else if mode == Mode::Stream {
             self.close_slow(session);
         } else {
-            // Still backed up: keep holding; the drain will bring it back.
-            delivery.outbox.mark_lagging();
+            // Still backed up: keep holding; the refused push asked the
+            // writer to report the next drain.
         }
     }
 

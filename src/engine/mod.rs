@@ -273,7 +273,6 @@ impl Engine {
                 if let Some(due) = delivery.due_ns() {
                     self.timers.arm(due, cid, delivery.session);
                 }
-                delivery.outbox.mark_lagging();
                 self.stats
                     .slow_consumer_holds
                     .fetch_add(1, Ordering::Relaxed);

@@ -118,8 +118,15 @@ impl Outbox {
     pub fn push(&self, frame: impl Into<QueuedFrame>) -> bool {
         let mut frame = frame.into();
         let mut queue = self.lock();
-        let over = queue.bytes > 0 && queue.bytes + frame.bytes.len() > self.limit_bytes;
-        if queue.close.is_some() || over {
+        if queue.close.is_some() {
+            return false;
+        }
+        if queue.bytes > 0 && queue.bytes + frame.bytes.len() > self.limit_bytes {
+            // Refused with a backlog the writer has yet to take: when it has
+            // written it, `done` reports the drain, so a caller holding data
+            // back is always called again. (Set under the same lock as the
+            // refusal: set later, the writer could finish in between.)
+            queue.lagging = true;
             return false;
         }
         let idle = queue.frames.is_empty() && !queue.writer_busy;
@@ -221,13 +228,6 @@ impl Outbox {
         }
         false
     }
-
-    /// The engine could not queue a frame and is holding diffs back: ask the
-    /// writer to report when everything queued has been written. (A refused
-    /// push means frames are queued, so the writer will come to `done`.)
-    pub fn mark_lagging(&self) {
-        self.lock().lagging = true;
-    }
 }
 
 /// Times a frame the socket took at once: it waited only for the fanout.
@@ -302,6 +302,23 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(got[0].bytes, Bytes::from_static(b"a"));
+    }
+
+    #[tokio::test]
+    async fn a_refused_push_is_reported_once_the_backlog_is_written() {
+        let outbox = Outbox::new(10);
+        assert!(outbox.push(Bytes::from_static(b"123456789")));
+        assert!(!outbox.push(Bytes::from_static(b"12")), "over the bound");
+        let mut got = Vec::new();
+        outbox.take(&mut got).await;
+        assert!(outbox.done(), "the writer reports the drain");
+        assert!(!outbox.done(), "once");
+        // A writer that finished just before the refusal still reports it.
+        assert!(outbox.push(Bytes::from_static(b"123456789")));
+        assert!(!outbox.push(Bytes::from_static(b"12")));
+        got.clear();
+        outbox.take(&mut got).await;
+        assert!(outbox.done());
     }
 
     #[tokio::test]

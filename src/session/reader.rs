@@ -60,11 +60,8 @@ pub async fn read_loop<S: ReadSocket>(
                     ErrorCode::BadRequest,
                     "binary frames are not accepted: send JSON text frames",
                 );
-                if engine
-                    .send(Command::Reply { session, frame })
-                    .await
-                    .is_err()
-                {
+                let reply = Command::Reply { session, frame };
+                if Box::pin(engine.send(reply)).await.is_err() {
                     return;
                 }
                 continue;
@@ -117,7 +114,9 @@ async fn handle_message(
             frame: wire::error(e.id, e.code, &e.message),
         },
     };
-    engine.send(command).await
+    // Boxed: the send future (with the command) is large and rare, and a
+    // state of this future lives in every idle connection's task.
+    Box::pin(engine.send(command)).await
 }
 
 fn close_on_error(error: FrameError, outbox: &Outbox, limits: &SessionLimits) {

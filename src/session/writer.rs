@@ -59,7 +59,9 @@ pub async fn write_loop<S: SocketWrite>(
                     let command = Command::Drained {
                         session: drained.session,
                     };
-                    let _ = drained.engine.send(command).await;
+                    // Boxed for the same reason as the reader's sends: rare,
+                    // and large next to an idle connection's footprint.
+                    let _ = Box::pin(drained.engine.send(command)).await;
                 }
             }
             Ok(Err(e)) => {
