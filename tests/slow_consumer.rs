@@ -42,15 +42,7 @@ async fn a_stalled_merge_subscriber_coalesces_and_ends_exact() {
     let (server, feed) = start_with_tcp_feed(|s| s.limits.outbox_bytes = 64 * 1024).await;
     let mut producer = Producer::connect(feed).await;
     producer.publish("big.c", json!({"n": 0})).await;
-    let engine = server.engine.clone();
-    wait_for(
-        || {
-            let e = engine.clone();
-            async move { e.snapshot("big.c").await.unwrap() }
-        },
-        "channel",
-    )
-    .await;
+    wait_for_channel(&server, "big.c").await;
 
     let mut reader = Client::connect(server.addr).await;
     reader.subscribe(1, &["big.c"]).await;
@@ -133,15 +125,7 @@ async fn a_stalled_stream_subscriber_is_closed_with_1013() {
     .await;
     let mut producer = Producer::connect(feed).await;
     producer.publish("events.m", json!({"n": 0})).await;
-    let engine = server.engine.clone();
-    wait_for(
-        || {
-            let e = engine.clone();
-            async move { e.snapshot("events.m").await.unwrap() }
-        },
-        "channel",
-    )
-    .await;
+    wait_for_channel(&server, "events.m").await;
     let mut stalled = narrow_client(server.addr).await;
     stalled.subscribe(1, &["events.m"]).await;
     assert_eq!(stalled.recv().await["type"], "snapshot");

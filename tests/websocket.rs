@@ -25,15 +25,7 @@ async fn snapshot_then_chain(direct_writes: bool) {
     producer
         .publish("quotes.AAA", json!({"bid": 1.0, "ask": 1.1}))
         .await;
-    let engine = server.engine.clone();
-    wait_for(
-        || {
-            let e = engine.clone();
-            async move { e.snapshot("quotes.AAA").await.unwrap() }
-        },
-        "channel created",
-    )
-    .await;
+    wait_for_channel(&server, "quotes.AAA").await;
 
     let mut client = Client::connect(server.addr).await;
     client.subscribe(7, &["quotes.AAA"]).await;

@@ -17,6 +17,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
 
 use tickcast::config::Settings;
+use tickcast::engine::ChannelSnapshot;
 use tickcast::feed::FeedSpec;
 use tickcast::RunningServer;
 
@@ -61,15 +62,31 @@ where
     Fut: Future<Output = Option<T>>,
 {
     let deadline = tokio::time::Instant::now() + DEADLINE;
+    // Look again every 5 ms: each look is cheap, and a passing test waits
+    // only as long as the condition takes.
+    let mut every = tokio::time::interval(Duration::from_millis(5));
     loop {
+        every.tick().await;
         if let Some(value) = probe().await {
             return value;
         }
         if tokio::time::Instant::now() > deadline {
             panic!("timed out after {DEADLINE:?} waiting for: {what}");
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Waits until the server holds channel `name`; returns its snapshot.
+pub async fn wait_for_channel(server: &RunningServer, name: &str) -> ChannelSnapshot {
+    let engine = server.engine.clone();
+    wait_for(
+        || {
+            let engine = engine.clone();
+            async move { engine.snapshot(name).await.unwrap() }
+        },
+        &format!("channel {name} to exist"),
+    )
+    .await
 }
 
 /// A producer connected to a `tcp:` feed.
