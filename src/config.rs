@@ -200,13 +200,13 @@ impl Limits {
         }
     }
 
-    pub fn session(&self) -> SessionLimits {
+    pub fn session(&self, direct_writes: bool) -> SessionLimits {
         SessionLimits {
             max_message_bytes: self.max_message_bytes,
             max_channels_per_request: self.max_channels_per_request,
             outbox_bytes: self.outbox_bytes,
             write_timeout: Duration::from_millis(self.write_timeout_ms),
-            direct_writes: false,
+            direct_writes,
         }
     }
 }

@@ -14,7 +14,6 @@ use crate::feed::{self, FeedOutput, FeedSpec, FeedStats, RingItem};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::ring::Ring;
-use crate::session::SessionLimits;
 
 /// How long shutdown waits for sessions to send their close frames.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -120,10 +119,7 @@ pub async fn start(
     ));
     let state = Arc::new(AppState::new(
         handle.clone(),
-        Arc::new(SessionLimits {
-            direct_writes: settings.direct_writes,
-            ..settings.limits.session()
-        }),
+        Arc::new(settings.limits.session(settings.direct_writes)),
         feeds.clone(),
         settings.limits.max_connections,
         metrics,

@@ -26,6 +26,7 @@
 
 #[path = "delivery_properties/client.rs"]
 mod client;
+mod common;
 #[path = "delivery_properties/model.rs"]
 mod model;
 

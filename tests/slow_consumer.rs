@@ -9,7 +9,11 @@ use std::net::SocketAddr;
 
 use common::*;
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tickcast::engine::{Mode, NamespacePolicy};
+
+use tickcast::engine::EngineStats;
+use tickcast::RunningServer;
 use tokio::net::TcpSocket;
 
 const UPDATES: u64 = 400;
@@ -25,6 +29,24 @@ async fn narrow_client(addr: SocketAddr) -> Client {
         .await
         .expect("websocket connects");
     Client { ws }
+}
+
+/// Waits until the engine counter `field` satisfies `ok`.
+async fn wait_for_stat(
+    server: &RunningServer,
+    field: fn(&EngineStats) -> &AtomicU64,
+    ok: fn(u64) -> bool,
+    what: &str,
+) {
+    let stats = server.engine.stats.clone();
+    wait_for(
+        || {
+            let stats = stats.clone();
+            async move { ok(field(&stats).load(Ordering::Relaxed)).then_some(()) }
+        },
+        what,
+    )
+    .await;
 }
 
 /// Publishes `UPDATES` large updates (each ~16 KB) to `channel`.
@@ -68,25 +90,19 @@ async fn a_stalled_merge_subscriber_coalesces_and_ends_exact() {
         .await
         .expect("reader done")
         .unwrap();
-    let stats = server.engine.stats.clone();
-    wait_for(
-        || {
-            let stats = stats.clone();
-            async move {
-                (stats
-                    .slow_consumer_holds
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    > 0)
-                .then_some(())
-            }
-        },
+    wait_for_stat(
+        &server,
+        |s| &s.slow_consumer_holds,
+        |n| n > 0,
         "the server held diffs for the stalled client",
     )
     .await;
     assert_eq!(
-        stats
+        server
+            .engine
+            .stats
             .slow_consumer_closes
-            .load(std::sync::atomic::Ordering::Relaxed),
+            .load(Ordering::Relaxed),
         0,
         "merge: no close"
     );
@@ -130,18 +146,10 @@ async fn a_stalled_stream_subscriber_is_closed_with_1013() {
     stalled.subscribe(1, &["events.m"]).await;
     assert_eq!(stalled.recv().await["type"], "snapshot");
     flood(&mut producer, "events.m").await;
-    let stats = server.engine.stats.clone();
-    wait_for(
-        || {
-            let stats = stats.clone();
-            async move {
-                (stats
-                    .slow_consumer_closes
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    == 1)
-                    .then_some(())
-            }
-        },
+    wait_for_stat(
+        &server,
+        |s| &s.slow_consumer_closes,
+        |n| n == 1,
         "the stalled stream subscriber closed",
     )
     .await;

@@ -36,24 +36,9 @@ pub fn touches(patch: &Value, fields: Option<&[String]>) -> bool {
     }
 }
 
-/// RFC 7396 on `Value`s, independent of the engine's own.
-pub fn merge(target: &mut Value, patch: &Value) {
-    if let Value::Object(patch) = patch {
-        if !target.is_object() {
-            *target = json!({});
-        }
-        let map = target.as_object_mut().unwrap();
-        for (k, v) in patch {
-            if v.is_null() {
-                map.remove(k);
-            } else {
-                merge(map.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
-    } else {
-        *target = patch.clone();
-    }
-}
+/// RFC 7396 on `Value`s, independent of the engine's own (shared with the
+/// socket tests).
+pub use crate::common::merge;
 
 /// (opcode, payload) of one server frame.
 pub fn split(frame: &[u8]) -> (u8, &[u8]) {
