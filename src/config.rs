@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// always hand it to the connection's writer task (false) [default: false].
     #[arg(long, value_name = "BOOL")]
     pub direct_writes: Option<bool>,
+    /// Engine shards: each owns a share of the connections and fans out to
+    /// them on its own task; 0 = one per CPU core [default: 0].
+    #[arg(long, value_name = "N")]
+    pub engine_shards: Option<usize>,
     /// Log filter, e.g. `info`, `debug`, `tickcast=debug` [default: info; env RUST_LOG].
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
@@ -87,6 +91,8 @@ pub struct Config {
     pub log: String,
     pub stats_interval: u64,
     pub direct_writes: bool,
+    #[serde(deserialize_with = "check::engine_shards")]
+    pub engine_shards: usize,
     pub limits: Limits,
     /// Policy for every namespace not named in `namespaces`.
     pub namespace_defaults: NamespaceDefaults,
@@ -123,6 +129,18 @@ pub struct NamespaceConfig {
     pub history: Option<usize>,
 }
 
+/// Most engine shards; each keeps a copy of every channel's state.
+pub const MAX_ENGINE_SHARDS: usize = 64;
+
+/// 0 means one shard per CPU core.
+fn resolve_shards(shards: usize) -> Result<usize, String> {
+    match shards {
+        0 => Ok(std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_ENGINE_SHARDS))),
+        n if n <= MAX_ENGINE_SHARDS => Ok(n),
+        n => Err(format!("{n} is more than {MAX_ENGINE_SHARDS} shards")),
+    }
+}
+
 /// Most updates a channel may keep for resume (memory is per channel).
 pub const MAX_HISTORY: usize = 1 << 20;
 
@@ -136,6 +154,7 @@ impl Default for Config {
             log: "info".into(),
             stats_interval: 10,
             direct_writes: false,
+            engine_shards: 0,
             limits: Limits::default(),
             namespace_defaults: NamespaceDefaults::default(),
             namespaces: BTreeMap::new(),
@@ -236,6 +255,8 @@ pub struct Settings {
     pub stats_interval: Option<Duration>,
     /// See `ServeArgs::direct_writes`.
     pub direct_writes: bool,
+    /// Engine shards, resolved (at least 1).
+    pub engine_shards: usize,
     pub limits: Limits,
     /// Mode and history depth per namespace.
     pub namespaces: Namespaces,
@@ -301,6 +322,8 @@ impl Config {
                 .filter(|&s| s > 0)
                 .map(Duration::from_secs),
             direct_writes: args.direct_writes.unwrap_or(self.direct_writes),
+            engine_shards: resolve_shards(args.engine_shards.unwrap_or(self.engine_shards))
+                .map_err(|e| ConfigError::Invalid(format!("{}: {e}", place("engine_shards"))))?,
             limits: self.limits,
             namespaces,
         })
@@ -366,6 +389,17 @@ mod check {
         max_connections: usize = "limits.max_connections";
         engine_queue: usize = "limits.engine_queue";
         write_timeout_ms: u64 = "limits.write_timeout_ms";
+    }
+
+    pub fn engine_shards<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        let value = usize::deserialize(d)?;
+        if value > super::MAX_ENGINE_SHARDS {
+            return Err(D::Error::custom(format!(
+                "engine_shards must be at most {}, not {value} (0 = one per CPU core)",
+                super::MAX_ENGINE_SHARDS
+            )));
+        }
+        Ok(value)
     }
 
     pub fn power_of_two<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
@@ -467,6 +501,32 @@ mod tests {
     }
 
     #[test]
+    fn engine_shards_default_to_one_per_core_and_flags_win() {
+        let settings = Settings::default();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(settings.engine_shards, cores.min(MAX_ENGINE_SHARDS));
+        let file: Config = toml::from_str("engine_shards = 3\n").unwrap();
+        assert_eq!(
+            file.clone()
+                .resolve(&ServeArgs::default(), None)
+                .unwrap()
+                .engine_shards,
+            3
+        );
+        let args = ServeArgs {
+            engine_shards: Some(1),
+            ..ServeArgs::default()
+        };
+        assert_eq!(file.resolve(&args, None).unwrap().engine_shards, 1);
+        let args = ServeArgs {
+            engine_shards: Some(500),
+            ..ServeArgs::default()
+        };
+        let err = Config::default().resolve(&args, None).unwrap_err();
+        assert!(err.to_string().contains("engine_shards"), "{err}");
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let file: Config =
             toml::from_str("feeds = [\"tcp:127.0.0.1:9000\"]\nspeed = \"max\"\n").unwrap();
@@ -522,6 +582,7 @@ mod tests {
                 3,
             ),
             ("[namespaces.\"a.b\"]\nmode = \"stream\"\n", "a.b", 1),
+            ("engine_shards = 65\n", "engine_shards", 1),
         ];
         for (text, key, line) in cases {
             let err = toml::from_str::<Config>(text).unwrap_err().to_string();

@@ -19,10 +19,11 @@ pub enum Stage {
     /// The feed stamps the record and publishes it into the ring
     /// (includes waiting for room when the ring is full).
     FeedToRing,
-    /// From the feed's stamp to the engine taking the record off the ring.
+    /// From the feed's stamp to an engine shard taking the record off the
+    /// ring; once per record and shard.
     RingToEngine,
-    /// From the engine taking a record to its frames sitting in every
-    /// subscriber's outbox (the fanout), once per update.
+    /// From a shard taking a record to its frames sitting in the outbox of
+    /// every subscriber of that shard (the fanout); once per record and shard.
     EngineToQueued,
     /// From a frame being queued to the socket accepting it, per frame.
     QueuedToWritten,

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::engine::{self, Engine, EngineHandle, EngineStats};
+use crate::engine::{self, Engine, EngineHandle};
 use crate::feed::{self, FeedOutput, FeedSpec, FeedStats, RingItem};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
@@ -85,13 +85,22 @@ pub async fn start(
         }
     }
     let ring: Ring<RingItem> = Ring::with_capacity(settings.limits.ring_capacity);
-    let consumer = ring.consumer();
-    let stats = Arc::new(EngineStats::default());
     let epoch = new_epoch();
-    let (handle, commands) =
-        engine::channel(epoch.clone(), stats.clone(), settings.limits.engine_queue);
-    let engine = Engine::new(epoch, settings.limits.engine(), stats)
-        .with_namespaces(settings.namespaces.clone());
+    let (handle, shard_inputs) = engine::channel(
+        epoch.clone(),
+        settings.engine_shards,
+        settings.limits.engine_queue,
+    );
+    // Every shard is a gating consumer, registered before any feed
+    // publishes, so each one sees every record from the first.
+    let shards: Vec<_> = shard_inputs
+        .into_iter()
+        .map(|inputs| {
+            let engine = Engine::new(epoch.clone(), settings.limits.engine(), inputs.stats)
+                .with_namespaces(settings.namespaces.clone());
+            (engine, ring.consumer(), inputs.commands)
+        })
+        .collect();
 
     let metrics = Arc::new(Metrics::new());
     let mut feeds = Vec::new();
@@ -110,13 +119,18 @@ pub async fn start(
     }
     drop(ring);
 
-    let engine_task = tokio::spawn(engine::run(
-        engine,
-        consumer,
-        commands,
-        metrics.clone(),
-        shutdown.clone(),
-    ));
+    let engine_tasks: Vec<_> = shards
+        .into_iter()
+        .map(|(engine, consumer, commands)| {
+            tokio::spawn(engine::run(
+                engine,
+                consumer,
+                commands,
+                metrics.clone(),
+                shutdown.clone(),
+            ))
+        })
+        .collect();
     let state = Arc::new(AppState::new(
         handle.clone(),
         Arc::new(settings.limits.session(settings.direct_writes)),
@@ -138,7 +152,9 @@ pub async fn start(
         for task in feed_tasks {
             let _ = task.await;
         }
-        let _ = engine_task.await;
+        for task in engine_tasks {
+            let _ = task.await;
+        }
         http_state.sessions.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, http_state.sessions.wait())
             .await

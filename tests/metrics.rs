@@ -7,7 +7,10 @@ use serde_json::{json, Value};
 
 #[tokio::test]
 async fn stats_and_metrics_count_every_stage_of_delivered_updates() {
-    let (server, feed) = start_with_tcp_feed(|_| {}).await;
+    // Two engine shards, and the three sessions land on both of them: each
+    // shard applies every record and encodes once for its own subscribers.
+    const SHARDS: u64 = 2;
+    let (server, feed) = start_with_tcp_feed(|s| s.engine_shards = SHARDS as usize).await;
     let mut clients = Vec::new();
     for _ in 0..3 {
         let mut client = Client::connect(server.addr).await;
@@ -44,12 +47,13 @@ async fn stats_and_metrics_count_every_stage_of_delivered_updates() {
     assert_eq!(stats["connections"], 3);
     assert_eq!(stats["updates_in"], 51);
     assert_eq!(
-        stats["frames_encoded"], 50,
-        "one encoding per update, shared by 3 subscribers"
+        stats["frames_encoded"],
+        50 * SHARDS,
+        "one encoding per update and shard, shared by its subscribers"
     );
     assert_eq!(stats["latency"]["feed_to_ring"]["count"], 51);
-    assert_eq!(stats["latency"]["ring_to_engine"]["count"], 51);
-    assert_eq!(stats["latency"]["engine_to_queued"]["count"], 51);
+    assert_eq!(stats["latency"]["ring_to_engine"]["count"], 51 * SHARDS);
+    assert_eq!(stats["latency"]["engine_to_queued"]["count"], 51 * SHARDS);
     assert_eq!(stats["latency"]["queued_to_written"]["count"], 150);
     let e2e = &stats["latency"]["end_to_end"];
     let (p50, p99, max) = (

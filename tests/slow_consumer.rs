@@ -9,10 +9,9 @@ use std::net::SocketAddr;
 
 use common::*;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicU64, Ordering};
 use tickcast::engine::{Mode, NamespacePolicy};
 
-use tickcast::engine::EngineStats;
+use tickcast::engine::StatsSnapshot;
 use tickcast::RunningServer;
 use tokio::net::TcpSocket;
 
@@ -34,15 +33,15 @@ async fn narrow_client(addr: SocketAddr) -> Client {
 /// Waits until the engine counter `field` satisfies `ok`.
 async fn wait_for_stat(
     server: &RunningServer,
-    field: fn(&EngineStats) -> &AtomicU64,
+    field: fn(&StatsSnapshot) -> u64,
     ok: fn(u64) -> bool,
     what: &str,
 ) {
-    let stats = server.engine.stats.clone();
+    let engine = server.engine.clone();
     wait_for(
         || {
-            let stats = stats.clone();
-            async move { ok(field(&stats).load(Ordering::Relaxed)).then_some(()) }
+            let stats = engine.stats();
+            async move { ok(field(&stats)).then_some(()) }
         },
         what,
     )
@@ -92,17 +91,13 @@ async fn a_stalled_merge_subscriber_coalesces_and_ends_exact() {
         .unwrap();
     wait_for_stat(
         &server,
-        |s| &s.slow_consumer_holds,
+        |s| s.slow_consumer_holds,
         |n| n > 0,
         "the server held diffs for the stalled client",
     )
     .await;
     assert_eq!(
-        server
-            .engine
-            .stats
-            .slow_consumer_closes
-            .load(Ordering::Relaxed),
+        server.engine.stats().slow_consumer_closes,
         0,
         "merge: no close"
     );
@@ -148,7 +143,7 @@ async fn a_stalled_stream_subscriber_is_closed_with_1013() {
     flood(&mut producer, "events.m").await;
     wait_for_stat(
         &server,
-        |s| &s.slow_consumer_closes,
+        |s| s.slow_consumer_closes,
         |n| n == 1,
         "the stalled stream subscriber closed",
     )

@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
-
 use common::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -70,7 +68,8 @@ fn stream_namespace(history: usize) -> Namespaces {
 
 #[tokio::test]
 async fn fields_filter_snapshots_and_diffs_and_prev_still_chains() {
-    let (server, feed) = start_with_tcp_feed(|_| {}).await;
+    // One engine shard, so the three subscribers share one shard's encoding.
+    let (server, feed) = start_with_tcp_feed(|s| s.engine_shards = 1).await;
     let mut producer = Producer::connect(feed).await;
     producer
         .publish("quotes.A", json!({"bid": 1, "ask": 2, "volume": 10}))
@@ -92,7 +91,7 @@ async fn fields_filter_snapshots_and_diffs_and_prev_still_chains() {
         clients.push(client);
     }
 
-    let encoded_before = server.engine.stats.frames_encoded.load(Ordering::Relaxed);
+    let encoded_before = server.engine.stats().frames_encoded;
     producer.publish("quotes.A", json!({"volume": 11})).await; // seq 2: no field
     producer
         .publish("quotes.A", json!({"bid": 3, "volume": 12}))
@@ -107,7 +106,7 @@ async fn fields_filter_snapshots_and_diffs_and_prev_still_chains() {
         assert_eq!(update["data"], json!({"bid": 3}));
     }
     // Three subscribers with the same filter share one encoded frame.
-    let encoded = server.engine.stats.frames_encoded.load(Ordering::Relaxed) - encoded_before;
+    let encoded = server.engine.stats().frames_encoded - encoded_before;
     assert_eq!(encoded, 1, "one encoding for one distinct (filter, prev)");
 
     // An update touching none of the fields is not sent: the marker, published
@@ -168,7 +167,7 @@ async fn max_hz_merges_a_burst_into_few_updates_that_end_at_the_servers_state() 
         "100 updates at 10 Hz arrive as a few merged diffs, not {}",
         follower.updates
     );
-    assert!(server.engine.stats.coalesced_diffs.load(Ordering::Relaxed) > 50);
+    assert!(server.engine.stats().coalesced_diffs > 50);
     server.shutdown().await;
 }
 
@@ -385,13 +384,7 @@ async fn a_slow_stream_subscriber_is_closed_with_1013_and_resumes_every_seq() {
 
     // Stop reading and publish until the server gives up on the client.
     let pad = "x".repeat(1000);
-    let closes = || {
-        server
-            .engine
-            .stats
-            .slow_consumer_closes
-            .load(Ordering::Relaxed)
-    };
+    let closes = || server.engine.stats().slow_consumer_closes;
     let mut published = 1u64;
     while closes() == 0 {
         assert!(published < 200_000, "the slow client was never closed");

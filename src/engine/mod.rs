@@ -43,7 +43,7 @@ pub use index::{ChannelId, SessionId};
 use index::{DeliveryOptions, SessionEntry, Target, TargetIndex};
 pub use policy::{Mode, NamespacePolicy, Namespaces};
 use state::Channel;
-pub use task::{channel, run, Command, EngineGone, EngineHandle};
+pub use task::{channel, run, Command, EngineGone, EngineHandle, ShardInputs};
 use timers::Timers;
 
 /// Limits the engine enforces; see `config::Limits` for defaults and knobs.
@@ -73,6 +73,50 @@ pub struct EngineStats {
     pub channels: AtomicU64,
     pub sessions: AtomicU64,
     pub subscriptions: AtomicU64,
+}
+
+/// The engine's counters at one moment, added up over the shards.
+///
+/// Every shard applies every record, so the per-channel counters (updates,
+/// channels, records dropped at the channel limit) are the same in each and
+/// are taken from the first; the per-session ones are summed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    pub updates_applied: u64,
+    pub frames_queued: u64,
+    pub bytes_queued: u64,
+    pub frames_encoded: u64,
+    pub slow_consumer_closes: u64,
+    pub slow_consumer_holds: u64,
+    pub coalesced_diffs: u64,
+    pub records_dropped_channel_limit: u64,
+    pub channels: u64,
+    pub sessions: u64,
+    pub subscriptions: u64,
+}
+
+impl StatsSnapshot {
+    pub fn total(shards: &[Arc<EngineStats>]) -> Self {
+        let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
+        let sum = |field: fn(&EngineStats) -> &AtomicU64| {
+            shards.iter().map(|s| load(field(s))).sum::<u64>()
+        };
+        let first =
+            |field: fn(&EngineStats) -> &AtomicU64| shards.first().map_or(0, |s| load(field(s)));
+        Self {
+            updates_applied: first(|s| &s.updates_applied),
+            frames_queued: sum(|s| &s.frames_queued),
+            bytes_queued: sum(|s| &s.bytes_queued),
+            frames_encoded: sum(|s| &s.frames_encoded),
+            slow_consumer_closes: sum(|s| &s.slow_consumer_closes),
+            slow_consumer_holds: sum(|s| &s.slow_consumer_holds),
+            coalesced_diffs: sum(|s| &s.coalesced_diffs),
+            records_dropped_channel_limit: first(|s| &s.records_dropped_channel_limit),
+            channels: first(|s| &s.channels),
+            sessions: sum(|s| &s.sessions),
+            subscriptions: sum(|s| &s.subscriptions),
+        }
+    }
 }
 
 /// Name and seq of one channel, for `GET /channels`.

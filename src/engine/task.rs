@@ -1,5 +1,12 @@
-//! The engine task: the one owner of an [`Engine`], fed by the ring and by
-//! a bounded command queue, and the owner of the clock the engine is given.
+//! The engine tasks: each owns one [`Engine`] shard, fed by its own ring
+//! consumer and its own bounded command queue, and owns the clock the engine
+//! is given.
+//!
+//! Shards split the sessions (session id modulo the shard count), not the
+//! channels: every shard reads every record from the ring and applies it to
+//! its own copy of the channel states. Seqs are assigned by counting records
+//! per channel, so every shard arrives at the same state and seq; a shard
+//! fans out only to its own sessions. See docs/architecture.md.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,7 +16,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{ChannelInfo, ChannelSnapshot, Engine, EngineStats, SessionId};
+use super::{ChannelInfo, ChannelSnapshot, Engine, EngineStats, SessionId, StatsSnapshot};
 use crate::channel::Pattern;
 use crate::feed::RingItem;
 use crate::metrics::{Metrics, Stage};
@@ -59,6 +66,22 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// The session a command belongs to; `None` for questions any shard can
+    /// answer.
+    fn session(&self) -> Option<SessionId> {
+        match self {
+            Command::Register { session, .. }
+            | Command::Deregister { session }
+            | Command::Subscribe { session, .. }
+            | Command::Unsubscribe { session, .. }
+            | Command::Drained { session }
+            | Command::Reply { session, .. } => Some(*session),
+            Command::ListChannels { .. } | Command::Snapshot { .. } => None,
+        }
+    }
+}
+
 impl Engine {
     /// Carries out one command; `now` is the engine task's monotonic clock.
     pub fn handle(&mut self, command: Command, now: u64) {
@@ -93,12 +116,19 @@ impl Engine {
 #[error("the engine has stopped")]
 pub struct EngineGone;
 
-/// A cheap, cloneable way to talk to the engine task.
+/// A cheap, cloneable way to talk to the engine shards: a session's
+/// commands go to the shard that owns it.
 #[derive(Clone)]
 pub struct EngineHandle {
-    commands: mpsc::Sender<Command>,
+    shards: Arc<[mpsc::Sender<Command>]>,
+    shard_stats: Arc<[Arc<EngineStats>]>,
     next_session: Arc<AtomicU64>,
     epoch: Arc<str>,
+}
+
+/// One shard's end of the engine's wiring: its command queue and counters.
+pub struct ShardInputs {
+    pub commands: mpsc::Receiver<Command>,
     pub stats: Arc<EngineStats>,
 }
 
@@ -111,9 +141,26 @@ impl EngineHandle {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Sends a command, waiting while the engine's queue is full.
+    /// How many engine shards share the sessions.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The engine's counters, added up over the shards.
+    pub fn stats(&self) -> StatsSnapshot {
+        StatsSnapshot::total(&self.shard_stats)
+    }
+
+    /// Sends a command to the shard it belongs to, waiting while that
+    /// shard's queue is full.
     pub async fn send(&self, command: Command) -> Result<(), EngineGone> {
-        self.commands.send(command).await.map_err(|_| EngineGone)
+        let shard = command
+            .session()
+            .map_or(0, |session| (session % self.shards.len() as u64) as usize);
+        self.shards[shard]
+            .send(command)
+            .await
+            .map_err(|_| EngineGone)
     }
 
     pub async fn channel_list(&self) -> Result<Vec<ChannelInfo>, EngineGone> {
@@ -134,20 +181,23 @@ impl EngineHandle {
 /// so subscribes are not starved by a busy feed.
 const RECORDS_PER_TURN: usize = 256;
 
-/// Creates the engine's command queue and handle.
-pub fn channel(
-    epoch: Arc<str>,
-    stats: Arc<EngineStats>,
-    queue: usize,
-) -> (EngineHandle, mpsc::Receiver<Command>) {
-    let (commands, receiver) = mpsc::channel(queue);
+/// Creates `shards` (at least 1) command queues of `queue` commands each,
+/// and the handle that routes to them.
+pub fn channel(epoch: Arc<str>, shards: usize, queue: usize) -> (EngineHandle, Vec<ShardInputs>) {
+    let (senders, inputs): (Vec<_>, Vec<_>) = (0..shards.max(1))
+        .map(|_| {
+            let (sender, commands) = mpsc::channel(queue);
+            let stats = Arc::new(EngineStats::default());
+            (sender, ShardInputs { commands, stats })
+        })
+        .unzip();
     let handle = EngineHandle {
-        commands,
+        shards: senders.into(),
+        shard_stats: inputs.iter().map(|i| i.stats.clone()).collect(),
         next_session: Arc::new(AtomicU64::new(1)),
         epoch,
-        stats,
     };
-    (handle, receiver)
+    (handle, inputs)
 }
 
 /// The engine task: applies records from the ring and commands from

@@ -15,7 +15,7 @@ use crate::record::RejectReason;
 /// Prometheus text exposition format, version 0.0.4.
 pub fn prometheus(state: &AppState) -> String {
     let mut out = String::with_capacity(16 * 1024);
-    let stats = &state.engine.stats;
+    let stats = state.engine.stats();
     let gauge = |out: &mut String, name: &str, help: &str, kind: &str, value: u64| {
         let _ = writeln!(
             out,
@@ -35,35 +35,35 @@ pub fn prometheus(state: &AppState) -> String {
         "tickcast_subscriptions",
         "Names and patterns subscribed, over all connections.",
         "gauge",
-        load(&stats.subscriptions),
+        stats.subscriptions,
     );
     gauge(
         &mut out,
         "tickcast_channels",
         "Channels held.",
         "gauge",
-        load(&stats.channels),
+        stats.channels,
     );
     gauge(
         &mut out,
         "tickcast_updates_in_total",
         "Updates applied to channels.",
         "counter",
-        load(&stats.updates_applied),
+        stats.updates_applied,
     );
     gauge(
         &mut out,
         "tickcast_frames_queued_total",
         "Frames queued to connections (updates out).",
         "counter",
-        load(&stats.frames_queued),
+        stats.frames_queued,
     );
     gauge(
         &mut out,
         "tickcast_frames_encoded_total",
-        "Update frames encoded (shared by every subscriber of the same shape).",
+        "Update frames encoded, once per shape and engine shard (shared by every subscriber of that shape on the shard).",
         "counter",
-        load(&stats.frames_encoded),
+        stats.frames_encoded,
     );
     gauge(
         &mut out,
@@ -84,28 +84,28 @@ pub fn prometheus(state: &AppState) -> String {
         "tickcast_coalesced_diffs_total",
         "Diffs merged into a pending diff instead of being sent one by one.",
         "counter",
-        load(&stats.coalesced_diffs),
+        stats.coalesced_diffs,
     );
     gauge(
         &mut out,
         "tickcast_slow_consumer_events_total",
         "Connections closed (1013) for falling behind their outbound bound.",
         "counter",
-        load(&stats.slow_consumer_closes),
+        stats.slow_consumer_closes,
     );
     gauge(
         &mut out,
         "tickcast_slow_consumer_holds_total",
         "Updates held in a pending diff because a merge subscriber's queue was full.",
         "counter",
-        load(&stats.slow_consumer_holds),
+        stats.slow_consumer_holds,
     );
     gauge(
         &mut out,
         "tickcast_records_dropped_total",
         "Records dropped because limits.max_channels was reached.",
         "counter",
-        load(&stats.records_dropped_channel_limit),
+        stats.records_dropped_channel_limit,
     );
 
     let _ = writeln!(out, "# HELP tickcast_feed_records_total Records accepted or rejected per feed.\n# TYPE tickcast_feed_records_total counter");
@@ -188,7 +188,7 @@ fn escape(label: &str) -> String {
 
 /// The same figures as JSON, latencies in microseconds.
 pub fn stats_json(state: &AppState) -> Value {
-    let stats = &state.engine.stats;
+    let stats = state.engine.stats();
     let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
     let merged = state.metrics.merged();
     let stages: serde_json::Map<String, Value> = Stage::ALL
@@ -214,16 +214,16 @@ pub fn stats_json(state: &AppState) -> Value {
     json!({
         "epoch": state.engine.epoch(),
         "connections": state.live_sessions(),
-        "subscriptions": load(&stats.subscriptions),
-        "channels": load(&stats.channels),
-        "updates_in": load(&stats.updates_applied),
-        "frames_queued": load(&stats.frames_queued),
-        "frames_encoded": load(&stats.frames_encoded),
+        "subscriptions": stats.subscriptions,
+        "channels": stats.channels,
+        "updates_in": stats.updates_applied,
+        "frames_queued": stats.frames_queued,
+        "frames_encoded": stats.frames_encoded,
         "frames_written": load(&state.metrics.frames_written),
         "bytes_out": load(&state.metrics.bytes_written),
-        "coalesced_diffs": load(&stats.coalesced_diffs),
-        "slow_consumer_events": load(&stats.slow_consumer_closes),
-        "slow_consumer_holds": load(&stats.slow_consumer_holds),
+        "coalesced_diffs": stats.coalesced_diffs,
+        "slow_consumer_events": stats.slow_consumer_closes,
+        "slow_consumer_holds": stats.slow_consumer_holds,
         "latency": stages,
         "feeds": feeds,
     })
@@ -237,36 +237,33 @@ pub async fn log_stats(
 ) {
     let mut ticker = tokio::time::interval(every);
     ticker.tick().await;
-    let stats = &state.engine.stats;
     let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
     let mut before: StageHistograms = state.metrics.merged();
-    let mut last_in = load(&stats.updates_applied);
+    let mut last_in = state.engine.stats().updates_applied;
     let mut last_out = load(&state.metrics.frames_written);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
+        let stats = state.engine.stats();
         let now = state.metrics.merged();
         let mut interval = now.clone();
         interval.subtract(&before);
         before = now;
-        let (updates, written) = (
-            load(&stats.updates_applied),
-            load(&state.metrics.frames_written),
-        );
+        let (updates, written) = (stats.updates_applied, load(&state.metrics.frames_written));
         let secs = every.as_secs_f64();
         let e2e = interval.get(Stage::EndToEnd);
         let us = |q: f64| e2e.value_at_quantile(q) as f64 / 1000.0;
         tracing::info!(
             connections = state.live_sessions(),
-            subscriptions = load(&stats.subscriptions),
+            subscriptions = stats.subscriptions,
             updates_in_per_s = ((updates - last_in) as f64 / secs).round(),
             frames_out_per_s = ((written - last_out) as f64 / secs).round(),
             e2e_p50_us = us(0.5),
             e2e_p99_us = us(0.99),
             e2e_max_us = e2e.max() as f64 / 1000.0,
-            slow_consumers = load(&stats.slow_consumer_closes),
+            slow_consumers = stats.slow_consumer_closes,
             "stats"
         );
         last_in = updates;
