@@ -167,15 +167,24 @@ fn upgrade(req: &mut Request<Incoming>, state: &Arc<AppState>) -> Response<Body>
             );
         }
     };
-    let engine = state.engine.clone();
-    let limits = state.session_limits.clone();
-    let owner = state.clone();
-    let metrics = state.metrics.clone();
-    state.sessions.spawn(async move {
-        session::run(upgrade, engine, limits, metrics).await;
-        owner.live_sessions.fetch_sub(1, Ordering::Relaxed);
-    });
+    let slot = ConnectionSlot(state.clone());
+    state.sessions.spawn(session::run(
+        upgrade,
+        state.engine.clone(),
+        state.session_limits.clone(),
+        state.metrics.clone(),
+        slot,
+    ));
     response.map(|_| Full::new(Bytes::new()))
+}
+
+/// One of the `max_connections` places, given back when the session ends.
+struct ConnectionSlot(Arc<AppState>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.live_sessions.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Body> {

@@ -9,6 +9,7 @@
 //! whole life, which is most of an idle connection's memory.)
 
 use std::io;
+use std::task::{Context, Poll};
 
 use bytes::{Buf, BytesMut};
 use tokio::net::tcp::OwnedReadHalf;
@@ -67,13 +68,19 @@ pub enum FrameError {
 
 /// A socket read half as the frame reader needs it.
 pub trait ReadSocket {
-    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send;
+    /// Ready when a read may succeed. A poll function rather than a future:
+    /// it keeps no waiter of its own (168 bytes for tokio's `readable()`)
+    /// in every idle connection's task; the socket's one reader slot holds
+    /// the waker.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize>;
 }
 
 impl ReadSocket for OwnedReadHalf {
-    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send {
-        OwnedReadHalf::readable(self)
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Only this reader polls the read side, so its waker is never
+        // displaced by another's.
+        self.as_ref().poll_read_ready(cx)
     }
     fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
         OwnedReadHalf::try_read_buf(self, buf)
@@ -104,33 +111,49 @@ impl<S: ReadSocket> FrameReader<S> {
         self.buf.capacity()
     }
 
-    /// Reads until the buffer holds at least `n` bytes.
-    async fn fill(&mut self, n: usize) -> Result<(), FrameError> {
-        while self.buf.len() < n {
-            if self.buf.capacity() - self.buf.len() < n - self.buf.len() {
-                self.buf.reserve((n - self.buf.len()).max(FIRST_READ));
+    /// One read into the buffer, making room for at least `want` bytes in
+    /// all; waits for the socket if nothing is there yet.
+    ///
+    /// This is the reader's only await point, so an idle connection's task
+    /// holds just this small future (docs/benchmarks.md, memory).
+    async fn read_more(&mut self, want: usize) -> Result<(), FrameError> {
+        loop {
+            if self.buf.capacity() < want {
+                self.buf.reserve((want - self.buf.len()).max(FIRST_READ));
             }
             match self.socket.try_read_buf(&mut self.buf) {
                 Ok(0) => return Err(FrameError::Eof),
-                Ok(_) => {}
+                Ok(_) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if self.buf.is_empty() {
                         // Idle: hold no memory while waiting.
                         self.buf = BytesMut::new();
                     }
-                    self.socket.readable().await?;
+                    std::future::poll_fn(|cx| self.socket.poll_read_ready(cx)).await?;
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(())
     }
 
-    /// The next frame. Not cancel-safe (bytes of a partly read frame stay in
-    /// the buffer, but a cancelled call loses its place): call it from one
-    /// task that is dropped only when the session ends.
+    /// The next frame. Not cancel-safe in general (call it from one task
+    /// that is dropped only when the session ends), although bytes read so
+    /// far stay in the buffer.
     pub async fn read_frame(&mut self) -> Result<Frame, FrameError> {
-        self.fill(2).await?;
+        loop {
+            match self.parse()? {
+                Parsed::Frame(frame) => return Ok(frame),
+                Parsed::Need(want) => self.read_more(want).await?,
+            }
+        }
+    }
+
+    /// Takes one whole frame off the buffer, or says how many bytes the
+    /// buffer must hold before it can.
+    fn parse(&mut self) -> Result<Parsed, FrameError> {
+        if self.buf.len() < 2 {
+            return Ok(Parsed::Need(2));
+        }
         let (b0, b1) = (self.buf[0], self.buf[1]);
         if b0 & 0x70 != 0 {
             return Err(FrameError::Protocol(
@@ -147,7 +170,10 @@ impl<S: ReadSocket> FrameReader<S> {
             127 => (8, None),
             n => (0, Some(u64::from(n))),
         };
-        self.fill(2 + len_bytes + 4).await?;
+        let head = 2 + len_bytes;
+        if self.buf.len() < head + 4 {
+            return Ok(Parsed::Need(head + 4));
+        }
         let len = match short {
             Some(n) => n,
             None if len_bytes == 2 => u64::from(u16::from_be_bytes([self.buf[2], self.buf[3]])),
@@ -161,10 +187,11 @@ impl<S: ReadSocket> FrameReader<S> {
         if len > self.max_payload as u64 {
             return Err(FrameError::TooLarge(len));
         }
-        let head = 2 + len_bytes;
-        let mask: [u8; 4] = self.buf[head..head + 4].try_into().expect("4 bytes");
         let total = head + 4 + len as usize;
-        self.fill(total).await?;
+        if self.buf.len() < total {
+            return Ok(Parsed::Need(total));
+        }
+        let mask: [u8; 4] = self.buf[head..head + 4].try_into().expect("4 bytes");
         self.buf.advance(head + 4);
         let mut payload = self.buf.split_to(len as usize);
         for (i, byte) in payload.iter_mut().enumerate() {
@@ -174,12 +201,18 @@ impl<S: ReadSocket> FrameReader<S> {
             // Everything consumed: the next read starts from nothing.
             self.buf = BytesMut::new();
         }
-        Ok(Frame {
+        Ok(Parsed::Frame(Frame {
             fin,
             opcode,
             payload,
-        })
+        }))
     }
+}
+
+enum Parsed {
+    Frame(Frame),
+    /// The buffer must hold this many bytes in all.
+    Need(usize),
 }
 
 #[cfg(test)]
@@ -191,8 +224,8 @@ mod tests {
     struct Script(Mutex<Vec<Vec<u8>>>);
 
     impl ReadSocket for Script {
-        fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send {
-            std::future::ready(Ok(()))
+        fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
         }
         fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
             let mut chunks = self.0.lock().unwrap();

@@ -47,12 +47,17 @@ pub struct SessionLimits {
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs a session on an upgraded connection until either side closes.
+/// `slot` (the connection's place under `max_connections`) is dropped when
+/// the session ends; taking it here rather than in a wrapping block keeps
+/// one copy of the arguments in the task, not two.
 pub async fn run(
     upgrade: fastwebsockets::upgrade::UpgradeFut,
     engine: EngineHandle,
     limits: Arc<SessionLimits>,
     metrics: Arc<Metrics>,
+    slot: impl Send,
 ) {
+    let _slot = slot;
     let ws = match upgrade.await {
         Ok(ws) => ws,
         Err(e) => {
@@ -60,14 +65,23 @@ pub async fn run(
             return;
         }
     };
+    let Some((frames, write)) = split(ws, limits.max_message_bytes) else {
+        return;
+    };
+    drive(frames, Arc::new(write), &engine, &limits, &metrics).await
+}
+
+/// The upgraded connection as our frame reader and the raw write half.
+/// (A plain function: its locals never sit in the session's task.)
+fn split(
+    ws: fastwebsockets::WebSocket<TokioIo<hyper::upgrade::Upgraded>>,
+    max_message_bytes: usize,
+) -> Option<(FrameReader<OwnedReadHalf>, OwnedWriteHalf)> {
     let upgraded = ws.into_inner().into_inner();
-    let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => parts,
-        Err(_) => {
-            // hyper hands back the connection it was given: always a TcpStream.
-            tracing::error!("upgraded connection is not a TCP stream; closing it");
-            return;
-        }
+    let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+        // hyper hands back the connection it was given: always a TcpStream.
+        tracing::error!("upgraded connection is not a TCP stream; closing it");
+        return None;
     };
     let stream = parts.io.into_inner();
     let _ = stream.set_nodelay(true);
@@ -75,16 +89,17 @@ pub async fn run(
     // `read_buf` (bytes hyper read past the upgrade request, almost always
     // none) is copied into the frame reader, not kept: it is a slice of
     // hyper's whole read buffer.
-    let frames = FrameReader::new(read, &parts.read_buf, limits.max_message_bytes);
-    drop(parts.read_buf);
-    drive(frames, Arc::new(write), engine, limits, &metrics).await
+    Some((
+        FrameReader::new(read, &parts.read_buf, max_message_bytes),
+        write,
+    ))
 }
 
 async fn drive(
     frames: FrameReader<OwnedReadHalf>,
     write: Arc<OwnedWriteHalf>,
-    engine: EngineHandle,
-    limits: Arc<SessionLimits>,
+    engine: &EngineHandle,
+    limits: &SessionLimits,
     metrics: &Arc<Metrics>,
 ) {
     let session = engine.new_session_id();
@@ -92,42 +107,74 @@ async fn drive(
     if limits.direct_writes {
         outbox.attach_socket(write.clone(), metrics.clone());
     }
-    let registered = engine
-        .send(Command::Register {
-            session,
-            outbox: outbox.clone(),
-        })
-        .await;
+    // The rare steps (register, the close handshake, deregister) are boxed:
+    // inline, their futures would sit in every idle connection's task next
+    // to the reader and writer, doubling its size (docs/benchmarks.md).
+    let registered = Box::pin(engine.send(Command::Register {
+        session,
+        outbox: outbox.clone(),
+    }))
+    .await;
     if registered.is_err() {
         return;
     }
     tracing::debug!(session, "connected");
     {
-        let reader = reader::read_loop(frames, session, &engine, &outbox, &limits);
-        let drained = writer::Drained {
-            engine: &engine,
-            session,
-        };
+        let reader = reader::read_loop(frames, session, engine, &outbox, limits);
+        let drained = writer::Drained { engine, session };
         let writer = writer::write_loop(&write, &outbox, limits.write_timeout, metrics, &drained);
         tokio::pin!(reader, writer);
         tokio::select! {
             () = &mut reader => {
                 // The client closed or broke the protocol; flush what is owed.
                 outbox.close(wire::close(CloseCode::Normal, ""), false);
-                let _ = tokio::time::timeout(limits.write_timeout, &mut writer).await;
+                let _ = Box::pin(tokio::time::timeout(limits.write_timeout, &mut writer)).await;
             }
             () = &mut writer => {
                 // We closed (shutdown, slow consumer, frame too large) or the
                 // socket failed: give the peer a moment to answer the close.
-                let _ = tokio::time::timeout(CLOSE_GRACE, &mut reader).await;
+                let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, &mut reader)).await;
             }
         }
     }
     outbox.detach_socket();
-    let _ = engine.send(Command::Deregister { session }).await;
+    let _ = Box::pin(engine.send(Command::Deregister { session })).await;
     // Now the only owner: shut the write side down so the peer sees FIN.
     if let Ok(mut write) = Arc::try_unwrap(write) {
-        let _ = tokio::time::timeout(CLOSE_GRACE, write.shutdown()).await;
+        let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, write.shutdown())).await;
     }
     tracing::debug!(session, "disconnected");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Most bytes an idle connection's task future may take. It was 2,504
+    /// before the rare steps were boxed and the reader and writer waited on
+    /// poll functions; 1,088 with rustc 1.95. Most of an idle connection's
+    /// memory is this future (docs/benchmarks.md), so growing it is a
+    /// regression to notice.
+    const SESSION_FUTURE_BUDGET: usize = 1280;
+
+    #[tokio::test]
+    async fn an_idle_session_task_stays_small() {
+        let (engine, _shards) = crate::engine::channel(Arc::from("e"), 2, 8);
+        let limits = Arc::new(crate::config::Settings::default().limits.session(false));
+        let mut request = hyper::Request::builder()
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-version", "13")
+            .body(())
+            .unwrap();
+        let (_, upgrade) = fastwebsockets::upgrade::upgrade(&mut request).unwrap();
+        let session = run(upgrade, engine, limits, Arc::new(Metrics::new()), ());
+        let size = std::mem::size_of_val(&session);
+        assert!(
+            size <= SESSION_FUTURE_BUDGET,
+            "the session future is {size} bytes, over its budget of {SESSION_FUTURE_BUDGET}: \
+             box what is rare, keep what an idle connection awaits small"
+        );
+    }
 }

@@ -1,9 +1,9 @@
 //! The write half: what the outbox could not write directly goes out here,
 //! everything queued at once, in vectored writes.
 
-use std::future::Future;
 use std::io::{self, IoSlice};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use super::outbox::{Outbox, QueuedFrame, TryWrite};
@@ -23,12 +23,13 @@ const MAX_IOVECS: usize = 64;
 /// A socket's write side as the writer uses it: non-blocking writes, and a
 /// way to wait until one can succeed.
 pub trait SocketWrite: TryWrite {
-    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
 impl SocketWrite for tokio::net::tcp::OwnedWriteHalf {
-    fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        tokio::net::tcp::OwnedWriteHalf::writable(self)
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Only the writer task waits on the write side.
+        self.as_ref().poll_write_ready(cx)
     }
 }
 
@@ -47,10 +48,29 @@ pub async fn write_loop<S: SocketWrite>(
         if let Some(close) = batch.close {
             outbox.detach_socket();
             frames.push(close.into());
-            let _ = tokio::time::timeout(write_timeout, write_all(&**socket, &frames)).await;
+            let _ = Box::pin(tokio::time::timeout(
+                write_timeout,
+                write_all(&**socket, &frames, Progress::default()),
+            ))
+            .await;
             return;
         }
-        match tokio::time::timeout(write_timeout, write_all(&**socket, &frames)).await {
+        // Usually the socket takes the whole batch at once. Waiting for room
+        // (with its timer) is the rare case, and boxed: inline, it would
+        // triple the size of every idle connection's writer.
+        let mut progress = Progress::default();
+        let outcome = match write_ready(&**socket, &frames, &mut progress) {
+            Ok(true) => Ok(Ok(())),
+            Ok(false) => {
+                Box::pin(tokio::time::timeout(
+                    write_timeout,
+                    write_all(&**socket, &frames, progress),
+                ))
+                .await
+            }
+            Err(e) => Ok(Err(e)),
+        };
+        match outcome {
             Ok(Ok(())) => {
                 record_written(&frames, metrics);
                 frames.clear();
@@ -95,47 +115,67 @@ fn record_written(frames: &[QueuedFrame], metrics: &Metrics) {
     });
 }
 
-/// Writes every frame, gathering up to [`MAX_IOVECS`] per system call and
-/// waiting for room when the socket is full.
-async fn write_all<S: SocketWrite>(socket: &S, frames: &[QueuedFrame]) -> io::Result<()> {
-    let mut index = 0;
-    let mut offset = 0;
-    while index < frames.len() {
+/// How far into a batch the socket has taken.
+#[derive(Debug, Default, Clone, Copy)]
+struct Progress {
+    /// The first frame not wholly written.
+    index: usize,
+    /// Bytes of that frame already written.
+    offset: usize,
+}
+
+/// Writes what the socket takes now, gathering up to [`MAX_IOVECS`] frames
+/// per system call, without waiting. `Ok(true)` when every frame is out.
+fn write_ready<S: SocketWrite>(
+    socket: &S,
+    frames: &[QueuedFrame],
+    at: &mut Progress,
+) -> io::Result<bool> {
+    while at.index < frames.len() {
         let written = {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
-            for (i, frame) in frames[index..].iter().take(MAX_IOVECS).enumerate() {
-                let start = if i == 0 { offset } else { 0 };
+            for (i, frame) in frames[at.index..].iter().take(MAX_IOVECS).enumerate() {
+                let start = if i == 0 { at.offset } else { 0 };
                 slices[count] = IoSlice::new(&frame.bytes[start..]);
                 count += 1;
             }
             socket.try_write_vectored(&slices[..count])
         };
-        let n = match written {
+        let mut left = match written {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                socket.writable().await?;
-                continue;
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) => return Err(e),
         };
-        let mut left = n;
         while left > 0 {
-            let remaining = frames[index].bytes.len() - offset;
+            let remaining = frames[at.index].bytes.len() - at.offset;
             if left >= remaining {
                 left -= remaining;
-                index += 1;
-                offset = 0;
+                at.index += 1;
+                at.offset = 0;
             } else {
-                offset += left;
+                at.offset += left;
                 left = 0;
             }
         }
-        while index < frames.len() && frames[index].bytes.len() == offset {
-            index += 1;
-            offset = 0;
+        while at.index < frames.len() && frames[at.index].bytes.len() == at.offset {
+            at.index += 1;
+            at.offset = 0;
         }
+    }
+    Ok(true)
+}
+
+/// Writes the rest of the frames from `at`, waiting for room when the
+/// socket is full.
+async fn write_all<S: SocketWrite>(
+    socket: &S,
+    frames: &[QueuedFrame],
+    mut at: Progress,
+) -> io::Result<()> {
+    while !write_ready(socket, frames, &mut at)? {
+        std::future::poll_fn(|cx| socket.poll_write_ready(cx)).await?;
     }
     Ok(())
 }
@@ -175,8 +215,8 @@ mod tests {
     }
 
     impl SocketWrite for Trickle {
-        fn writable(&self) -> impl Future<Output = io::Result<()>> + Send {
-            std::future::ready(Ok(()))
+        fn poll_write_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
         }
     }
 
@@ -195,7 +235,9 @@ mod tests {
                 chunk,
                 blocked: AtomicBool::new(false),
             };
-            write_all(&sink, &frames).await.unwrap();
+            write_all(&sink, &frames, Progress::default())
+                .await
+                .unwrap();
             assert_eq!(*sink.out.lock().unwrap(), expected, "chunk {chunk}");
         }
     }
