@@ -187,18 +187,16 @@ async fn close_and_drain(conn: Conn, shared: &Shared) -> (End, u64) {
                     bytes += frame.payload.len() as u64;
                     continue;
                 }
-                {
-                    let code = match &frame.payload[..] {
-                        [a, b, ..] => u16::from_be_bytes([*a, *b]),
-                        _ => 1005,
-                    };
-                    let end = if code == 1000 {
-                        End::Answered
-                    } else {
-                        End::ClosedByServer(code)
-                    };
-                    return (end, bytes);
-                }
+                let code = match &frame.payload[..] {
+                    [a, b, ..] => u16::from_be_bytes([*a, *b]),
+                    _ => 1005,
+                };
+                let end = if code == 1000 {
+                    End::Answered
+                } else {
+                    End::ClosedByServer(code)
+                };
+                return (end, bytes);
             }
         }
     }
