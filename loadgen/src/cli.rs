@@ -22,10 +22,13 @@ EXAMPLES:
       --channels 100 --per-client 3 --clients 2000
   The same against the uWebSockets.js peer (exact names only there):
     tickcast-loadgen --url ws://127.0.0.1:9001/ws --publish 127.0.0.1:9002 --label uws ...
+  1000 clients at 100 updates/s on one channel, plus one subscriber that stops reading:
+    tickcast-loadgen --publish tcp:127.0.0.1:9100 --rate 100 --channels 1 --clients 1000 --stalled 1
 
 EXIT STATUS:
   0 no unannounced gaps; 2 a prev chain broke without a resync or close announcing it;
-  3 incomplete (clients failed to connect or subscribe, or the publisher stopped); 1 error.
+  3 incomplete (clients or stalled connections failed to connect or subscribe, or the publisher
+  stopped); 1 error.
 
 Results go to --out (default ./results/loadgen/<unix time>-<label>/): result.json, latency.hgrm
 (HdrHistogram percentile distribution, values in microseconds), latency.svg (percentile plot)."
@@ -38,6 +41,23 @@ pub struct Args {
     /// Number of client connections to open.
     #[arg(long, default_value_t = 100)]
     pub clients: usize,
+
+    /// Extra connections that subscribe like the first N clients, then never read again (a
+    /// slow consumer). Not counted in latency, deliveries or gap checks.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub stalled: usize,
+
+    /// SO_RCVBUF (bytes) asked for on each stalled connection before it connects, so the
+    /// server's writes back up quickly (Linux doubles it and enforces a minimum); 0 = the
+    /// kernel's default.
+    #[arg(long, default_value_t = 4096, value_name = "BYTES")]
+    pub stalled_rcvbuf: u32,
+
+    /// TCP_MAXSEG (bytes, Linux) asked for on each stalled connection, as on an Ethernet path:
+    /// with loopback's ~64 KB segments the server's send buffer autotunes to megabytes before
+    /// its writes block; 0 = the kernel's default.
+    #[arg(long, default_value_t = 1460, value_name = "BYTES")]
+    pub stalled_mss: u32,
 
     /// Connections opened per second during the ramp.
     #[arg(long, default_value_t = 1000.0)]
@@ -147,6 +167,9 @@ impl Args {
     pub fn into_config(self, command_line: String) -> Config {
         let mut cfg = Config::new(self.url);
         cfg.clients = self.clients;
+        cfg.stalled = self.stalled;
+        cfg.stalled_recv_buffer = (self.stalled_rcvbuf > 0).then_some(self.stalled_rcvbuf);
+        cfg.stalled_max_segment = (self.stalled_mss > 0).then_some(self.stalled_mss);
         cfg.connect_rate = self.connect_rate;
         cfg.connect_timeout = self.connect_timeout;
         cfg.source_ips = self.source_ips;
@@ -249,6 +272,12 @@ mod tests {
             "10",
             "--per-client",
             "2",
+            "--stalled",
+            "2",
+            "--stalled-rcvbuf",
+            "0",
+            "--stalled-mss",
+            "536",
         ])
         .unwrap();
         let cfg = args.into_config("x".into());
@@ -257,6 +286,8 @@ mod tests {
         assert_eq!(cfg.mix.fields, ["bid", "ask"]);
         assert_eq!(cfg.mix.pick, Pick::Uniform);
         assert_eq!(cfg.duration, Duration::from_secs(30));
+        assert_eq!((cfg.stalled, cfg.stalled_recv_buffer), (2, None));
+        assert_eq!(cfg.stalled_max_segment, Some(536));
         let p = cfg.publish.as_ref().unwrap();
         assert_eq!((p.addr.port(), p.rate), (9100, 500.0));
         cfg.validate().unwrap();

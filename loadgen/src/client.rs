@@ -73,7 +73,7 @@ impl Default for Notes {
 const MAX_SAMPLES: usize = 20;
 
 impl Notes {
-    fn sample(&mut self, text: String) {
+    pub(crate) fn sample(&mut self, text: String) {
         if self.error_samples.len() < MAX_SAMPLES {
             self.error_samples.push(text);
         }
@@ -112,7 +112,7 @@ impl Stop {
         Stop(Some(rx))
     }
 
-    async fn wait(&mut self) {
+    pub(crate) async fn wait(&mut self) {
         if let Some(rx) = &mut self.0 {
             let _ = rx.await;
             self.0 = None;
@@ -201,6 +201,18 @@ pub async fn run(
     }
 }
 
+/// The `subscribe` request (id 1) for `channels`, with the run's fields and max_hz.
+pub(crate) fn subscribe_request(shared: &Shared, channels: &[String]) -> serde_json::Value {
+    let mut msg = serde_json::json!({"op": "subscribe", "id": 1, "channels": channels});
+    if !shared.fields.is_empty() {
+        msg["fields"] = serde_json::json!(shared.fields);
+    }
+    if let Some(hz) = shared.max_hz {
+        msg["max_hz"] = serde_json::json!(hz);
+    }
+    msg
+}
+
 /// Counts a client in `Counters::settled`, once.
 fn settle(settled: &mut bool, counters: &Counters) {
     if !*settled {
@@ -257,13 +269,7 @@ impl Client {
     }
 
     fn subscribe_message(&self, channels: &[String], resume: bool) -> String {
-        let mut msg = serde_json::json!({"op": "subscribe", "id": 1, "channels": channels});
-        if !self.shared.fields.is_empty() {
-            msg["fields"] = serde_json::json!(self.shared.fields);
-        }
-        if let Some(hz) = self.shared.max_hz {
-            msg["max_hz"] = serde_json::json!(hz);
-        }
+        let mut msg = subscribe_request(&self.shared, channels);
         if resume {
             let since: serde_json::Map<String, serde_json::Value> = self
                 .chains

@@ -49,6 +49,15 @@ pub struct Config {
     /// `ws://host:port/path[?query]` of the server's WebSocket endpoint.
     pub url: String,
     pub clients: usize,
+    /// Extra connections that subscribe like clients 0, 1, ... and then never read again
+    /// (`--stalled`); not measured. See `stalled.rs`.
+    pub stalled: usize,
+    /// SO_RCVBUF asked for on the stalled connections' sockets (before connecting), so the
+    /// server's writes back up after a few KB; `None` leaves the kernel default.
+    pub stalled_recv_buffer: Option<u32>,
+    /// TCP_MAXSEG asked for on the stalled connections (Linux): a network-like segment size,
+    /// so the server's send buffer does not autotune to loopback's megabytes; `None` leaves it.
+    pub stalled_max_segment: Option<u32>,
     /// New connections per second during the ramp.
     pub connect_rate: f64,
     /// Longest wait for one TCP connect plus WebSocket handshake.
@@ -82,6 +91,9 @@ impl Config {
         Config {
             url: url.into(),
             clients: 100,
+            stalled: 0,
+            stalled_recv_buffer: Some(4096),
+            stalled_max_segment: Some(1460),
             connect_rate: 1000.0,
             connect_timeout: Duration::from_secs(10),
             source_ips: 0,
@@ -110,7 +122,14 @@ impl Config {
     /// The hard deadline of the whole run: ramp, warm-up, window, drain, close, plus a grace.
     pub fn hard_deadline(&self) -> Duration {
         let ramp = Duration::from_secs_f64(self.clients as f64 / self.connect_rate);
-        ramp + self.connect_timeout
+        // The stalled connections are opened after the ramp and waited for as long again.
+        let stalled = if self.stalled > 0 {
+            self.connect_timeout + Duration::from_secs(1)
+        } else {
+            Duration::ZERO
+        };
+        ramp + stalled
+            + self.connect_timeout
             + self.warmup
             + self.duration
             + self.drain

@@ -8,6 +8,7 @@
 //! - `mix.rs`       which channels client i subscribes to (names, patterns, K of N zipf/uniform)
 //! - `ws.rs`        one connection: TCP connect from a chosen 127.0.0.x, hand-rolled upgrade
 //! - `client.rs`    one subscriber task: read loop, clean close, reconnect with `since`
+//! - `stalled.rs`   `--stalled` connections: subscribe, then never read (a slow consumer)
 //! - `chain.rs`     the prev-chain gap detector
 //! - `scan.rs`      the per-message field scanner (no JSON tree per delivery)
 //! - `publisher.rs` publisher mode: fixed-rate NDJSON feed with scheduled-time stamps (CO-corrected)
@@ -29,6 +30,7 @@ pub mod publisher;
 pub mod report;
 pub mod run;
 pub mod scan;
+pub mod stalled;
 pub mod stats;
 pub mod ws;
 

@@ -47,6 +47,8 @@ pub struct Report {
     pub latency: Latency,
     pub chains: Chains,
     pub publisher: Option<Publisher>,
+    /// The `--stalled` connections (absent when none were asked for).
+    pub stalled: Option<Stalled>,
     pub close: Close,
     /// The first few connect errors, server errors and unreadable messages, verbatim.
     pub error_samples: Vec<String>,
@@ -123,6 +125,31 @@ pub struct Publisher {
     pub error: Option<String>,
 }
 
+/// The connections that subscribed and then never read (`--stalled`); none of their traffic is
+/// in the other figures. How each ended is learnt when the run closes them (see `stalled.rs`).
+#[derive(Debug, Default, Serialize)]
+pub struct Stalled {
+    pub requested: usize,
+    pub subscribed: u64,
+    /// SO_RCVBUF asked for, and what the kernel granted (Linux doubles the request).
+    pub recv_buffer_requested: Option<u32>,
+    pub recv_buffer_granted: Option<u32>,
+    /// TCP_MAXSEG asked for (Linux).
+    pub max_segment_requested: Option<u32>,
+    /// Our close at the end was answered: the server kept the connection all run.
+    pub kept_open: u64,
+    /// Closed by the server first: close code -> connections.
+    pub closed_by_server: BTreeMap<u16, u64>,
+    /// Of those, closed with 1013 (slow consumer).
+    pub slow_consumer_closes: u64,
+    /// Ended without a close frame (EOF or reset).
+    pub dropped: u64,
+    /// Still receiving what had piled up when the close timeout passed.
+    pub drain_timeouts: u64,
+    /// Payload bytes read at the end: what had piled up for them.
+    pub drained_bytes: u64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Close {
     pub clean: u64,
@@ -154,6 +181,16 @@ impl Report {
             let v = format!(
                 "INCOMPLETE: {} of {} clients connected, {} subscribed",
                 c.connected, c.requested, c.subscribed
+            );
+            (EXIT_INCOMPLETE, v)
+        } else if let Some(s) = self
+            .stalled
+            .as_ref()
+            .filter(|s| s.subscribed < s.requested as u64)
+        {
+            let v = format!(
+                "INCOMPLETE: {} of {} stalled connections subscribed",
+                s.subscribed, s.requested
             );
             (EXIT_INCOMPLETE, v)
         } else if let Some(e) = publisher_error {
@@ -226,6 +263,45 @@ impl Report {
                     } else {
                         ""
                     }
+                ),
+            );
+        }
+        if let Some(s) = &self.stalled {
+            let rcvbuf = match (s.recv_buffer_requested, s.recv_buffer_granted) {
+                (Some(asked), Some(got)) => format!("SO_RCVBUF {asked} (kernel {got})"),
+                (Some(asked), None) => format!("SO_RCVBUF {asked}"),
+                (None, _) => "kernel default SO_RCVBUF".to_string(),
+            };
+            let mss = match s.max_segment_requested {
+                Some(bytes) => format!("TCP_MAXSEG {bytes}"),
+                None => "kernel default MSS".to_string(),
+            };
+            row(
+                "stalled (not counted)",
+                format!(
+                    "{} requested, {} subscribed, {rcvbuf}, {mss}",
+                    s.requested, s.subscribed
+                ),
+            );
+            let closes: Vec<String> = s
+                .closed_by_server
+                .iter()
+                .map(|(code, n)| format!("{n} with {code}"))
+                .collect();
+            row(
+                "stalled at the end",
+                format!(
+                    "{} kept open, closed by the server: {}, {} dropped, {} drain timed out; \
+                     {:.2} MB had piled up",
+                    s.kept_open,
+                    if closes.is_empty() {
+                        "none".to_string()
+                    } else {
+                        closes.join(", ")
+                    },
+                    s.dropped,
+                    s.drain_timeouts,
+                    s.drained_bytes as f64 / 1e6
                 ),
             );
         }

@@ -20,6 +20,7 @@ use crate::mix::{self, Picker};
 use crate::progress::Progress;
 use crate::publisher::{self, Schedule};
 use crate::report::{self, Report};
+use crate::stalled;
 use crate::stats::{Clock, Counters, LatencyFrom, Percentiles, Recorder, Window};
 use crate::ws::Target;
 
@@ -48,7 +49,7 @@ async fn run_phases(cfg: Config) -> anyhow::Result<Report> {
         .unwrap_or_default()
         .as_secs();
     let target = Target::parse(&cfg.url)?;
-    let fd_limit = raise_fd_limit(cfg.clients)?;
+    let fd_limit = raise_fd_limit(cfg.clients + cfg.stalled)?;
     let sources = source_addresses(&cfg, &target)?;
     let published = mix::published_channels(&cfg.mix);
     let picker = Picker::new(&cfg.mix);
@@ -142,6 +143,17 @@ async fn run_phases(cfg: Config) -> anyhow::Result<Report> {
         cfg.duration.as_secs_f64()
     ));
 
+    // The stalled connections, once the normal clients are in: they subscribe like clients
+    // 0, 1, ... and then never read.
+    let stalled_set = open_stalled(&cfg, &shared, &picker, &sources).await;
+    if cfg.stalled > 0 {
+        progress.phase(&format!(
+            "{} of {} stalled connections subscribed (they read no further)",
+            Counters::get(&stalled_set.tally.subscribed),
+            cfg.stalled
+        ));
+    }
+
     // The schedule and the window.
     let schedule_start = clock.now_ns() + 20_000_000;
     let window_start = schedule_start + cfg.warmup.as_nanos() as u64;
@@ -224,7 +236,7 @@ async fn run_phases(cfg: Config) -> anyhow::Result<Report> {
     // Close every connection with 1000 and wait, bounded, for the tasks to end.
     progress.phase("closing connections");
     shared.ending.store(true, Relaxed);
-    for tx in stops {
+    for tx in stops.into_iter().chain(stalled_set.stops) {
         let _ = tx.send(());
     }
     let close_by = tokio::time::Instant::now() + cfg.close_timeout + Duration::from_secs(1);
@@ -245,6 +257,11 @@ async fn run_phases(cfg: Config) -> anyhow::Result<Report> {
             }
         }
     }
+    let stalled = if cfg.stalled > 0 {
+        Some(finish_stalled(&cfg, stalled_set.tasks, &stalled_set.tally, close_by).await)
+    } else {
+        None
+    };
     progress.finish();
 
     // Figures.
@@ -322,6 +339,7 @@ async fn run_phases(cfg: Config) -> anyhow::Result<Report> {
             gap_examples: notes.gap_examples.clone(),
         },
         publisher,
+        stalled,
         close: report::Close {
             clean: Counters::get(&c.closed_clean),
             timed_out: Counters::get(&c.close_timeouts),
@@ -337,6 +355,95 @@ async fn run_phases(cfg: Config) -> anyhow::Result<Report> {
     };
     report.judge();
     Ok(report)
+}
+
+/// The `--stalled` connections while they run.
+struct StalledSet {
+    stops: Vec<oneshot::Sender<()>>,
+    tasks: Vec<JoinHandle<stalled::Outcome>>,
+    tally: Arc<stalled::Tally>,
+}
+
+/// Opens `cfg.stalled` connections and waits (bounded by the connect timeout plus a second)
+/// until each has subscribed or given up.
+async fn open_stalled(
+    cfg: &Config,
+    shared: &Arc<Shared>,
+    picker: &Picker,
+    sources: &[IpAddr],
+) -> StalledSet {
+    let mut set = StalledSet {
+        stops: Vec::with_capacity(cfg.stalled),
+        tasks: Vec::with_capacity(cfg.stalled),
+        tally: Arc::new(stalled::Tally::default()),
+    };
+    for j in 0..cfg.stalled {
+        let (tx, rx) = oneshot::channel();
+        set.stops.push(tx);
+        let source = sources
+            .get((cfg.clients + j) % sources.len().max(1))
+            .copied();
+        set.tasks.push(tokio::spawn(stalled::run(
+            shared.clone(),
+            set.tally.clone(),
+            j,
+            mix::client_channels(&cfg.mix, picker, j % cfg.clients),
+            source,
+            crate::ws::SocketOpts {
+                recv_buffer: cfg.stalled_recv_buffer,
+                max_segment: cfg.stalled_max_segment,
+            },
+            Stop::new(rx),
+        )));
+    }
+    let until = Instant::now() + cfg.connect_timeout + Duration::from_secs(1);
+    while Counters::get(&set.tally.settled) < cfg.stalled as u64 && Instant::now() < until {
+        sleep(Duration::from_millis(10)).await;
+    }
+    set
+}
+
+/// Waits (until `close_by`) for the stalled connections' reports, then sums them up. A task
+/// still draining at `close_by` is aborted and counted as a drain timeout.
+async fn finish_stalled(
+    cfg: &Config,
+    tasks: Vec<JoinHandle<stalled::Outcome>>,
+    tally: &stalled::Tally,
+    close_by: tokio::time::Instant,
+) -> report::Stalled {
+    let mut s = report::Stalled {
+        requested: cfg.stalled,
+        subscribed: Counters::get(&tally.subscribed),
+        recv_buffer_requested: cfg.stalled_recv_buffer,
+        max_segment_requested: cfg.stalled_max_segment,
+        ..Default::default()
+    };
+    for task in tasks {
+        let abort = task.abort_handle();
+        let o = match tokio::time::timeout_at(close_by, task).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) | Err(_) => {
+                abort.abort();
+                s.drain_timeouts += 1;
+                continue;
+            }
+        };
+        s.recv_buffer_granted = s.recv_buffer_granted.or(o.recv_buffer);
+        s.drained_bytes += o.drained_bytes;
+        match o.end {
+            stalled::End::NotSubscribed => {}
+            stalled::End::Answered => s.kept_open += 1,
+            stalled::End::ClosedByServer(code) => {
+                *s.closed_by_server.entry(code).or_default() += 1;
+                if code == 1013 {
+                    s.slow_consumer_closes += 1;
+                }
+            }
+            stalled::End::Dropped => s.dropped += 1,
+            stalled::End::TimedOut => s.drain_timeouts += 1,
+        }
+    }
+    s
 }
 
 fn per_second(count: u64, secs: f64) -> f64 {

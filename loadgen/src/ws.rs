@@ -135,20 +135,53 @@ pub struct Conn {
     pub read: Reader,
     pub write: Writer,
     pub server: Option<String>,
+    /// The receive buffer the kernel granted, when one was asked for (Linux doubles the
+    /// request for its bookkeeping).
+    pub recv_buffer: Option<u32>,
 }
 
 /// Connects to `target` from `source` (or the kernel's choice) and upgrades to WebSocket.
 /// The caller bounds it with a timeout.
 pub async fn connect(target: &Target, source: Option<IpAddr>) -> Result<Conn, ConnectError> {
-    let stream = match source {
-        None => TcpStream::connect(target.addr).await?,
-        Some(ip) => {
-            let socket = if ip.is_ipv4() {
+    connect_with(target, source, SocketOpts::default()).await
+}
+
+/// Socket options for [`connect_with`], applied before the connect so that the handshake
+/// already advertises them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SocketOpts {
+    /// SO_RCVBUF in bytes: the receive window the peer may fill.
+    pub recv_buffer: Option<u32>,
+    /// TCP_MAXSEG in bytes (Linux): the segment size announced to the peer. On loopback the
+    /// default is about 64 KB, which lets the peer's send buffer autotune to megabytes.
+    pub max_segment: Option<u32>,
+}
+
+/// [`connect`] with `opts` set on the socket first.
+pub async fn connect_with(
+    target: &Target,
+    source: Option<IpAddr>,
+    opts: SocketOpts,
+) -> Result<Conn, ConnectError> {
+    let mut granted = None;
+    let stream = match (source, opts.recv_buffer, opts.max_segment) {
+        (None, None, None) => TcpStream::connect(target.addr).await?,
+        _ => {
+            let socket = if target.addr.is_ipv4() {
                 TcpSocket::new_v4()?
             } else {
                 TcpSocket::new_v6()?
             };
-            socket.bind(SocketAddr::new(ip, 0))?;
+            if let Some(bytes) = opts.recv_buffer {
+                socket.set_recv_buffer_size(bytes)?;
+                granted = socket.recv_buffer_size().ok();
+            }
+            if let Some(bytes) = opts.max_segment {
+                set_max_segment(&socket, bytes)?;
+            }
+            if let Some(ip) = source {
+                socket.bind(SocketAddr::new(ip, 0))?;
+            }
             socket.connect(target.addr).await?
         }
     };
@@ -177,7 +210,34 @@ pub async fn connect(target: &Target, source: Option<IpAddr>) -> Result<Conn, Co
         read,
         write,
         server,
+        recv_buffer: granted,
     })
+}
+
+/// Sets TCP_MAXSEG (Linux only; elsewhere a no-op).
+fn set_max_segment(socket: &TcpSocket, bytes: u32) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        // SAFETY: the fd belongs to `socket`, which outlives the call, and the option value is a
+        // c_int on the stack whose size is passed along with its address.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_MAXSEG,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (socket, bytes);
+    Ok(())
 }
 
 /// Reads the response up to and including its blank line, and not one byte further.
