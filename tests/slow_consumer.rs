@@ -17,11 +17,16 @@ use tokio::net::TcpSocket;
 
 const UPDATES: u64 = 400;
 
-/// A WebSocket client whose socket has a tiny receive buffer, so that when it
-/// stops reading the server's side backs up quickly.
+/// A WebSocket client whose socket has a tiny receive buffer and a
+/// network-sized MSS, so that when it stops reading the server's side backs
+/// up quickly. (With loopback's 64 KiB segments, Linux sizes the server's
+/// send buffer for megabytes before a write would block.)
 async fn narrow_client(addr: SocketAddr) -> Client {
-    let socket = TcpSocket::new_v4().unwrap();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
+    socket.set_tcp_mss(1460).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let socket = TcpSocket::from_std_stream(socket.into());
     let stream = socket.connect(addr).await.unwrap();
     let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
     let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
@@ -166,5 +171,73 @@ async fn a_stalled_stream_subscriber_is_closed_with_1013() {
         }
     };
     assert_eq!(u16::from(code), 1013);
+    server.shutdown().await;
+}
+
+/// However long a merge subscriber stalls, what the server holds for it
+/// stays within the outbox bound plus one held diff no bigger than about
+/// twice the channel's state: it does not grow with the number of updates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_costs_bounded_memory_however_long_it_stalls() {
+    const OUTBOX: u64 = 64 * 1024;
+    // The state is about 16 KB (a 16,000-character blob); a held diff may
+    // reach twice that plus 1 KiB before it turns into a snapshot.
+    const HELD_LIMIT: u64 = 2 * 16_100 + 1024;
+    let (server, feed) = start_with_tcp_feed(|s| {
+        s.limits.outbox_bytes = OUTBOX as usize;
+        // A peer that accepts nothing for write_timeout_ms (10 s by default)
+        // is dropped; here it must stay for the whole test.
+        s.limits.write_timeout_ms = 600_000;
+    })
+    .await;
+    let mut producer = Producer::connect(feed).await;
+    producer.publish("big.c", json!({"n": 0})).await;
+    wait_for_channel(&server, "big.c").await;
+    let mut stalled = narrow_client(server.addr).await;
+    stalled.subscribe(1, &["big.c"]).await;
+    assert_eq!(stalled.recv().await["type"], "snapshot");
+
+    // Four floods of 16 KB updates (about 25 MB in all, hundreds of times
+    // the bound) while the client reads nothing; look after each.
+    for round in 1..=4u64 {
+        flood(&mut producer, "big.c").await;
+        let engine = server.engine.clone();
+        let backlog = wait_for(
+            || {
+                let engine = engine.clone();
+                async move {
+                    let applied = engine.stats().updates_applied == 1 + round * UPDATES;
+                    let backlog = engine.backlog().await.ok()?;
+                    (applied && backlog.held_diffs == 1).then_some(backlog)
+                }
+            },
+            "the flood applied, and one diff held for the stalled client",
+        )
+        .await;
+        assert!(
+            backlog.largest_queued_bytes <= OUTBOX,
+            "round {round}: {} bytes queued, over the {OUTBOX}-byte bound",
+            backlog.largest_queued_bytes
+        );
+        assert!(
+            backlog.held_diff_bytes <= HELD_LIMIT,
+            "round {round}: held diff of {} bytes",
+            backlog.held_diff_bytes
+        );
+    }
+    assert!(
+        server.engine.stats().slow_consumer_holds > 0,
+        "the client did fall behind"
+    );
+    assert_eq!(
+        server.engine.stats().slow_consumer_closes,
+        0,
+        "merge: no close"
+    );
+    // /stats shows the same figures to operators.
+    let (_, body) = http_get(server.addr, "/stats").await;
+    let stats: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(stats["backlog"]["held_diffs"], 1, "{body}");
+    assert!(stats["backlog"]["largest_queued_bytes"].as_u64().unwrap() <= OUTBOX);
     server.shutdown().await;
 }

@@ -80,6 +80,16 @@ impl Pending {
         }
     }
 
+    /// Bytes the held diff would take on the wire (0 when a snapshot is
+    /// owed instead: that is the channel's state, which exists anyway).
+    pub fn held_bytes(&self) -> usize {
+        if self.snapshot {
+            0
+        } else {
+            serialized_len(&self.patch)
+        }
+    }
+
     fn give_up_on_patch(&mut self) {
         self.snapshot = true;
         self.patch = JsonMap::new();

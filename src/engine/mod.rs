@@ -119,6 +119,36 @@ impl StatsSnapshot {
     }
 }
 
+/// What connections hold because their sockets are behind (for `/stats`).
+/// Bounded per connection by `limits.outbox_bytes` (queued and being
+/// written; a single larger frame is let through an empty queue) plus one
+/// held diff per channel, itself bounded by about twice the channel's state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Backlog {
+    /// Bytes queued or being written, over all connections.
+    pub queued_bytes: u64,
+    /// The most any one connection has queued or in flight.
+    pub largest_queued_bytes: u64,
+    /// Held diffs (slow consumers and `max_hz`), and their size on the wire.
+    pub held_diffs: u64,
+    pub held_diff_bytes: u64,
+    /// The largest single held diff.
+    pub largest_held_diff_bytes: u64,
+}
+
+impl Backlog {
+    /// Adds another shard's figures to these.
+    pub fn add(&mut self, other: Backlog) {
+        self.queued_bytes += other.queued_bytes;
+        self.largest_queued_bytes = self.largest_queued_bytes.max(other.largest_queued_bytes);
+        self.held_diffs += other.held_diffs;
+        self.held_diff_bytes += other.held_diff_bytes;
+        self.largest_held_diff_bytes = self
+            .largest_held_diff_bytes
+            .max(other.largest_held_diff_bytes);
+    }
+}
+
 /// Name and seq of one channel, for `GET /channels`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ChannelInfo {
@@ -227,6 +257,29 @@ impl Engine {
                 self.remove_delivery(cid, session);
             }
         }
+    }
+
+    /// What this shard's connections hold back; walks every session and
+    /// subscription, so it is for occasional questions like `/stats`.
+    pub fn backlog(&self) -> Backlog {
+        let mut backlog = Backlog::default();
+        for entry in self.sessions.values() {
+            let bytes = entry.outbox.backlog_bytes() as u64;
+            backlog.queued_bytes += bytes;
+            backlog.largest_queued_bytes = backlog.largest_queued_bytes.max(bytes);
+        }
+        let held = self
+            .channels
+            .iter()
+            .flat_map(|c| &c.subscribers)
+            .filter_map(|d| d.pending.as_ref());
+        for pending in held {
+            let bytes = pending.held_bytes() as u64;
+            backlog.held_diffs += 1;
+            backlog.held_diff_bytes += bytes;
+            backlog.largest_held_diff_bytes = backlog.largest_held_diff_bytes.max(bytes);
+        }
+        backlog
     }
 
     fn count_subscriptions(&self) {

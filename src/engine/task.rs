@@ -16,7 +16,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{ChannelInfo, ChannelSnapshot, Engine, EngineStats, SessionId, StatsSnapshot};
+use super::{Backlog, ChannelInfo, ChannelSnapshot, Engine, EngineStats, SessionId, StatsSnapshot};
 use crate::channel::Pattern;
 use crate::feed::RingItem;
 use crate::metrics::{Metrics, Stage};
@@ -64,6 +64,10 @@ pub enum Command {
         name: String,
         reply: oneshot::Sender<Option<ChannelSnapshot>>,
     },
+    /// Asked of every shard, for `/stats`.
+    Backlog {
+        reply: oneshot::Sender<Backlog>,
+    },
 }
 
 impl Command {
@@ -77,7 +81,9 @@ impl Command {
             | Command::Unsubscribe { session, .. }
             | Command::Drained { session }
             | Command::Reply { session, .. } => Some(*session),
-            Command::ListChannels { .. } | Command::Snapshot { .. } => None,
+            Command::ListChannels { .. } | Command::Snapshot { .. } | Command::Backlog { .. } => {
+                None
+            }
         }
     }
 }
@@ -106,6 +112,9 @@ impl Engine {
             }
             Command::Snapshot { name, reply } => {
                 let _ = reply.send(self.snapshot(&name));
+            }
+            Command::Backlog { reply } => {
+                let _ = reply.send(self.backlog());
             }
         }
     }
@@ -167,6 +176,20 @@ impl EngineHandle {
         let (reply, answer) = oneshot::channel();
         self.send(Command::ListChannels { reply }).await?;
         answer.await.map_err(|_| EngineGone)
+    }
+
+    /// What connections hold back, over every shard.
+    pub async fn backlog(&self) -> Result<Backlog, EngineGone> {
+        let mut total = Backlog::default();
+        for shard in self.shards.iter() {
+            let (reply, answer) = oneshot::channel();
+            shard
+                .send(Command::Backlog { reply })
+                .await
+                .map_err(|_| EngineGone)?;
+            total.add(answer.await.map_err(|_| EngineGone)?);
+        }
+        Ok(total)
     }
 
     pub async fn snapshot(&self, name: &str) -> Result<Option<ChannelSnapshot>, EngineGone> {

@@ -119,7 +119,7 @@ async fn route(mut req: Request<Incoming>, state: &Arc<AppState>) -> Response<Bo
             .header(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
             .body(Full::new(Bytes::from(observe::prometheus(state))))
             .expect("static response"),
-        "/stats" => json(StatusCode::OK, &observe::stats_json(state)),
+        "/stats" => json(StatusCode::OK, &observe::stats_json(state).await),
         "/channels" => match state.engine.channel_list().await {
             Ok(list) => json(StatusCode::OK, &serde_json::json!({ "channels": list })),
             Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),

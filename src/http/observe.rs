@@ -187,7 +187,9 @@ fn escape(label: &str) -> String {
 }
 
 /// The same figures as JSON, latencies in microseconds.
-pub fn stats_json(state: &AppState) -> Value {
+pub async fn stats_json(state: &AppState) -> Value {
+    // What slow connections hold: asked of every engine shard.
+    let backlog = state.engine.backlog().await.unwrap_or_default();
     let stats = state.engine.stats();
     let load = |v: &std::sync::atomic::AtomicU64| v.load(Ordering::Relaxed);
     let merged = state.metrics.merged();
@@ -224,6 +226,7 @@ pub fn stats_json(state: &AppState) -> Value {
         "coalesced_diffs": stats.coalesced_diffs,
         "slow_consumer_events": stats.slow_consumer_closes,
         "slow_consumer_holds": stats.slow_consumer_holds,
+        "backlog": backlog,
         "latency": stages,
         "feeds": feeds,
     })

@@ -10,8 +10,10 @@
 //! Order holds because a direct write happens only when nothing is queued or
 //! in the writer's hands.
 //!
-//! The queue is bounded in bytes: a push past the bound is refused, and the
-//! caller decides what that means (today: the engine closes with 1013).
+//! The queue is bounded in bytes, counting what is queued and what the writer
+//! has taken but not finished writing: a push past the bound is refused, and
+//! the caller decides what that means (the engine holds merge-channel diffs
+//! back until the session drains, and closes stream subscribers with 1013).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -69,6 +71,9 @@ pub struct Outbox {
 struct Queue {
     frames: VecDeque<QueuedFrame>,
     bytes: usize,
+    /// Bytes the writer took and has not finished writing; they count
+    /// against the bound until it has.
+    in_flight: usize,
     /// The close frame to send after what is queued; set once.
     close: Option<Bytes>,
     /// The writer task holds frames it has not finished writing.
@@ -121,7 +126,8 @@ impl Outbox {
         if queue.close.is_some() {
             return false;
         }
-        if queue.bytes > 0 && queue.bytes + frame.bytes.len() > self.limit_bytes {
+        let backlog = queue.bytes + queue.in_flight;
+        if backlog > 0 && backlog + frame.bytes.len() > self.limit_bytes {
             // Refused with a backlog the writer has yet to take: when it has
             // written it, `done` reports the drain, so a caller holding data
             // back is always called again. (Set under the same lock as the
@@ -189,6 +195,13 @@ impl Outbox {
         self.lock().bytes
     }
 
+    /// Bytes queued or being written: what this session holds against its
+    /// bound.
+    pub fn backlog_bytes(&self) -> usize {
+        let queue = self.lock();
+        queue.bytes + queue.in_flight
+    }
+
     /// Waits until there is something to write, then moves every queued
     /// frame into `into` and marks the writer busy until [`Outbox::done`].
     /// Cancel-safe: nothing is taken unless it returns.
@@ -198,6 +211,7 @@ impl Outbox {
                 let mut queue = self.lock();
                 if !queue.frames.is_empty() || queue.close.is_some() {
                     into.extend(queue.frames.drain(..));
+                    queue.in_flight += queue.bytes;
                     queue.bytes = 0;
                     queue.writer_busy = true;
                     if queue.frames.capacity() > 1024 {
@@ -219,6 +233,7 @@ impl Outbox {
     /// writer then tells the engine, which sends what it held back.
     pub fn done(&self) -> bool {
         let mut queue = self.lock();
+        queue.in_flight = 0;
         if queue.frames.is_empty() {
             queue.writer_busy = false;
             if queue.lagging {
@@ -269,6 +284,29 @@ mod tests {
             *room -= n;
             Ok(n)
         }
+    }
+
+    /// What the writer has taken but not yet written still counts: a
+    /// session never holds more than its bound, queued and in flight.
+    #[tokio::test]
+    async fn frames_being_written_count_against_the_bound() {
+        let outbox = Outbox::new(10);
+        assert!(outbox.push(Bytes::from_static(b"12345678")));
+        let mut taken = Vec::new();
+        outbox.take(&mut taken).await;
+        assert_eq!(outbox.queued_bytes(), 0);
+        assert_eq!(outbox.backlog_bytes(), 8, "in the writer's hands");
+        assert!(outbox.push(Bytes::from_static(b"12")));
+        assert!(
+            !outbox.push(Bytes::from_static(b"3")),
+            "8 in flight + 2 queued"
+        );
+        assert!(!outbox.done(), "more was queued: the writer goes on");
+        assert_eq!(outbox.backlog_bytes(), 2, "the batch was written");
+        taken.clear();
+        outbox.take(&mut taken).await;
+        assert!(outbox.done(), "drained after a refusal: the engine is told");
+        assert_eq!(outbox.backlog_bytes(), 0);
     }
 
     #[test]
