@@ -31,8 +31,9 @@
 //!   value `min(gating cursors, tail) + N` that any producer ever computed ("refresh"); any
 //!   such value stays safe forever (see "Joining"), so producers refresh only when they
 //!   reach it: once per `N` claims when consumers keep up, and when the ring looks full.
-//! * `gates` (16 cache-padded cursors): for each gating consumer the next sequence it will
-//!   read, so it has consumed everything below; `FREE` (`u64::MAX`) for an unused entry.
+//! * `gates` (16 cache-padded cursors): for each gating consumer a sequence it has consumed
+//!   everything below (its *published* cursor, at most the next one it will read; see
+//!   "Gating reads"); `FREE` (`u64::MAX`) for an unused entry.
 //! * slot stamps (see `slot.rs`): `(held + N) << 8 | WRITING << 7 | readers`, where `held`
 //!   is the sequence the slot holds. A read of `s` finds `held < s` (not published yet),
 //!   `held == s` (clone it under the reader count) or `held > s` / WRITING (lapped).
@@ -57,6 +58,31 @@
 //! every limit ever computed is at most `c + N`: claims stay below `c + N` and overwrite only
 //! sequences below `c`. (A plain load on the registration side breaks this; loom finds it.)
 //!
+//! # Gating reads
+//!
+//! A gating consumer never enters a slot as a reader (no reader-count RMWs, which the two
+//! consumers of a fan-out would otherwise contend on for every record): it loads the stamp
+//! and, once it says `held == s`, clones the value directly (`Slots::read_gated`). That is
+//! sound because nobody can overwrite `s` while the consumer may still read it: the writer
+//! of `s + N` claimed it under a limit of at most `g + N`, where `g` is the consumer's cursor
+//! as the refresh that computed the limit loaded it (Acquire), so `g > s`, and the consumer
+//! stores a cursor above `s` (Release) only after it has cloned `s`. Cursor store, refresh
+//! load, `limit` RMW, claimer's `limit` load: the clone happens-before the overwrite.
+//!
+//! The consumer publishes its cursor lazily: once it is `release_every` (`N / 8`) past the
+//! published one, or as soon as it catches up with the producers (a read finds nothing
+//! more, which always happens before it parks). A published cursor that lags only makes
+//! producers see less room; it never lets them overwrite an unread record. A parked producer
+//! is woken by that release, at the latest after `N / 8` further reads, since a full ring
+//! always has that many records to read. The price: a gating consumer that stops receiving
+//! holds producers back up to `N / 8` records before the ones it has actually read.
+//!
+//! # Batch publish
+//!
+//! [`Producer::try_publish_many`] / [`Producer::publish_many`] claim a run of consecutive
+//! sequences with one CAS on `tail` (as many as fit under `limit`), write the slots in
+//! order, and do the wake-up check (fence and waiter count) once for the run.
+//!
 //! # Lagging (lossy) readers
 //!
 //! A lossy consumer that finds its next slot overwritten (or being overwritten) gets
@@ -74,7 +100,8 @@
 //! `SeqCst` fences: if the waiter's does, the notifier's load sees the registration and wakes
 //! it; if the notifier's does, the waiter's re-check sees the condition and does not park.
 //! So no wake-up is lost, and a publish with no idle consumer costs one fence and one load
-//! (as does a gating consumer's cursor update: once per `recv`, or per `recv_many` batch).
+//! (once per record, or per run with `publish_many`), as does a gating consumer's cursor
+//! update (once per `N / 8` records read, or when it catches up).
 //! Closing (the last producer dropping) always takes the lock, which orders it by itself.
 //!
 //! # Where it spins
