@@ -4,6 +4,9 @@
 //! * `ring/GatingRecv`: `Ring::consumer` + `recv`: lossless, the producer waits for space.
 //! * `ring/GatingRecvMany`: same, draining bursts of up to 256 with `recv_many`.
 //! * `ring/LossyRecv`: `Ring::lossy_consumer` + `recv`: like broadcast, may lag.
+//! * `ring/GatingPublishManyRecvMany`: gating `recv_many` as above, and the producer hands
+//!   over runs of 256 with `publish_many` (one claim and one wake-up check per run).
+//!   `broadcast` has no batch send, so this compares the ring's batch API with its per-item one.
 //! * `tokio_broadcast`: `broadcast::channel` + `recv` (the alternative; may lag).
 //!
 //! Each consumer counts records received plus records reported lagged, so every variant moves
@@ -26,6 +29,7 @@ enum Variant {
     GatingRecv,
     GatingRecvMany,
     LossyRecv,
+    GatingPublishManyRecvMany,
 }
 
 async fn through_ring(variant: Variant) -> u64 {
@@ -34,14 +38,18 @@ async fn through_ring(variant: Variant) -> u64 {
         .map(|_| {
             let mut rx = match variant {
                 Variant::LossyRecv => ring.lossy_consumer(),
-                Variant::GatingRecv | Variant::GatingRecvMany => ring.consumer(),
+                Variant::GatingRecv
+                | Variant::GatingRecvMany
+                | Variant::GatingPublishManyRecvMany => ring.consumer(),
             };
             tokio::spawn(async move {
                 let mut seen = 0u64;
                 let mut buf = Vec::with_capacity(BATCH);
                 loop {
                     let received = match variant {
-                        Variant::GatingRecvMany => rx.recv_many(&mut buf, BATCH).await,
+                        Variant::GatingRecvMany | Variant::GatingPublishManyRecvMany => {
+                            rx.recv_many(&mut buf, BATCH).await
+                        }
                         _ => rx.recv().await.map(|value| {
                             buf.push(value);
                             1
@@ -61,8 +69,19 @@ async fn through_ring(variant: Variant) -> u64 {
         .collect();
     let tx = ring.producer();
     drop(ring);
-    for value in 0..ITEMS {
-        tx.publish(value).await;
+    if let Variant::GatingPublishManyRecvMany = variant {
+        let mut run = Vec::with_capacity(BATCH);
+        for value in 0..ITEMS {
+            run.push(value);
+            if run.len() == BATCH {
+                tx.publish_many(&mut run).await;
+            }
+        }
+        tx.publish_many(&mut run).await;
+    } else {
+        for value in 0..ITEMS {
+            tx.publish(value).await;
+        }
     }
     drop(tx);
     let mut total = 0;
@@ -115,6 +134,7 @@ fn one_producer_two_consumers(c: &mut Criterion) {
         Variant::GatingRecv,
         Variant::GatingRecvMany,
         Variant::LossyRecv,
+        Variant::GatingPublishManyRecvMany,
     ] {
         group.bench_function(BenchmarkId::new("ring", format!("{variant:?}")), |b| {
             b.to_async(&runtime).iter(|| async move {

@@ -31,8 +31,9 @@
 //!   value `min(gating cursors, tail) + N` that any producer ever computed ("refresh"); any
 //!   such value stays safe forever (see "Joining"), so producers refresh only when they
 //!   reach it: once per `N` claims when consumers keep up, and when the ring looks full.
-//! * `gates` (16 cache-padded cursors): for each gating consumer the next sequence it will
-//!   read, so it has consumed everything below; `FREE` (`u64::MAX`) for an unused entry.
+//! * `gates` (16 cache-padded cursors): for each gating consumer a sequence it has consumed
+//!   everything below (its *published* cursor, at most the next one it will read; see
+//!   "Gating reads"); `FREE` (`u64::MAX`) for an unused entry.
 //! * slot stamps (see `slot.rs`): `(held + N) << 8 | WRITING << 7 | readers`, where `held`
 //!   is the sequence the slot holds. A read of `s` finds `held < s` (not published yet),
 //!   `held == s` (clone it under the reader count) or `held > s` / WRITING (lapped).
@@ -57,6 +58,31 @@
 //! every limit ever computed is at most `c + N`: claims stay below `c + N` and overwrite only
 //! sequences below `c`. (A plain load on the registration side breaks this; loom finds it.)
 //!
+//! # Gating reads
+//!
+//! A gating consumer never enters a slot as a reader (no reader-count RMWs, which the two
+//! consumers of a fan-out would otherwise contend on for every record): it loads the stamp
+//! and, once it says `held == s`, clones the value directly (`Slots::read_gated`). That is
+//! sound because nobody can overwrite `s` while the consumer may still read it: the writer
+//! of `s + N` claimed it under a limit of at most `g + N`, where `g` is the consumer's cursor
+//! as the refresh that computed the limit loaded it (Acquire), so `g > s`, and the consumer
+//! stores a cursor above `s` (Release) only after it has cloned `s`. Cursor store, refresh
+//! load, `limit` RMW, claimer's `limit` load: the clone happens-before the overwrite.
+//!
+//! The consumer publishes its cursor lazily: once it is `release_every` (`N / 8`) past the
+//! published one, or as soon as it catches up with the producers (a read finds nothing
+//! more, which always happens before it parks). A published cursor that lags only makes
+//! producers see less room; it never lets them overwrite an unread record. A parked producer
+//! is woken by that release, at the latest after `N / 8` further reads, since a full ring
+//! always has that many records to read. The price: a gating consumer that stops receiving
+//! holds producers back up to `N / 8` records before the ones it has actually read.
+//!
+//! # Batch publish
+//!
+//! [`Producer::try_publish_many`] / [`Producer::publish_many`] claim a run of consecutive
+//! sequences with one CAS on `tail` (as many as fit under `limit`), write the slots in
+//! order, and do the wake-up check (fence and waiter count) once for the run.
+//!
 //! # Lagging (lossy) readers
 //!
 //! A lossy consumer that finds its next slot overwritten (or being overwritten) gets
@@ -74,7 +100,8 @@
 //! `SeqCst` fences: if the waiter's does, the notifier's load sees the registration and wakes
 //! it; if the notifier's does, the waiter's re-check sees the condition and does not park.
 //! So no wake-up is lost, and a publish with no idle consumer costs one fence and one load
-//! (as does a gating consumer's cursor update: once per `recv`, or per `recv_many` batch).
+//! (once per record, or per run with `publish_many`), as does a gating consumer's cursor
+//! update (once per `N / 8` records read, or when it catches up).
 //! Closing (the last producer dropping) always takes the lock, which orders it by itself.
 //!
 //! # Where it spins
@@ -121,6 +148,7 @@ mod loom_tests;
 
 use std::fmt;
 use std::future::poll_fn;
+use std::ops::Range;
 use std::task::Poll;
 
 use crossbeam_utils::CachePadded;
@@ -153,6 +181,8 @@ pub struct Consumer<T> {
     shared: Arc<Shared<T>>,
     /// The next sequence to read.
     next: u64,
+    /// The cursor last stored in `gates` (gating consumers; `next` for lossy ones).
+    released: u64,
     /// Index into `gates` for a gating consumer, `None` for a lossy one.
     gate: Option<usize>,
     /// Identity in `rx_waiters`.
@@ -192,6 +222,9 @@ struct Shared<T> {
     gates: Box<[CachePadded<AtomicU64>]>,
     slots: Slots<T>,
     capacity: u64,
+    /// A gating consumer publishes its cursor once it is this far past the published one
+    /// (and whenever it catches up with the producers), not after every record.
+    release_every: u64,
     producers: AtomicUsize,
     /// Source of waiter identities for `rx_waiters` / `tx_waiters`.
     ids: AtomicU64,
@@ -206,6 +239,12 @@ impl<T> Ring<T> {
     /// If `capacity` is not a power of two of at least 2.
     #[must_use]
     pub fn with_capacity(capacity: usize) -> Self {
+        Self::with_release_every(capacity, (capacity / 8).max(1))
+    }
+
+    /// [`Ring::with_capacity`] with an explicit cursor-publishing interval for gating
+    /// consumers (tests use small rings with an interval above 1).
+    fn with_release_every(capacity: usize, release_every: usize) -> Self {
         assert!(
             capacity >= 2 && capacity.is_power_of_two(),
             "ring capacity must be a power of two >= 2, got {capacity}"
@@ -220,6 +259,7 @@ impl<T> Ring<T> {
                 .collect(),
             slots: Slots::new(capacity as usize),
             capacity,
+            release_every: release_every.max(1) as u64,
             producers: AtomicUsize::new(0),
             ids: AtomicU64::new(0),
             rx_waiters: WaitList::new(),
@@ -259,6 +299,7 @@ impl<T> Ring<T> {
         Consumer {
             shared: self.shared.clone(),
             next: start,
+            released: start,
             gate: Some(gate),
             id: self.shared.next_id(),
         }
@@ -268,9 +309,11 @@ impl<T> Ring<T> {
     /// reports [`RecvError::Lagged`] when they lap it.
     #[must_use]
     pub fn lossy_consumer(&self) -> Consumer<T> {
+        let start = self.shared.tail.load(Ordering::Acquire);
         Consumer {
             shared: self.shared.clone(),
-            next: self.shared.tail.load(Ordering::Acquire),
+            next: start,
+            released: start,
             gate: None,
             id: self.shared.next_id(),
         }
@@ -323,8 +366,10 @@ impl<T> Shared<T> {
         (tail, previous.max(limit))
     }
 
-    /// Claims the next sequence, or `None` if a gating consumer is `N` behind the tail.
-    fn try_claim(&self) -> Option<u64> {
+    /// Claims up to `want` (>= 1) consecutive sequences with one CAS; returns the first
+    /// and how many, or `None` if a gating consumer is `N` behind the tail.
+    fn try_claim(&self, want: u64) -> Option<(u64, u64)> {
+        debug_assert!(want >= 1);
         let mut limit = self.limit.load(Ordering::Acquire);
         let mut tail = self.tail.load(Ordering::Relaxed);
         loop {
@@ -335,14 +380,15 @@ impl<T> Shared<T> {
                 }
                 (tail, limit) = (now, fresh);
             }
+            let count = want.min(limit - tail);
             // Relaxed: the slot stamp and `limit` carry the synchronization, not `tail`.
             match self.tail.compare_exchange_weak(
                 tail,
-                tail + 1,
+                tail + count,
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return Some(tail),
+                Ok(_) => return Some((tail, count)),
                 Err(now) => tail = now,
             }
         }
@@ -354,6 +400,45 @@ impl<T> Shared<T> {
         fence(Ordering::SeqCst);
         self.rx_waiters.wake_if_waiting();
     }
+
+    /// Writes and publishes the claimed run `first..` with the values of `values` (exactly
+    /// as many as were claimed), then wakes idle consumers once for the whole run.
+    fn fill_many(&self, first: u64, values: impl Iterator<Item = T>) {
+        let mut run = FillRun {
+            slots: &self.slots,
+            next: first,
+            values,
+        };
+        run.write_rest();
+        fence(Ordering::SeqCst);
+        self.rx_waiters.wake_if_waiting();
+    }
+}
+
+/// A claimed run being filled. If a write panics (only a panicking `T::drop` of an
+/// overwritten value can, after its own slot is published), dropping the run still fills
+/// the rest of its claim, so a claimed sequence is never left empty for consumers to wait
+/// on forever. (A second panic while unwinding aborts.)
+struct FillRun<'a, T, I: Iterator<Item = T>> {
+    slots: &'a Slots<T>,
+    next: u64,
+    values: I,
+}
+
+impl<T, I: Iterator<Item = T>> FillRun<'_, T, I> {
+    fn write_rest(&mut self) {
+        for value in self.values.by_ref() {
+            let seq = self.next;
+            self.next += 1;
+            self.slots.write(seq, value);
+        }
+    }
+}
+
+impl<T, I: Iterator<Item = T>> Drop for FillRun<'_, T, I> {
+    fn drop(&mut self) {
+        self.write_rest();
+    }
 }
 
 impl<T> Producer<T> {
@@ -362,8 +447,8 @@ impl<T> Producer<T> {
     /// # Errors
     /// [`Full`] (holding `value`) when a gating consumer is a whole ring behind.
     pub fn try_publish(&self, value: T) -> Result<u64, Full<T>> {
-        match self.shared.try_claim() {
-            Some(seq) => {
+        match self.shared.try_claim(1) {
+            Some((seq, _)) => {
                 self.shared.fill(seq, value);
                 Ok(seq)
             }
@@ -391,8 +476,8 @@ impl<T> Producer<T> {
         poll_fn(|cx| {
             waiter.list.register(waiter.id, cx.waker());
             fence(Ordering::SeqCst);
-            match shared.try_claim() {
-                Some(seq) => {
+            match shared.try_claim(1) {
+                Some((seq, _)) => {
                     let value = value.take().expect("publish polled after completion");
                     shared.fill(seq, value);
                     Poll::Ready(seq)
@@ -401,6 +486,59 @@ impl<T> Producer<T> {
             }
         })
         .await
+    }
+}
+
+impl<T> Producer<T> {
+    /// Publishes as many of `values` as there is room for, from the front, as one run of
+    /// consecutive sequences claimed with a single CAS and followed by a single wake-up
+    /// check; removes them from `values` and returns their sequences. The range is empty
+    /// when `values` is, or when the ring is full (see [`Producer::try_publish`]).
+    pub fn try_publish_many(&self, values: &mut Vec<T>) -> Range<u64> {
+        if values.is_empty() {
+            return 0..0;
+        }
+        match self.shared.try_claim(values.len() as u64) {
+            Some((first, count)) => {
+                self.shared.fill_many(first, values.drain(..count as usize));
+                first..first + count
+            }
+            None => 0..0,
+        }
+    }
+
+    /// Publishes all of `values` in order, in runs of consecutive sequences as room allows
+    /// (waiting for space like [`Producer::publish`]), leaving `values` empty. Runs of other
+    /// producers may fall between two runs of this call.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: each run is claimed and written within one poll and removed from
+    /// `values`, so if the future is dropped, `values` holds exactly the records that were
+    /// not published, in order.
+    pub async fn publish_many(&self, values: &mut Vec<T>) {
+        self.try_publish_many(values);
+        if values.is_empty() {
+            return;
+        }
+        let shared = &*self.shared;
+        let waiter = WaiterGuard {
+            list: &shared.tx_waiters,
+            id: shared.next_id(),
+        };
+        poll_fn(|cx| loop {
+            if values.is_empty() {
+                return Poll::Ready(());
+            }
+            if !self.try_publish_many(values).is_empty() {
+                continue;
+            }
+            waiter.list.register(waiter.id, cx.waker());
+            fence(Ordering::SeqCst);
+            if self.try_publish_many(values).is_empty() {
+                return Poll::Pending;
+            }
+        })
+        .await;
     }
 }
 
@@ -484,7 +622,17 @@ impl<T: Clone> Consumer<T> {
             if taken == limit {
                 break Ok(taken);
             }
-            match self.shared.slots.read(self.next) {
+            #[allow(unsafe_code)]
+            let read = if self.gate.is_some() {
+                // SAFETY: a gating consumer's published cursor (`released`) never exceeds
+                // `next`, and it is stored with Release only after these reads, so no
+                // producer claims `next + N` before this read is done (module doc,
+                // "Gating reads").
+                unsafe { self.shared.slots.read_gated(self.next) }
+            } else {
+                self.shared.slots.read(self.next)
+            };
+            match read {
                 Read::Ready(value) => {
                     sink(value);
                     self.next += 1;
@@ -498,7 +646,13 @@ impl<T: Clone> Consumer<T> {
                 Read::NotYet => closed = true,
             }
         };
-        if taken > 0 {
+        // Publish the cursor when we caught up (about to wait, or nothing to read) or are
+        // far enough past the published one; a lagging published cursor only makes
+        // producers see less room, never lets them overwrite an unread record.
+        let caught_up = !matches!(outcome, Ok(n) if n == limit);
+        if self.next != self.released
+            && (caught_up || self.next - self.released >= self.shared.release_every)
+        {
             self.release_gate();
         }
         outcome
@@ -531,7 +685,8 @@ impl<T> Consumer<T> {
     }
 
     /// Publishes a gating cursor and wakes producers waiting for space, if any.
-    fn release_gate(&self) {
+    fn release_gate(&mut self) {
+        self.released = self.next;
         if let Some(index) = self.gate {
             // Release: our clones happen-before a producer overwrites those slots.
             self.shared.gates[index].store(self.next, Ordering::Release);

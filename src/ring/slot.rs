@@ -1,10 +1,13 @@
 //! The ring's storage: one value cell and one atomic stamp per slot. All of the crate's
-//! `unsafe` lives here.
+//! `unsafe` lives here, except the one call of the `unsafe fn` [`Slots::read_gated`] in
+//! `ring/mod.rs`, whose contract only the ring's claim protocol can uphold.
 //!
 //! The stamp protocol alone makes every access to a value cell exclusive (one writer) or
 //! shared (readers that only `clone`), whatever the callers do: misuse of [`Slots::write`]
 //! can make a caller wait forever, never race. So the safety argument for each `unsafe`
-//! block below is local to this file. The encoding of a stamp (`u64`):
+//! block below is local to this file, with one exception: [`Slots::read_gated`], the
+//! gating consumers' fast path, is an `unsafe fn` whose contract (no overwrite before the
+//! caller moves its cursor on) the ring's claim protocol upholds. The encoding of a stamp (`u64`):
 //!
 //! ```text
 //!  63                                   8   7        6 .. 0
@@ -188,6 +191,44 @@ impl<T> Slots<T> {
             // SAFETY: we are counted as a reader of a published stamp for `seq`, so the
             // cell is initialized (`want >= N`) and no writer may set WRITING and write
             // until the count drops; other readers only take `&T` too.
+            unsafe { (*cell).assume_init_ref().clone() }
+        }))
+    }
+    /// Clones the value of sequence `seq` for a *gating* consumer, without entering the
+    /// slot as a reader: one Acquire load of the stamp instead of two RMWs on a line that
+    /// the other consumers and the producer also write. Returns [`Read::NotYet`] until
+    /// `seq` is published, then [`Read::Ready`]; [`Read::Lapped`] only if the caller broke
+    /// the contract below (it is checked, so a broken caller still never reads a torn value
+    /// from a cell whose writer has visibly started).
+    ///
+    /// # Safety
+    /// No writer may start writing `seq + N` (the next lap of this slot) before this call
+    /// returns, and the clone must happen-before that write. The ring guarantees both for
+    /// a gating consumer whose published cursor is at most `seq`: a producer claims
+    /// `seq + N` only under a limit computed from an Acquire load of that cursor after the
+    /// consumer stored a value above `seq` with Release, which it does only after this call
+    /// (see `ring`'s module doc, "Gating reads").
+    pub(crate) unsafe fn read_gated(&self, seq: u64) -> Read<T>
+    where
+        T: Clone,
+    {
+        let slot = self.slot(seq);
+        let want = seq + self.capacity();
+        // Acquire pairs with the writer's publishing Release store.
+        let cur = slot.stamp.load(Ordering::Acquire);
+        let held = cur >> HELD_SHIFT;
+        if held < want {
+            return Read::NotYet;
+        }
+        if held > want || cur & WRITING != 0 {
+            debug_assert!(false, "a gating reader was lapped");
+            return Read::Lapped;
+        }
+        Read::Ready(slot.value.with(|cell| {
+            // SAFETY: the stamp says the cell holds the published value of `seq` (so it is
+            // initialized, `want >= N`), and by this function's contract no writer of
+            // `seq + N` can set WRITING and touch the cell until our clone is done; other
+            // readers only take `&T` too.
             unsafe { (*cell).assume_init_ref().clone() }
         }))
     }

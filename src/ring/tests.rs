@@ -316,3 +316,221 @@ fn drops_every_value_exactly_once() {
     }
     assert_eq!(std::sync::Arc::strong_count(&token), 1);
 }
+
+#[test]
+fn try_publish_many_claims_what_fits_as_one_run() {
+    let ring = Ring::with_capacity(8);
+    let mut rx = ring.consumer();
+    let tx = ring.producer();
+    let mut values = Vec::new();
+    assert_eq!(tx.try_publish_many(&mut values), 0..0);
+    tx.try_publish(100).unwrap();
+    values.extend(0..10u64);
+    // 7 slots left: the first 7 values go, the rest stay, in order.
+    assert_eq!(tx.try_publish_many(&mut values), 1..8);
+    assert_eq!(values, [7, 8, 9]);
+    assert_eq!(tx.try_publish_many(&mut values), 0..0, "full");
+    assert_eq!(values, [7, 8, 9]);
+    let mut buf = Vec::new();
+    assert_eq!(rx.try_recv(), Ok(100));
+    while let Ok(value) = rx.try_recv() {
+        buf.push(value);
+    }
+    assert_eq!(buf, [0, 1, 2, 3, 4, 5, 6]);
+    assert_eq!(tx.try_publish_many(&mut values), 8..11);
+    assert!(values.is_empty());
+    assert_eq!(rx.try_recv(), Ok(7));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn publish_many_delivers_every_record_once_in_order_to_every_consumer() {
+    const PRODUCERS: u64 = 3;
+    const EACH: u64 = 10_000;
+    let ring = Ring::with_capacity(64);
+    let consumers: Vec<_> = (0..2)
+        .map(|_| {
+            let mut rx = ring.consumer();
+            tokio::spawn(async move {
+                let mut next = [0u64; PRODUCERS as usize];
+                let mut batch = Vec::new();
+                loop {
+                    match rx.recv_many(&mut batch, 50).await {
+                        Ok(_) => {}
+                        Err(RecvError::Closed) => return next,
+                        Err(lagged) => panic!("gating consumer got {lagged}"),
+                    }
+                    for value in batch.drain(..) {
+                        let (producer, i) = ((value >> 32) as usize, value & 0xffff_ffff);
+                        assert_eq!(i, next[producer], "producer {producer} out of order");
+                        next[producer] += 1;
+                    }
+                }
+            })
+        })
+        .collect();
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|p| {
+            let tx = ring.producer();
+            tokio::spawn(async move {
+                let mut run = Vec::new();
+                // Runs of varying length, some longer than the ring.
+                let mut i = 0;
+                let mut len = 1;
+                while i < EACH {
+                    let end = (i + len).min(EACH);
+                    run.extend((i..end).map(|i| p << 32 | i));
+                    tx.publish_many(&mut run).await;
+                    assert!(run.is_empty());
+                    i = end;
+                    len = len % 97 + 13;
+                }
+            })
+        })
+        .collect();
+    drop(ring);
+    for producer in producers {
+        timeout(DEADLINE, producer).await.unwrap().unwrap();
+    }
+    for consumer in consumers {
+        let next = timeout(DEADLINE, consumer).await.unwrap().unwrap();
+        assert_eq!(next, [EACH; PRODUCERS as usize]);
+    }
+}
+
+#[test]
+fn cancelled_publish_many_keeps_the_unpublished_tail() {
+    let ring = Ring::with_capacity(4);
+    let mut rx = ring.consumer();
+    let tx = ring.producer();
+    let mut values: Vec<u64> = (0..6).collect();
+    {
+        let mut publish = std::pin::pin!(tx.publish_many(&mut values));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(publish.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(ring.shared.tx_waiters.waiting(), 1);
+    }
+    assert_eq!(ring.shared.tx_waiters.waiting(), 0);
+    assert_eq!(
+        values,
+        [4, 5],
+        "published values were removed, the rest kept"
+    );
+    for i in 0..4 {
+        assert_eq!(rx.try_recv(), Ok(i));
+    }
+    assert_eq!(rx.try_recv(), Err(TryRecvError::Empty));
+    assert_eq!(tx.try_publish_many(&mut values), 4..6);
+}
+
+#[tokio::test]
+async fn publish_many_parks_until_the_consumer_frees_room() {
+    let ring = Ring::with_capacity(4);
+    let mut rx = ring.consumer();
+    let tx = ring.producer();
+    let publisher = tokio::spawn(async move {
+        let mut values: Vec<u64> = (0..10).collect();
+        tx.publish_many(&mut values).await;
+        values
+    });
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        match timeout(DEADLINE, rx.recv()).await.unwrap() {
+            Ok(value) => got.push(value),
+            Err(error) => panic!("{error}"),
+        }
+    }
+    assert_eq!(got, (0..10).collect::<Vec<_>>());
+    let left = timeout(DEADLINE, publisher).await.unwrap().unwrap();
+    assert!(left.is_empty());
+    assert_eq!(rx.recv().await, Err(RecvError::Closed));
+}
+
+#[test]
+fn gating_cursor_is_published_every_few_records_or_when_caught_up() {
+    let ring = Ring::with_release_every(8, 4);
+    let mut rx = ring.consumer();
+    let tx = ring.producer();
+    for i in 0..8 {
+        tx.try_publish(i).unwrap();
+    }
+    // Read 3: not yet published, so producers still see a full ring.
+    for i in 0..3 {
+        assert_eq!(rx.try_recv(), Ok(i));
+    }
+    assert!(tx.try_publish(8).is_err());
+    // The 4th read publishes the cursor: 4 slots free.
+    assert_eq!(rx.try_recv(), Ok(3));
+    for i in 8..12 {
+        assert_eq!(tx.try_publish(i), Ok(i));
+    }
+    assert!(tx.try_publish(12).is_err());
+    // Catching up publishes at once: drain everything, then one more read finds nothing.
+    for i in 4..12 {
+        assert_eq!(rx.try_recv(), Ok(i));
+    }
+    assert_eq!(tx.try_publish_many(&mut (12..20).collect()), 12..20);
+    for i in 12..14 {
+        assert_eq!(rx.try_recv(), Ok(i));
+    }
+    assert_eq!(tx.try_publish(20).map_err(Full::into_inner), Err(20));
+    let mut buf = Vec::new();
+    // recv_many stopping short of its limit has caught up, so it publishes too.
+    assert_eq!(rx.read_into(100, &mut |value| buf.push(value)), Ok(6));
+    assert_eq!(buf, (14..20).collect::<Vec<_>>());
+    assert_eq!(rx.released, 20);
+    assert_eq!(tx.try_publish(20), Ok(20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lazy_cursor_release_still_wakes_parked_producers() {
+    let ring = Ring::with_release_every(8, 8);
+    let mut rx = ring.consumer();
+    let tx = ring.producer();
+    let publisher = tokio::spawn(async move {
+        for i in 0..1000u64 {
+            tx.publish(i).await;
+        }
+    });
+    for i in 0..1000 {
+        assert_eq!(timeout(DEADLINE, rx.recv()).await.unwrap(), Ok(i));
+    }
+    timeout(DEADLINE, publisher).await.unwrap().unwrap();
+}
+
+/// Panics when dropped while armed; clones are unarmed.
+struct Bomb(u64, bool);
+
+impl Clone for Bomb {
+    fn clone(&self) -> Self {
+        Bomb(self.0, false)
+    }
+}
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        if self.1 && !std::thread::panicking() {
+            self.1 = false;
+            panic!("bomb {} dropped", self.0);
+        }
+    }
+}
+
+#[test]
+fn a_panicking_drop_in_a_batch_still_fills_the_rest_of_the_run() {
+    let ring = Ring::with_capacity(2);
+    let mut lossy = ring.lossy_consumer();
+    let tx = ring.producer();
+    let mut values = vec![Bomb(0, true), Bomb(1, false)];
+    assert_eq!(tx.try_publish_many(&mut values), 0..2);
+    // Seq 2 overwrites armed bomb 0, whose drop panics after 2 is published.
+    let mut values = vec![Bomb(2, false), Bomb(3, false)];
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        tx.try_publish_many(&mut values)
+    }));
+    assert!(outcome.is_err());
+    assert!(values.is_empty());
+    assert_eq!(lossy.try_recv().map(|b| b.0), Err(TryRecvError::Lagged(2)));
+    assert_eq!(lossy.try_recv().map(|b| b.0), Ok(2));
+    assert_eq!(lossy.try_recv().map(|b| b.0), Ok(3), "the rest of the run");
+    assert_eq!(ring.shared.tail.load(Ordering::Relaxed), 4);
+}
