@@ -11,6 +11,8 @@
 # use; never committed). Results: results/compare/<time>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/common.sh
+. scripts/common.sh
 
 RUNS=${RUNS:-3}
 CLIENTS=${CLIENTS:-2000}
@@ -23,23 +25,10 @@ TICKCAST_ARGS=${TICKCAST_ARGS:-}
 UWS_DIR=${UWS_DIR:-target/uws}
 OUT=${OUT:-results/compare/$(date +%Y%m%d-%H%M%S)}
 
-if [ ! -d "$UWS_DIR/node_modules" ]; then
-  mkdir -p "$UWS_DIR"
-  cp -r ../shared/peers/uws/. "$UWS_DIR/"
-  chmod -R u+w "$UWS_DIR"
-  bash "$UWS_DIR/setup.sh"
-fi
+setup_uws
 cargo build --release -q -p tickcast -p tickcast-loadgen
 mkdir -p "$OUT"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-wait_port() { # wait until something listens on $1
-  for _ in $(seq 1 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on port $1" >&2; return 1
-}
 
 loadgen() { # URL FEED LABEL
   target/release/tickcast-loadgen --url "$1" --publish "tcp:$2" --rate "$RATE" --clients "$CLIENTS" \

@@ -12,6 +12,8 @@
 # go to results/latency/<time>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/common.sh
+. scripts/common.sh
 
 CLIENTS=${CLIENTS:-1000}
 RATE=${RATE:-100}
@@ -21,7 +23,6 @@ PER_CLIENT=${PER_CLIENT:-1}
 OUT=${OUT:-results/latency/$(date +%Y%m%d-%H%M%S)}
 
 cargo build --release -q -p tickcast -p tickcast-loadgen
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 WS_PORT=$(free_port)
 FEED_PORT=$(free_port)
 mkdir -p "$OUT"

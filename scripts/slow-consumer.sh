@@ -16,6 +16,8 @@
 # /stats, RSS samples, summary.json) go to results/slow-consumer/<time>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/common.sh
+. scripts/common.sh
 
 RUNS=${RUNS:-3}
 CLIENTS=${CLIENTS:-1000}
@@ -33,7 +35,6 @@ BIN=${CARGO_TARGET_DIR:-target}/release
 [ "$STALLED" -ge 1 ] || { echo "STALLED must be at least 1" >&2; exit 2; }
 cargo build --release -q -p tickcast -p tickcast-loadgen
 mkdir -p "$OUT"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 server_args=()
 if [ -n "$OUTBOX_BYTES" ]; then
