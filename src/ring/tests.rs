@@ -49,6 +49,32 @@ fn rejects_capacity_one() {
     let _ = Ring::<u64>::with_capacity(1);
 }
 
+/// Checks values `producer << 32 | i` from `batch` against the next `i`
+/// expected from each producer, and advances it.
+fn take_in_order(batch: &mut Vec<u64>, next: &mut [u64]) {
+    for value in batch.drain(..) {
+        let (producer, i) = ((value >> 32) as usize, value & 0xffff_ffff);
+        assert_eq!(i, next[producer], "producer {producer} out of order");
+        next[producer] += 1;
+    }
+}
+
+/// Waits (bounded) for every producer, then checks each consumer saw all
+/// `each` records of every producer.
+async fn join_and_check_counts<const P: usize>(
+    producers: Vec<tokio::task::JoinHandle<()>>,
+    consumers: Vec<tokio::task::JoinHandle<[u64; P]>>,
+    each: u64,
+) {
+    for producer in producers {
+        timeout(DEADLINE, producer).await.unwrap().unwrap();
+    }
+    for consumer in consumers {
+        let next = timeout(DEADLINE, consumer).await.unwrap().unwrap();
+        assert_eq!(next, [each; P]);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_gating_consumer_sees_every_record_once_in_order() {
     const PRODUCERS: u64 = 4;
@@ -76,11 +102,7 @@ async fn every_gating_consumer_sees_every_record_once_in_order() {
                         Err(RecvError::Closed) => break,
                         Err(lagged) => panic!("gating consumer got {lagged}"),
                     }
-                    for value in batch.drain(..) {
-                        let (producer, i) = ((value >> 32) as usize, value & 0xffff_ffff);
-                        assert_eq!(i, next[producer], "producer {producer} out of order");
-                        next[producer] += 1;
-                    }
+                    take_in_order(&mut batch, &mut next);
                 }
                 next
             })
@@ -97,13 +119,7 @@ async fn every_gating_consumer_sees_every_record_once_in_order() {
         })
         .collect();
     drop(ring);
-    for producer in producers {
-        timeout(DEADLINE, producer).await.unwrap().unwrap();
-    }
-    for consumer in consumers {
-        let next = timeout(DEADLINE, consumer).await.unwrap().unwrap();
-        assert_eq!(next, [EACH; PRODUCERS as usize]);
-    }
+    join_and_check_counts(producers, consumers, EACH).await;
 }
 
 #[tokio::test]
@@ -359,11 +375,7 @@ async fn publish_many_delivers_every_record_once_in_order_to_every_consumer() {
                         Err(RecvError::Closed) => return next,
                         Err(lagged) => panic!("gating consumer got {lagged}"),
                     }
-                    for value in batch.drain(..) {
-                        let (producer, i) = ((value >> 32) as usize, value & 0xffff_ffff);
-                        assert_eq!(i, next[producer], "producer {producer} out of order");
-                        next[producer] += 1;
-                    }
+                    take_in_order(&mut batch, &mut next);
                 }
             })
         })
@@ -388,13 +400,7 @@ async fn publish_many_delivers_every_record_once_in_order_to_every_consumer() {
         })
         .collect();
     drop(ring);
-    for producer in producers {
-        timeout(DEADLINE, producer).await.unwrap().unwrap();
-    }
-    for consumer in consumers {
-        let next = timeout(DEADLINE, consumer).await.unwrap().unwrap();
-        assert_eq!(next, [EACH; PRODUCERS as usize]);
-    }
+    join_and_check_counts(producers, consumers, EACH).await;
 }
 
 #[test]
