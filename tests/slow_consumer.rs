@@ -208,12 +208,15 @@ async fn a_stalled_subscriber_costs_bounded_memory_however_long_it_stalls() {
                 async move {
                     let applied = engine.stats().updates_applied == 1 + round * UPDATES;
                     let backlog = engine.backlog().await.ok()?;
-                    (applied && backlog.held_diffs == 1).then_some(backlog)
+                    applied.then_some(backlog)
                 }
             },
-            "the flood applied, and one diff held for the stalled client",
+            "the flood applied",
         )
         .await;
+        // One channel: at most one held diff (none at moments when the
+        // kernel took more bytes and the held diff went out).
+        assert!(backlog.held_diffs <= 1, "round {round}: {backlog:?}");
         assert!(
             backlog.largest_queued_bytes <= OUTBOX,
             "round {round}: {} bytes queued, over the {OUTBOX}-byte bound",
@@ -237,7 +240,10 @@ async fn a_stalled_subscriber_costs_bounded_memory_however_long_it_stalls() {
     // /stats shows the same figures to operators.
     let (_, body) = http_get(server.addr, "/stats").await;
     let stats: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(stats["backlog"]["held_diffs"], 1, "{body}");
+    assert!(
+        stats["backlog"]["held_diffs"].as_u64().unwrap() <= 1,
+        "{body}"
+    );
     assert!(stats["backlog"]["largest_queued_bytes"].as_u64().unwrap() <= OUTBOX);
     server.shutdown().await;
 }
