@@ -137,7 +137,9 @@ fn resolve_shards(shards: usize) -> Result<usize, String> {
     match shards {
         0 => Ok(std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_ENGINE_SHARDS))),
         n if n <= MAX_ENGINE_SHARDS => Ok(n),
-        n => Err(format!("{n} is more than {MAX_ENGINE_SHARDS} shards")),
+        n => Err(format!(
+            "engine_shards must be at most {MAX_ENGINE_SHARDS}, not {n} (0 = one per CPU core)"
+        )),
     }
 }
 
@@ -323,7 +325,7 @@ impl Config {
                 .map(Duration::from_secs),
             direct_writes: args.direct_writes.unwrap_or(self.direct_writes),
             engine_shards: resolve_shards(args.engine_shards.unwrap_or(self.engine_shards))
-                .map_err(|e| ConfigError::Invalid(format!("{}: {e}", place("engine_shards"))))?,
+                .map_err(ConfigError::Invalid)?,
             limits: self.limits,
             namespaces,
         })
@@ -392,13 +394,9 @@ mod check {
     }
 
     pub fn engine_shards<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        // The same check as for the flag; 0 stays 0 until resolved.
         let value = usize::deserialize(d)?;
-        if value > super::MAX_ENGINE_SHARDS {
-            return Err(D::Error::custom(format!(
-                "engine_shards must be at most {}, not {value} (0 = one per CPU core)",
-                super::MAX_ENGINE_SHARDS
-            )));
-        }
+        super::resolve_shards(value).map_err(D::Error::custom)?;
         Ok(value)
     }
 

@@ -5,25 +5,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::start_hub;
+use common::{publisher_config, start_hub};
 use tickcast_loadgen::report::EXIT_GAP;
 use tickcast_loadgen::stats::LatencyFrom;
-use tickcast_loadgen::{run, Config, Pick, Publish, Report};
+use tickcast_loadgen::{run, Report};
 
 async fn publish_run(drop_seq: Option<u64>) -> Report {
     let hub = start_hub(drop_seq).await;
-    let mut cfg = Config::new(&hub.url);
-    cfg.clients = 6;
-    cfg.mix.channels = 4;
-    cfg.mix.per_client = 2;
-    cfg.mix.pick = Pick::Uniform;
-    cfg.mix.prefix = "q.".into();
-    cfg.publish = Some(Publish {
-        addr: hub.ingest.unwrap(),
-        rate: 2000.0,
-    });
-    cfg.duration = Duration::from_millis(500);
-    cfg.warmup = Duration::from_millis(100);
+    let mut cfg = publisher_config(&hub.url, hub.ingest.unwrap(), (6, 4, 2), "q.", 2000.0);
     cfg.close_timeout = Duration::from_secs(2);
     run(cfg).await.expect("the run completes")
 }

@@ -2,12 +2,15 @@
 //! subscriber that stops reading must not cost the normal clients a delivery or a gap, and must
 //! not be counted among them.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::publisher_config;
 use tickcast::config::Settings;
 use tickcast::RunningServer;
-use tickcast_loadgen::{run, Config, Pick, Publish};
+use tickcast_loadgen::run;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -42,19 +45,9 @@ async fn start_tickcast() -> (RunningServer, SocketAddr) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_subscriber_costs_the_others_nothing_and_is_not_counted() {
     let (server, feed) = start_tickcast().await;
-    let mut cfg = Config::new(format!("ws://{}/ws", server.addr));
-    cfg.clients = 4;
+    let url = format!("ws://{}/ws", server.addr);
+    let mut cfg = publisher_config(&url, feed, (4, 1, 1), "stall.c", 1000.0);
     cfg.stalled = 1;
-    cfg.mix.channels = 1;
-    cfg.mix.per_client = 1;
-    cfg.mix.pick = Pick::Uniform;
-    cfg.mix.prefix = "stall.c".into();
-    cfg.publish = Some(Publish {
-        addr: feed,
-        rate: 1000.0,
-    });
-    cfg.duration = Duration::from_millis(500);
-    cfg.warmup = Duration::from_millis(100);
     cfg.close_timeout = Duration::from_secs(3);
     let report = run(cfg).await.expect("the run completes");
     let table = report.table();

@@ -24,6 +24,24 @@ fn drain(rx: &mut crate::ring::Consumer<u64>) -> (Vec<(u64, u64)>, u64) {
     }
 }
 
+/// Runs `publish` on a thread of its own against a gating consumer of `ring`, and checks
+/// that the consumer gets exactly the values `0..count`, each at its own seq, none lagged.
+fn gating_consumer_receives_all(
+    ring: Ring<u64>,
+    count: u64,
+    publish: impl FnOnce(crate::ring::Producer<u64>) + Send + 'static,
+) {
+    let mut rx = ring.consumer();
+    let tx = ring.producer();
+    drop(ring);
+    let producer = thread::spawn(move || publish(tx));
+    let (values, lagged) = drain(&mut rx);
+    let expected: Vec<(u64, u64)> = (0..count).map(|i| (i, i)).collect();
+    assert_eq!(values, expected);
+    assert_eq!(lagged, 0);
+    producer.join().unwrap();
+}
+
 /// Two producers, one gating consumer, capacity 2: claims race with each other and with
 /// the consumer's reads; the consumer sees each record once, per-producer FIFO.
 #[test]
@@ -118,19 +136,11 @@ fn loom_parked_consumer_is_woken() {
 #[test]
 fn loom_parked_producer_is_woken() {
     loom::model(|| {
-        let ring = Ring::with_capacity(2);
-        let mut rx = ring.consumer();
-        let tx = ring.producer();
-        drop(ring);
-        let producer = thread::spawn(move || {
+        gating_consumer_receives_all(Ring::with_capacity(2), 3, |tx| {
             for value in 0..3 {
                 assert_eq!(block_on(tx.publish(value)), value);
             }
         });
-        let (values, lagged) = drain(&mut rx);
-        assert_eq!(values, [(0, 0), (1, 1), (2, 2)]);
-        assert_eq!(lagged, 0);
-        producer.join().unwrap();
     });
 }
 
@@ -164,19 +174,11 @@ fn loom_gating_consumer_joins_while_publishing() {
 #[test]
 fn loom_publish_many_vs_gating_consumer() {
     loom::model(|| {
-        let ring = Ring::with_capacity(2);
-        let mut rx = ring.consumer();
-        let tx = ring.producer();
-        drop(ring);
-        let producer = thread::spawn(move || {
+        gating_consumer_receives_all(Ring::with_capacity(2), 3, |tx| {
             let mut values = vec![0, 1, 2];
             block_on(tx.publish_many(&mut values));
             assert!(values.is_empty());
         });
-        let (values, lagged) = drain(&mut rx);
-        assert_eq!(values, [(0, 0), (1, 1), (2, 2)]);
-        assert_eq!(lagged, 0);
-        producer.join().unwrap();
     });
 }
 
@@ -186,18 +188,10 @@ fn loom_publish_many_vs_gating_consumer() {
 #[test]
 fn loom_lazy_cursor_release_wakes_parked_producer() {
     loom::model(|| {
-        let ring = Ring::with_release_every(2, 2);
-        let mut rx = ring.consumer();
-        let tx = ring.producer();
-        drop(ring);
-        let producer = thread::spawn(move || {
+        gating_consumer_receives_all(Ring::with_release_every(2, 2), 4, |tx| {
             for value in 0..4 {
                 assert_eq!(block_on(tx.publish(value)), value);
             }
         });
-        let (values, lagged) = drain(&mut rx);
-        assert_eq!(values, [(0, 0), (1, 1), (2, 2), (3, 3)]);
-        assert_eq!(lagged, 0);
-        producer.join().unwrap();
     });
 }

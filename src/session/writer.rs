@@ -48,28 +48,10 @@ pub async fn write_loop<S: SocketWrite>(
         if let Some(close) = batch.close {
             outbox.detach_socket();
             frames.push(close.into());
-            let _ = Box::pin(tokio::time::timeout(
-                write_timeout,
-                write_all(&**socket, &frames, Progress::default()),
-            ))
-            .await;
+            let _ = write_batch(&**socket, &frames, write_timeout).await;
             return;
         }
-        // Usually the socket takes the whole batch at once. Waiting for room
-        // (with its timer) is the rare case, and boxed: inline, it would
-        // triple the size of every idle connection's writer.
-        let mut progress = Progress::default();
-        let outcome = match write_ready(&**socket, &frames, &mut progress) {
-            Ok(true) => Ok(Ok(())),
-            Ok(false) => {
-                Box::pin(tokio::time::timeout(
-                    write_timeout,
-                    write_all(&**socket, &frames, progress),
-                ))
-                .await
-            }
-            Err(e) => Ok(Err(e)),
-        };
+        let outcome = write_batch(&**socket, &frames, write_timeout).await;
         match outcome {
             Ok(Ok(())) => {
                 record_written(&frames, metrics);
@@ -113,6 +95,29 @@ fn record_written(frames: &[QueuedFrame], metrics: &Metrics) {
             h.record(Stage::EndToEnd, wall.saturating_sub(frame.ingest_ns));
         }
     });
+}
+
+/// Writes a whole batch, giving up after `timeout` without progress to the
+/// end. Usually the socket takes it at once, without a timer; waiting for
+/// room (with its timer) is the rare case, and boxed: inline, it would
+/// triple the size of every idle connection's writer.
+async fn write_batch<S: SocketWrite>(
+    socket: &S,
+    frames: &[QueuedFrame],
+    timeout: Duration,
+) -> Result<io::Result<()>, tokio::time::error::Elapsed> {
+    let mut progress = Progress::default();
+    match write_ready(socket, frames, &mut progress) {
+        Ok(true) => Ok(Ok(())),
+        Ok(false) => {
+            Box::pin(tokio::time::timeout(
+                timeout,
+                write_all(socket, frames, progress),
+            ))
+            .await
+        }
+        Err(e) => Ok(Err(e)),
+    }
 }
 
 /// How far into a batch the socket has taken.

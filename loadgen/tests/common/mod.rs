@@ -275,3 +275,25 @@ pub async fn start_hub(drop_seq: Option<u64>) -> TestServer {
         connections,
     }
 }
+
+/// A short publisher-mode run: `clients` clients each on `per_client` of `channels` channels
+/// named `prefix0..`, picked uniformly, fed at `rate` records/s through `feed` for a 500 ms
+/// window after a 100 ms warm-up.
+pub fn publisher_config(
+    url: &str,
+    feed: SocketAddr,
+    (clients, channels, per_client): (usize, usize, usize),
+    prefix: &str,
+    rate: f64,
+) -> tickcast_loadgen::Config {
+    let mut cfg = tickcast_loadgen::Config::new(url);
+    cfg.clients = clients;
+    cfg.mix.channels = channels;
+    cfg.mix.per_client = per_client;
+    cfg.mix.pick = tickcast_loadgen::Pick::Uniform;
+    cfg.mix.prefix = prefix.into();
+    cfg.publish = Some(tickcast_loadgen::Publish { addr: feed, rate });
+    cfg.duration = Duration::from_millis(500);
+    cfg.warmup = Duration::from_millis(100);
+    cfg
+}
