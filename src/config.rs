@@ -21,14 +21,29 @@ use crate::feed::{FeedSpec, ReplayOptions, Speed};
 use crate::session::SessionLimits;
 
 /// tickcast: market data and live scores pushed to WebSocket clients.
+///
+/// With no command, tickcast serves: `tickcast --feed replay:FILE` is
+/// `tickcast serve --feed replay:FILE`, and `tickcast` alone serves the
+/// synthetic demo feed on 127.0.0.1:8080.
 #[derive(Debug, Parser)]
 #[command(name = "tickcast", version, about, long_about = None)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<CliCommand>,
+    /// `serve`'s flags, accepted without the word `serve`.
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
-#[derive(Debug, Subcommand)]
+impl Cli {
+    /// What to do: a subcommand, or serving with the top-level flags.
+    pub fn into_command(self) -> CliCommand {
+        self.command.unwrap_or(CliCommand::Serve(self.serve))
+    }
+}
+
+#[derive(Debug, PartialEq, Subcommand)]
 pub enum CliCommand {
     /// Serve channels over WebSocket (the default when no command is given).
     Serve(ServeArgs),
@@ -36,7 +51,7 @@ pub enum CliCommand {
     DefaultConfig,
 }
 
-#[derive(Debug, Default, Args)]
+#[derive(Debug, Default, PartialEq, Args)]
 pub struct ServeArgs {
     /// Address to listen on for HTTP and WebSocket clients [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
@@ -486,6 +501,38 @@ mod tests {
         assert_eq!(parsed.limits.ring_capacity, defaults.limits.ring_capacity);
         assert_eq!(parsed.namespace_defaults, defaults.namespace_defaults);
         assert_eq!(parsed.namespaces, defaults.namespaces);
+    }
+
+    /// `tickcast --flag` means `tickcast serve --flag`; a subcommand and
+    /// top-level serve flags together are refused rather than half-applied.
+    #[test]
+    fn serve_flags_work_without_the_serve_command() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(Cli::into_command);
+        let top = parse(&[
+            "tickcast",
+            "--listen",
+            "127.0.0.1:9",
+            "--feed",
+            "tcp:127.0.0.1:0",
+        ]);
+        let sub = parse(&[
+            "tickcast",
+            "serve",
+            "--listen",
+            "127.0.0.1:9",
+            "--feed",
+            "tcp:127.0.0.1:0",
+        ]);
+        assert_eq!(top.unwrap(), sub.unwrap());
+        let Ok(CliCommand::Serve(alone)) = parse(&["tickcast"]) else {
+            panic!("no arguments serve the demo");
+        };
+        assert_eq!(alone, ServeArgs::default());
+        assert_eq!(
+            parse(&["tickcast", "default-config"]).unwrap(),
+            CliCommand::DefaultConfig
+        );
+        assert!(parse(&["tickcast", "--listen", "127.0.0.1:9", "default-config"]).is_err());
     }
 
     #[test]

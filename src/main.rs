@@ -7,20 +7,18 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use tickcast::config::{self, Cli, CliCommand, ServeArgs};
+use tickcast::config::{self, Cli, CliCommand};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let args = match cli.command {
-        Some(CliCommand::DefaultConfig) => {
+    let args = match Cli::parse().into_command() {
+        CliCommand::DefaultConfig => {
             print!("{}", config::DEFAULT_CONFIG);
             return ExitCode::SUCCESS;
         }
-        Some(CliCommand::Serve(args)) => args,
-        None => ServeArgs::default(),
+        CliCommand::Serve(args) => args,
     };
     let settings = match config::settings_from_args(&args) {
         Ok(settings) => settings,

@@ -28,6 +28,14 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "cannot listen for tcp producers on {addr}: {source} (pick a free port in \
+         --feed tcp:ADDR, tcp:127.0.0.1:0 takes any, or stop what holds this one)"
+    )]
+    TcpFeed {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot read the listener's address: {0}")]
     Listener(std::io::Error),
 }
@@ -67,6 +75,38 @@ fn new_epoch() -> Arc<str> {
     Arc::from(format!("{:x}{:08x}", crate::clock::unix_nanos() / 1_000_000, noise).as_str())
 }
 
+/// Fails start-up for a feed that could not start, so a typo or a busy port
+/// stops the server with the reason instead of leaving it serving nothing.
+/// (A feed that fails later makes `/healthz` answer 503 with its name.)
+async fn check_feeds(feeds: &[FeedSpec]) -> Result<(), StartError> {
+    for spec in feeds {
+        match spec {
+            FeedSpec::Replay { path } => {
+                tokio::fs::metadata(path)
+                    .await
+                    .map_err(|source| StartError::ReplayFile {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+            }
+            // Bound and released at once: the feed binds it again when it
+            // starts (a listener that never accepted leaves no TIME_WAIT).
+            FeedSpec::Tcp { addr } => {
+                drop(
+                    TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| StartError::TcpFeed {
+                            addr: *addr,
+                            source,
+                        })?,
+                );
+            }
+            FeedSpec::Synthetic { .. } => {}
+        }
+    }
+    Ok(())
+}
+
 /// Starts everything on `listener` with `settings`; `shutdown` stops it.
 pub async fn start(
     listener: TcpListener,
@@ -74,16 +114,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<RunningServer, StartError> {
     let addr = listener.local_addr().map_err(StartError::Listener)?;
-    for spec in &settings.feeds {
-        if let FeedSpec::Replay { path } = spec {
-            tokio::fs::metadata(path)
-                .await
-                .map_err(|source| StartError::ReplayFile {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-        }
-    }
+    check_feeds(&settings.feeds).await?;
     let ring: Ring<RingItem> = Ring::with_capacity(settings.limits.ring_capacity);
     let epoch = new_epoch();
     let (handle, shard_inputs) = engine::channel(

@@ -183,3 +183,40 @@ async fn a_missing_replay_file_stops_start_up_with_a_clear_error() {
         .to_string();
     assert!(err.contains("/no/such/file.ndjson"), "{err}");
 }
+
+#[tokio::test]
+async fn a_tcp_feed_on_a_busy_port_stops_start_up_naming_the_port() {
+    let busy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let settings = tickcast::config::Settings {
+        feeds: vec![format!("tcp:127.0.0.1:{port}").parse().unwrap()],
+        ..Default::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = tickcast::start(listener, settings, Default::default())
+        .await
+        .err()
+        .expect("start-up fails")
+        .to_string();
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(err.contains("free port"), "says what to do: {err}");
+}
+
+/// A feed that fails after start-up (here: a "file" that is a directory, so
+/// the first read fails) turns /healthz to 503 naming it.
+#[tokio::test]
+async fn a_failed_feed_makes_healthz_not_ready() {
+    let dir = std::env::temp_dir();
+    let spec = format!("replay:{}", dir.display());
+    let server = start_server(&["synthetic", &spec], |_| {}).await;
+    let body = wait_for(
+        || async {
+            let (status, body) = http_get(server.addr, "/healthz").await;
+            (status == 503).then_some(body)
+        },
+        "healthz reports the failed feed",
+    )
+    .await;
+    assert!(body.contains(&spec), "{body}");
+    server.shutdown().await;
+}

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::engine::EngineHandle;
-use crate::feed::FeedStats;
+use crate::feed::{FeedStats, FeedStatus};
 use crate::metrics::Metrics;
 use crate::session::{self, SessionLimits};
 
@@ -114,7 +114,7 @@ async fn route(mut req: Request<Incoming>, state: &Arc<AppState>) -> Response<Bo
             .header(CACHE_CONTROL, "no-cache")
             .body(Full::new(Bytes::from_static(PAGE.as_bytes())))
             .expect("static response"),
-        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/healthz" => health(state),
         "/metrics" => Response::builder()
             .header(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
             .body(Full::new(Bytes::from(observe::prometheus(state))))
@@ -138,6 +138,25 @@ async fn route(mut req: Request<Incoming>, state: &Arc<AppState>) -> Response<Bo
                 "not found: try /, /ws, /channels, /channels/<name>, /stats, /metrics, /healthz\n",
             ),
         },
+    }
+}
+
+/// `ok`, or 503 naming every feed that failed (its reason is in the log).
+fn health(state: &AppState) -> Response<Body> {
+    let failed: Vec<&str> = state
+        .feeds
+        .iter()
+        .filter(|feed| feed.status() == FeedStatus::Failed)
+        .map(|feed| feed.name.as_str())
+        .collect();
+    if failed.is_empty() {
+        text(StatusCode::OK, "ok\n")
+    } else {
+        let names = failed.join(", ");
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("not ready: feed {names} failed (the log says why)\n"),
+        )
     }
 }
 
