@@ -171,33 +171,29 @@ async fn tcp_producers_bad_lines_are_rejected_and_the_rest_go_through() {
 
 #[tokio::test]
 async fn a_missing_replay_file_stops_start_up_with_a_clear_error() {
+    let err = start_up_error("replay:/no/such/file.ndjson").await;
+    assert!(err.contains("/no/such/file.ndjson"), "{err}");
+}
+
+/// Starts a server with one feed, expecting start-up to fail; its message.
+async fn start_up_error(feed: &str) -> String {
     let settings = tickcast::config::Settings {
-        feeds: vec!["replay:/no/such/file.ndjson".parse().unwrap()],
+        feeds: vec![feed.parse().unwrap()],
         ..Default::default()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let err = tickcast::start(listener, settings, Default::default())
+    tickcast::start(listener, settings, Default::default())
         .await
         .err()
         .expect("start-up fails")
-        .to_string();
-    assert!(err.contains("/no/such/file.ndjson"), "{err}");
+        .to_string()
 }
 
 #[tokio::test]
 async fn a_tcp_feed_on_a_busy_port_stops_start_up_naming_the_port() {
     let busy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = busy.local_addr().unwrap().port();
-    let settings = tickcast::config::Settings {
-        feeds: vec![format!("tcp:127.0.0.1:{port}").parse().unwrap()],
-        ..Default::default()
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let err = tickcast::start(listener, settings, Default::default())
-        .await
-        .err()
-        .expect("start-up fails")
-        .to_string();
+    let err = start_up_error(&format!("tcp:127.0.0.1:{port}")).await;
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
     assert!(err.contains("free port"), "says what to do: {err}");
 }
