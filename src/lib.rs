@@ -23,6 +23,7 @@ pub mod channel;
 pub mod clock;
 pub mod config;
 pub mod engine;
+pub mod fault;
 pub mod feed;
 pub mod http;
 pub mod metrics;
