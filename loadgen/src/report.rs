@@ -18,6 +18,9 @@ pub const EXIT_GAP: i32 = 2;
 /// Exit status when the run was incomplete: clients could not connect or subscribe, or the
 /// publisher stopped early.
 pub const EXIT_INCOMPLETE: i32 = 3;
+/// Exit status when clients subscribed but not one update reached them: a run that measured
+/// nothing must not pass.
+pub const EXIT_NOTHING_DELIVERED: i32 = 4;
 
 /// All figures of one run. Its `Debug` form is the table (the histograms would fill a screen).
 #[derive(Serialize)]
@@ -198,6 +201,10 @@ impl Report {
                 EXIT_INCOMPLETE,
                 format!("INCOMPLETE: publisher stopped early: {e}"),
             )
+        } else if self.deliveries_all == 0 {
+            let v = "FAIL: no update was delivered to any client: check that a feed publishes \
+                     to the subscribed channels (--subscribe), or use --publish";
+            (EXIT_NOTHING_DELIVERED, v.to_string())
         } else if self.interrupted {
             (
                 0,

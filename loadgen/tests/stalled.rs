@@ -4,43 +4,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::publisher_config;
-use tickcast::config::Settings;
-use tickcast::RunningServer;
+use common::{publisher_config, start_tickcast};
 use tickcast_loadgen::run;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-
-/// Starts tickcast with one `tcp:` feed on a free port; returns the server and the feed address
-/// once the feed is listening (bounded wait).
-async fn start_tickcast() -> (RunningServer, SocketAddr) {
-    let settings = Settings {
-        feeds: vec!["tcp:127.0.0.1:0".parse().unwrap()],
-        stats_interval: None,
-        ..Settings::default()
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let server = tickcast::start(listener, settings, CancellationToken::new())
-        .await
-        .expect("tickcast starts");
-    let feed = server.feeds[0].clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut every = tokio::time::interval(Duration::from_millis(5));
-    let addr = loop {
-        every.tick().await;
-        if let Some(addr) = feed.local_addr() {
-            break addr;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the tcp feed did not start listening within 10 s"
-        );
-    };
-    (server, addr)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_subscriber_costs_the_others_nothing_and_is_not_counted() {

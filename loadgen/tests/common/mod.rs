@@ -21,9 +21,12 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
+use tickcast::config::Settings;
+use tickcast::RunningServer;
 use tokio::io::{AsyncBufReadExt, BufReader, WriteHalf};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, Mutex};
+use tokio_util::sync::CancellationToken;
 
 type Io = TokioIo<hyper::upgrade::Upgraded>;
 type Writer = Arc<Mutex<WebSocketWrite<WriteHalf<Io>>>>;
@@ -296,4 +299,32 @@ pub fn publisher_config(
     cfg.duration = Duration::from_millis(500);
     cfg.warmup = Duration::from_millis(100);
     cfg
+}
+
+/// Starts tickcast with one `tcp:` feed on a free port; returns the server and the feed address
+/// once the feed is listening (bounded wait).
+pub async fn start_tickcast() -> (RunningServer, SocketAddr) {
+    let settings = Settings {
+        feeds: vec!["tcp:127.0.0.1:0".parse().unwrap()],
+        stats_interval: None,
+        ..Settings::default()
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = tickcast::start(listener, settings, CancellationToken::new())
+        .await
+        .expect("tickcast starts");
+    let feed = server.feeds[0].clone();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut every = tokio::time::interval(Duration::from_millis(5));
+    let addr = loop {
+        every.tick().await;
+        if let Some(addr) = feed.local_addr() {
+            break addr;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the tcp feed did not start listening within 10 s"
+        );
+    };
+    (server, addr)
 }
