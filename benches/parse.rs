@@ -1,6 +1,6 @@
 //! Parsing one feed record line: simd-json against serde_json, on real lines.
 //!
-//! Every record a feed reads goes through `record::parse_record` (UTF-8 check,
+//! Every record a feed reads goes through `record::parse_record` (UTF-8 and depth checks,
 //! `simd_json::serde::from_slice` into a `serde_json::Value`, then
 //! `record_from_value`), so this is the per-line cost of ingest. The
 //! alternative is plain `serde_json::from_slice` into the same `Value`, then
@@ -26,6 +26,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use serde_json::Value;
+use tickcast::json_depth::DEFAULT_LIMIT;
 use tickcast::record::{parse_record, record_from_value};
 
 #[global_allocator]
@@ -51,7 +52,8 @@ fn parse(c: &mut Criterion) {
     let mut group = c.benchmark_group("parse");
     for (name, line) in lines() {
         // Both parsers must agree before their speeds mean anything.
-        let simd = parse_record(&mut line.to_vec()).expect("simd-json parses the line");
+        let simd =
+            parse_record(&mut line.to_vec(), DEFAULT_LIMIT).expect("simd-json parses the line");
         let serde = record_from_value(serde_json::from_slice(line).unwrap()).unwrap();
         assert_eq!(simd, serde, "{name}: parsers disagree");
 
@@ -68,7 +70,7 @@ fn parse(c: &mut Criterion) {
             b.iter(|| {
                 buf.clear();
                 buf.extend_from_slice(line);
-                black_box(parse_record(&mut buf).unwrap())
+                black_box(parse_record(&mut buf, DEFAULT_LIMIT).unwrap())
             })
         });
         group.bench_with_input(BenchmarkId::new("serde_json", name), line, |b, line| {

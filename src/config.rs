@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use crate::engine::{EngineLimits, Mode, NamespacePolicy, Namespaces};
 use crate::feed::{FeedSpec, ReplayOptions, Speed};
+use crate::json_depth;
 use crate::session::SessionLimits;
 
 /// tickcast: market data and live scores pushed to WebSocket clients.
@@ -210,6 +211,10 @@ pub struct Limits {
     /// How long one socket write may take before the client is dropped (ms).
     #[serde(deserialize_with = "check::write_timeout_ms")]
     pub write_timeout_ms: u64,
+    /// How deep `[`/`{` may nest in a client message or feed line; deeper
+    /// input is refused before it is parsed (see `json_depth`).
+    #[serde(deserialize_with = "check::max_json_depth")]
+    pub max_json_depth: usize,
 }
 
 impl Default for Limits {
@@ -224,6 +229,7 @@ impl Default for Limits {
             ring_capacity: 1 << 16,
             engine_queue: 4096,
             write_timeout_ms: 10_000,
+            max_json_depth: json_depth::DEFAULT_LIMIT,
         }
     }
 }
@@ -243,6 +249,7 @@ impl Limits {
             outbox_bytes: self.outbox_bytes,
             write_timeout: Duration::from_millis(self.write_timeout_ms),
             direct_writes,
+            max_json_depth: self.max_json_depth,
         }
     }
 }
@@ -415,6 +422,17 @@ mod check {
         Ok(value)
     }
 
+    pub fn max_json_depth<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        let value = usize::deserialize(d)?;
+        let highest = crate::json_depth::HIGHEST_LIMIT;
+        if value == 0 || value > highest {
+            return Err(D::Error::custom(format!(
+                "limits.max_json_depth must be between 1 and {highest}, not {value}"
+            )));
+        }
+        Ok(value)
+    }
+
     pub fn power_of_two<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
         let value = usize::deserialize(d)?;
         if value < 2 || !value.is_power_of_two() {
@@ -499,6 +517,7 @@ mod tests {
             defaults.limits.max_connections
         );
         assert_eq!(parsed.limits.ring_capacity, defaults.limits.ring_capacity);
+        assert_eq!(parsed.limits.max_json_depth, defaults.limits.max_json_depth);
         assert_eq!(parsed.namespace_defaults, defaults.namespace_defaults);
         assert_eq!(parsed.namespaces, defaults.namespaces);
     }
@@ -628,6 +647,12 @@ mod tests {
             ),
             ("[namespaces.\"a.b\"]\nmode = \"stream\"\n", "a.b", 1),
             ("engine_shards = 65\n", "engine_shards", 1),
+            ("[limits]\nmax_json_depth = 0\n", "limits.max_json_depth", 2),
+            (
+                "[limits]\nmax_json_depth = 129\n",
+                "limits.max_json_depth",
+                2,
+            ),
         ];
         for (text, key, line) in cases {
             let err = toml::from_str::<Config>(text).unwrap_err().to_string();

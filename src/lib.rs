@@ -15,7 +15,8 @@
 //!    messages into engine commands.
 //! 5. [`http`] serves `/ws`, `/channels`, `/healthz` and the live page.
 //!
-//! [`config`] holds every flag and limit; [`server`] wires the parts together.
+//! [`json_depth`] bounds how deep client messages and feed lines may nest
+//! before anything parses them. [`config`] holds every flag and limit; [`server`] wires the parts together.
 
 #![deny(unsafe_code)]
 
@@ -26,6 +27,7 @@ pub mod engine;
 pub mod fault;
 pub mod feed;
 pub mod http;
+pub mod json_depth;
 pub mod metrics;
 pub mod record;
 pub mod ring;

@@ -11,6 +11,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 
 use crate::channel::ChannelName;
+use crate::json_depth;
 
 /// A JSON object: channel states and merge patches.
 pub type JsonMap = serde_json::Map<String, Value>;
@@ -196,8 +197,9 @@ fn memchr_lf(bytes: &[u8]) -> Option<usize> {
     bytes.iter().position(|&b| b == b'\n')
 }
 
-/// Turns one raw line into a record, a blank, or a rejection.
-pub fn parse_line(line_no: u64, raw: RawLine<'_>) -> LineOutcome {
+/// Turns one raw line into a record, a blank, or a rejection. `max_depth`
+/// is `limits.max_json_depth` (see [`parse_record`]).
+pub fn parse_line(line_no: u64, raw: RawLine<'_>, max_depth: usize) -> LineOutcome {
     let bytes = match raw {
         RawLine::TooLong => {
             return reject(
@@ -211,7 +213,7 @@ pub fn parse_line(line_no: u64, raw: RawLine<'_>) -> LineOutcome {
     if bytes.is_empty() {
         return LineOutcome::Blank;
     }
-    match parse_record(bytes) {
+    match parse_record(bytes, max_depth) {
         Ok(record) => LineOutcome::Record(record),
         Err((reason, detail)) => reject(line_no, reason, detail),
     }
@@ -229,9 +231,19 @@ fn reject(line: u64, reason: RejectReason, detail: String) -> LineOutcome {
 /// is its scratch space. simd-json is built with `big-int-as-float`, so an
 /// integer past u64 (a `ts` of 2^64, say) parses and is then refused as
 /// `bad_ts` rather than as `invalid_json`.
-pub fn parse_record(bytes: &mut [u8]) -> Result<FeedRecord, (RejectReason, String)> {
+///
+/// A line nested deeper than `max_depth` is refused as `invalid_json`
+/// before simd-json sees it (see `json_depth`): PROTOCOL.md's list of
+/// reasons has no depth reason, and the detail names the limit.
+pub fn parse_record(
+    bytes: &mut [u8],
+    max_depth: usize,
+) -> Result<FeedRecord, (RejectReason, String)> {
     if let Err(e) = std::str::from_utf8(bytes) {
         return Err((RejectReason::InvalidUtf8, e.to_string()));
+    }
+    if let Err(too_deep) = json_depth::check(bytes, max_depth) {
+        return Err((RejectReason::InvalidJson, too_deep.to_string()));
     }
     let value: Value = simd_json::serde::from_slice(bytes)
         .map_err(|e| (RejectReason::InvalidJson, e.to_string()))?;
@@ -310,7 +322,7 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<FeedRecord, RejectReason> {
-        parse_record(&mut text.as_bytes().to_vec()).map_err(|(r, _)| r)
+        parse_record(&mut text.as_bytes().to_vec(), json_depth::DEFAULT_LIMIT).map_err(|(r, _)| r)
     }
 
     #[test]
@@ -356,8 +368,48 @@ mod tests {
             assert_eq!(parse(&line), Err(RejectReason::BadTs), "ts {ts}");
         }
         assert_eq!(
-            parse_record(&mut b"{\"channel\":\"a\xff\",\"data\":{}}".to_vec()).map_err(|e| e.0),
+            parse_record(
+                &mut b"{\"channel\":\"a\xff\",\"data\":{}}".to_vec(),
+                json_depth::DEFAULT_LIMIT
+            )
+            .map_err(|e| e.0),
             Err(RejectReason::InvalidUtf8)
+        );
+    }
+
+    fn record_nested(depth: usize) -> Vec<u8> {
+        // The record object and `data` are two levels; "x" holds the rest.
+        let inner = depth - 2;
+        format!(
+            r#"{{"channel":"a","data":{{"x":{}{}}}}}"#,
+            "[".repeat(inner),
+            "]".repeat(inner)
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn too_deep_lines_are_invalid_json_naming_the_limit() {
+        let rec = parse_record(&mut record_nested(10), 10).expect("at the limit");
+        assert_eq!(rec.channel.as_str(), "a");
+        let (reason, detail) = parse_record(&mut record_nested(11), 10).unwrap_err();
+        assert_eq!(reason, RejectReason::InvalidJson);
+        assert!(
+            detail.contains("nested deeper than limits.max_json_depth (10)"),
+            "{detail}"
+        );
+        // A million levels: refused by the scan, never handed to simd-json.
+        let outcome = parse_line(
+            7,
+            RawLine::Bytes(&mut record_nested(1_000_000)),
+            json_depth::DEFAULT_LIMIT,
+        );
+        let LineOutcome::Rejected(rejection) = outcome else {
+            panic!("rejected expected, got {outcome:?}")
+        };
+        assert_eq!(
+            (rejection.line, rejection.reason),
+            (7, RejectReason::InvalidJson)
         );
     }
 

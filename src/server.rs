@@ -139,7 +139,9 @@ pub async fn start(
     let mut feed_tasks = Vec::new();
     for spec in &settings.feeds {
         let stats = Arc::new(FeedStats::new(spec.to_string()));
-        let output = FeedOutput::new(ring.producer(), stats.clone()).with_metrics(metrics.clone());
+        let output = FeedOutput::new(ring.producer(), stats.clone())
+            .with_metrics(metrics.clone())
+            .with_max_json_depth(settings.limits.max_json_depth);
         feed_tasks.push(feed::spawn(
             spec.clone(),
             settings.replay,

@@ -90,7 +90,7 @@ async fn the_line_parser_matches_the_expectation() {
     let mut channels: HashMap<String, (u64, JsonMap)> = HashMap::new();
     while let Some((line_no, raw)) = reader.next_line().await.expect("reading a slice") {
         lines = line_no;
-        match parse_line(line_no, raw) {
+        match parse_line(line_no, raw, tickcast::json_depth::DEFAULT_LIMIT) {
             LineOutcome::Record(record) => {
                 accepted += 1;
                 let (updates, state) = channels.entry(record.channel.to_string()).or_default();

@@ -103,6 +103,12 @@ impl Channel {
 ///
 /// Written here rather than taken from a crate because the state is a map,
 /// not a `Value`, and the function is ten lines.
+///
+/// Recurses once per level of `patch`, so callers must bound its depth:
+/// every patch from input has passed `json_depth::check` (limit at most
+/// `json_depth::HIGHEST_LIMIT`). The result is never deeper than the deeper
+/// of `target` and `patch`, so a state built from such patches stays within
+/// the limit too, and so do the walks that encode or drop it.
 pub fn merge_patch(target: &mut JsonMap, patch: &JsonMap) {
     for (key, value) in patch {
         match value {
@@ -141,6 +147,9 @@ pub struct NeedsSnapshot;
 /// gives what applying `pending` and then `next` gives.
 ///
 /// On `Err`, `pending` is left partly merged and must be discarded.
+///
+/// Like [`merge_patch`], recurses once per level and needs depth-bounded
+/// patches; the result is no deeper than the deeper of its two inputs.
 pub fn compose(pending: &mut JsonMap, next: &JsonMap) -> Result<(), NeedsSnapshot> {
     for (key, value) in next {
         match value {
@@ -242,6 +251,56 @@ mod tests {
                 assert_eq!(once, sequential, "{target} + {first} + {second}");
             }
         }
+    }
+
+    /// Data as deep as the highest depth limit admits is merged, composed,
+    /// encoded, re-read for resume and dropped on a stack no bigger than a
+    /// tokio worker's (2 MiB), and comes out no deeper than it went in.
+    #[test]
+    fn the_deepest_admitted_data_is_handled_on_a_worker_sized_stack() {
+        use crate::json_depth::{self, HIGHEST_LIMIT};
+        let run = || {
+            let inner = HIGHEST_LIMIT - 3;
+            let line = |leaf: &str| {
+                format!(
+                    r#"{{"channel":"a","data":{{"x":{{"y":{}{leaf}{}}}}}}}"#,
+                    "[".repeat(inner - 1),
+                    "]".repeat(inner - 1)
+                )
+            };
+            let parse = |text: String| {
+                crate::record::parse_record(&mut text.into_bytes(), HIGHEST_LIMIT)
+                    .expect("at the highest limit")
+                    .data
+            };
+            let (first, second) = (parse(line("[1]")), parse(line("[2]")));
+            let mut state = JsonMap::new();
+            merge_patch(&mut state, &first);
+            merge_patch(&mut state, &second);
+            let mut pending = first.clone();
+            compose(&mut pending, &second).expect("objects compose");
+            assert_eq!(pending, state);
+            let encoded = serde_json::to_vec(&state).unwrap();
+            assert_eq!(
+                encoded.len(),
+                super::super::delivery::serialized_len(&state)
+            );
+            assert_eq!(
+                json_depth::check(&encoded, usize::MAX),
+                Ok(HIGHEST_LIMIT - 1),
+                "a patch is one level shallower than its line"
+            );
+            let frame = wire::snapshot("a", 2, "e", &state, false);
+            assert!(json_depth::check(&frame[4..], usize::MAX).is_ok());
+            let reread: JsonMap = serde_json::from_slice(&encoded).expect("resume re-reads it");
+            assert_eq!(reread, state);
+        };
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(run)
+            .unwrap()
+            .join()
+            .expect("no stack overflow");
     }
 
     /// The trap: a scalar (or a delete) followed by an object replaces the

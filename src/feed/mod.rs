@@ -25,6 +25,7 @@ use tokio::io::AsyncBufRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock;
+use crate::json_depth;
 use crate::metrics::{Metrics, Stage};
 use crate::record::{parse_line, FeedRecord, LineOutcome, LineReader, RejectReason, Rejection};
 use crate::ring::Producer;
@@ -221,6 +222,8 @@ pub struct FeedOutput {
     producer: Producer<RingItem>,
     stats: Arc<FeedStats>,
     metrics: Option<Arc<Metrics>>,
+    /// `limits.max_json_depth` for the lines [`FeedOutput::ingest_lines`] parses.
+    max_json_depth: usize,
 }
 
 impl FeedOutput {
@@ -229,7 +232,14 @@ impl FeedOutput {
             producer,
             stats,
             metrics: None,
+            max_json_depth: json_depth::DEFAULT_LIMIT,
         }
+    }
+
+    /// Refuses lines nested deeper than `depth` (`limits.max_json_depth`).
+    pub fn with_max_json_depth(mut self, depth: usize) -> Self {
+        self.max_json_depth = depth;
+        self
     }
 
     /// Times each publish into the ring ([`Stage::FeedToRing`]).
@@ -296,7 +306,7 @@ impl FeedOutput {
                 return Ok(counts);
             };
             counts.lines = line_no;
-            match parse_line(line_no, raw) {
+            match parse_line(line_no, raw, self.max_json_depth) {
                 LineOutcome::Record(record) => {
                     pace(&record).await;
                     counts.accepted += 1;

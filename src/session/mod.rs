@@ -41,6 +41,8 @@ pub struct SessionLimits {
     pub write_timeout: Duration,
     /// Let the fanout write to idle sockets itself (see `Outbox`).
     pub direct_writes: bool,
+    /// Deepest nesting a client message may have (`limits.max_json_depth`).
+    pub max_json_depth: usize,
 }
 
 /// How long a closing session waits for the peer's close frame.

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use serde_json::Value;
 
 use crate::channel::{ChannelName, Pattern};
+use crate::json_depth;
 use crate::wire::ErrorCode;
 
 /// Most entries in a subscribe's `fields`.
@@ -60,9 +61,25 @@ impl ProtocolError {
     }
 }
 
-/// Parses one text message. `max_channels` bounds the `channels` array.
-/// The buffer is scratch space for simd-json.
-pub fn parse(text: &mut [u8], max_channels: usize) -> Result<ClientOp, ProtocolError> {
+/// Parses one text message. `max_channels` bounds the `channels` array;
+/// `max_depth` bounds nesting and is checked before simd-json sees the text
+/// (see `json_depth`). The buffer is scratch space for simd-json.
+pub fn parse(
+    text: &mut [u8],
+    max_channels: usize,
+    max_depth: usize,
+) -> Result<ClientOp, ProtocolError> {
+    if let Err(too_deep) = json_depth::check(text, max_depth) {
+        return Err(ProtocolError::new(
+            None,
+            ErrorCode::BadRequest,
+            format!(
+                "message nests arrays/objects deeper than {} levels \
+                 (limits.max_json_depth); send flatter JSON",
+                too_deep.limit
+            ),
+        ));
+    }
     let value: Value = simd_json::serde::from_slice(text).map_err(|e| {
         ProtocolError::new(
             None,
@@ -215,7 +232,7 @@ mod tests {
     use super::*;
 
     fn parse_str(s: &str) -> Result<ClientOp, ProtocolError> {
-        parse(&mut s.as_bytes().to_vec(), 4)
+        parse(&mut s.as_bytes().to_vec(), 4, json_depth::DEFAULT_LIMIT)
     }
 
     fn code(s: &str) -> (Option<i64>, ErrorCode) {
@@ -325,6 +342,35 @@ mod tests {
         assert_eq!(
             code(r#"{"op":"subscribe","id":2,"channels":["a","b","c","d","e"]}"#),
             (Some(2), Limit)
+        );
+    }
+
+    fn ping_nested(depth: usize) -> String {
+        format!(
+            r#"{{"op":"ping","id":5,"x":{}{}}}"#,
+            "[".repeat(depth - 1),
+            "]".repeat(depth - 1)
+        )
+    }
+
+    /// Nesting is refused before simd-json builds a (recursive) value: a
+    /// million levels would overflow the stack if it got that far.
+    #[test]
+    fn too_deep_messages_are_refused_before_parsing() {
+        let limit = json_depth::DEFAULT_LIMIT;
+        assert_eq!(
+            parse_str(&ping_nested(limit)),
+            Ok(ClientOp::Ping { id: Some(5) })
+        );
+        let err = parse_str(&ping_nested(limit + 1)).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        assert!(err.message.contains("limits.max_json_depth"), "{err:?}");
+        assert!(err.message.contains(&limit.to_string()), "{err:?}");
+        let mut huge = ping_nested(1_000_000).into_bytes();
+        let err = parse(&mut huge, 4, 8).unwrap_err();
+        assert_eq!(
+            (err.code, err.message.contains("8 levels")),
+            (ErrorCode::BadRequest, true)
         );
     }
 }

@@ -64,8 +64,11 @@ fn every_record_round_trips_through_the_parser() {
     assert!(records.len() > 5_000);
     for record in records {
         let line = to_line(&record);
-        let parsed = parse_record(&mut line.clone().into_bytes())
-            .unwrap_or_else(|(reason, detail)| panic!("{line}: {reason} ({detail})"));
+        let parsed = parse_record(
+            &mut line.clone().into_bytes(),
+            crate::json_depth::DEFAULT_LIMIT,
+        )
+        .unwrap_or_else(|(reason, detail)| panic!("{line}: {reason} ({detail})"));
         assert_eq!(parsed.channel, record.channel);
         assert_eq!(parsed.data, record.data, "{line}");
         assert!(!record.data.is_empty(), "empty patch on {}", record.channel);
