@@ -10,13 +10,16 @@
 //! - failed accepts back off ([`BACKOFF_FIRST`] doubling to [`BACKOFF_MAX`],
 //!   back to the start after a success) and are logged at most once per
 //!   [`LOG_EVERY`], with the count since the last line;
-//! - one descriptor (an open `/dev/null`) is held in reserve. When an accept
-//!   fails for want of descriptors, the reserve is closed, its number is used
-//!   to accept one connection, that connection gets a short answer
-//!   ([`answer_at_limit`]: `/healthz` and `/metrics` still work, anything
-//!   else is told to retry) and is closed, and the reserve is taken again.
-//!   This drains the backlog one connection at a time, so clients get an
-//!   answer instead of hanging.
+//! - [`SPARE_DESCRIPTORS`] descriptors (open `/dev/null` files) are held
+//!   in reserve. When an accept fails for want of descriptors, the spares
+//!   are closed, their numbers used to accept as many waiting connections,
+//!   and those get a short answer, side by side ([`answer_at_limit`]:
+//!   `/healthz` and `/metrics` still work, anything else is told to retry)
+//!   and are closed; then the spares are taken again, before anything else
+//!   is accepted (so a freed number is not taken by an ordinary connection).
+//!   This drains the backlog a few connections at a time, so clients get an
+//!   answer instead of hanging, and a few clients that connect and send
+//!   nothing cannot hold it up for long.
 //!
 //! [`raise_fd_limit`] lifts the soft RLIMIT_NOFILE to the hard one at start.
 
@@ -30,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
 
 use super::{observe, AppState};
 
@@ -39,11 +43,14 @@ pub const BACKOFF_FIRST: Duration = Duration::from_millis(5);
 pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// At most one log line about failed accepts per this interval.
 pub const LOG_EVERY: Duration = Duration::from_secs(5);
-/// How long a connection taken with the reserve may take to send its
+/// How long a connection taken with a spare may take to send its
 /// request head. Each one holds up the backlog behind it, so this is short.
 pub const AT_LIMIT_READ_TIMEOUT: Duration = Duration::from_millis(200);
 /// How long writing the answer to such a connection may take.
 pub const AT_LIMIT_WRITE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Spare descriptors held for answering at the limit: this many such
+/// connections are answered at once.
+pub const SPARE_DESCRIPTORS: usize = 4;
 /// Most bytes of a request head read from such a connection.
 const AT_LIMIT_HEAD_BYTES: usize = 4096;
 
@@ -68,8 +75,8 @@ pub fn fd_limit() -> Option<u64> {
 pub struct Acceptor {
     listener: TcpListener,
     state: Arc<AppState>,
-    /// The descriptor given up to answer one client at the limit.
-    reserve: Option<File>,
+    /// Descriptors given up to answer clients at the limit.
+    spares: Vec<File>,
     backoff: Backoff,
     failures: FailureLog,
 }
@@ -79,25 +86,25 @@ impl Acceptor {
         let mut acceptor = Self {
             listener,
             state,
-            reserve: None,
+            spares: Vec::with_capacity(SPARE_DESCRIPTORS),
             backoff: Backoff::default(),
             failures: FailureLog::default(),
         };
-        acceptor.take_reserve();
-        if acceptor.reserve.is_none() {
+        acceptor.take_spares();
+        if acceptor.spares.is_empty() {
             tracing::warn!("cannot hold a spare descriptor: at the descriptor limit, new clients will wait instead of being answered");
         }
         acceptor
     }
 
-    /// The next connection. Cancel-safe between connections: dropping the
-    /// future loses at most a connection being answered at the limit.
+    /// The next connection. Cancel-safe: dropping the future loses at most
+    /// the connections being answered at the limit.
     pub async fn next(&mut self) -> (TcpStream, SocketAddr) {
         loop {
             match self.listener.accept().await {
                 Ok((stream, peer)) => {
                     self.backoff.reset();
-                    self.take_reserve();
+                    self.take_spares();
                     let _ = stream.set_nodelay(true);
                     return (stream, peer);
                 }
@@ -114,12 +121,12 @@ impl Acceptor {
                             "accept failed: {e} ({count} failed since the last line like this one; backing off, logged at most once per {LOG_EVERY:?})"
                         );
                     }
-                    if out_of_fds && self.answer_one_with_reserve().await {
-                        // Useful work was done: go on draining the backlog.
-                        continue;
-                    }
                     if is_per_connection(&e) {
                         // The peer gave up before we took it; nothing to wait for.
+                        continue;
+                    }
+                    if out_of_fds && self.answer_with_the_spares().await {
+                        // Useful work was done: go on draining the backlog.
                         continue;
                     }
                     tokio::time::sleep(self.backoff.next_pause()).await;
@@ -128,39 +135,46 @@ impl Acceptor {
         }
     }
 
-    fn take_reserve(&mut self) {
-        if self.reserve.is_none() {
-            self.reserve = File::open("/dev/null").ok();
+    /// Opens spares up to [`SPARE_DESCRIPTORS`], as far as the limit allows.
+    fn take_spares(&mut self) {
+        while self.spares.len() < SPARE_DESCRIPTORS {
+            match File::open("/dev/null") {
+                Ok(file) => self.spares.push(file),
+                Err(_) => return,
+            }
         }
     }
 
-    /// Frees the reserve, accepts one waiting connection with it, answers and
-    /// closes it, and takes the reserve again. False if nobody was answered.
-    async fn answer_one_with_reserve(&mut self) -> bool {
-        let Some(reserve) = self.reserve.take() else {
-            self.take_reserve();
-            return false;
-        };
-        drop(reserve);
-        // Only a connection already waiting: never wait here.
-        let waiting = std::future::poll_fn(|cx| match self.listener.poll_accept(cx) {
-            Poll::Ready(result) => Poll::Ready(result.ok()),
-            Poll::Pending => Poll::Ready(None),
-        })
-        .await;
-        let answered = match waiting {
-            Some((stream, _peer)) => {
-                answer_at_limit(stream, &self.state).await;
-                self.state
-                    .metrics
-                    .answered_at_fd_limit
-                    .fetch_add(1, Ordering::Relaxed);
-                true
-            }
-            None => false,
-        };
-        self.take_reserve();
-        answered
+    /// Closes the spares one by one, accepting a waiting connection with
+    /// each number; answers those side by side, then takes the spares
+    /// again. False if no connection was waiting (or no spare in hand).
+    async fn answer_with_the_spares(&mut self) -> bool {
+        self.take_spares();
+        let mut answering = JoinSet::new();
+        while let Some(spare) = self.spares.pop() {
+            drop(spare);
+            // Only a connection already waiting: never wait here.
+            let waiting = std::future::poll_fn(|cx| match self.listener.poll_accept(cx) {
+                Poll::Ready(result) => Poll::Ready(result.ok()),
+                Poll::Pending => Poll::Ready(None),
+            })
+            .await;
+            let Some((stream, _peer)) = waiting else {
+                break;
+            };
+            let state = self.state.clone();
+            answering.spawn(async move { answer_at_limit(stream, &state).await });
+        }
+        let answered = answering.len();
+        // Each task closes its connection when done; wait for all, so that
+        // no freed number is taken by `accept` before the spares are back.
+        while answering.join_next().await.is_some() {}
+        self.take_spares();
+        self.state
+            .metrics
+            .answered_at_fd_limit
+            .fetch_add(answered as u64, Ordering::Relaxed);
+        answered > 0
     }
 }
 
@@ -216,7 +230,7 @@ async fn answer_at_limit(mut stream: TcpStream, state: &AppState) {
 fn at_limit_health(state: &AppState) -> String {
     let limit = fd_limit().map_or_else(|| "unknown".to_owned(), |n| n.to_string());
     format!(
-        "at the descriptor limit ({limit} open files): {} WebSocket sessions open; new connections are answered one at a time and closed, retry later\n",
+        "at the descriptor limit ({limit} open files): {} WebSocket sessions open; new connections get this short answer and are closed, retry later\n",
         state.live_sessions()
     )
 }
