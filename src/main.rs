@@ -30,6 +30,11 @@ fn main() -> ExitCode {
     let filter =
         EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(&settings.log));
     tracing_subscriber::fmt().with_env_filter(filter).init();
+    // Every connection holds a descriptor: use all the hard limit allows.
+    match tickcast::http::accept::raise_fd_limit() {
+        Ok(limit) => tracing::info!("file descriptor limit: {limit}"),
+        Err(e) => tracing::warn!("cannot raise the file descriptor limit: {e}"),
+    }
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

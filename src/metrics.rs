@@ -107,6 +107,12 @@ pub struct Metrics {
     origin: Instant,
     pub frames_written: AtomicU64,
     pub bytes_written: AtomicU64,
+    /// Failed accepts on the HTTP listener, every kind.
+    pub accept_errors: AtomicU64,
+    /// Of those, failed for want of a file descriptor (EMFILE/ENFILE).
+    pub accept_fd_exhausted: AtomicU64,
+    /// Connections answered from the reserved descriptor at the limit.
+    pub answered_at_fd_limit: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -122,6 +128,9 @@ impl Metrics {
             origin: Instant::now(),
             frames_written: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
+            accept_fd_exhausted: AtomicU64::new(0),
+            answered_at_fd_limit: AtomicU64::new(0),
         }
     }
 

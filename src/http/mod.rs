@@ -20,6 +20,7 @@ use crate::feed::{FeedStats, FeedStatus};
 use crate::metrics::Metrics;
 use crate::session::{self, SessionLimits};
 
+pub mod accept;
 pub mod observe;
 
 /// The live page served at `/`.
@@ -65,20 +66,13 @@ type Body = Full<Bytes>;
 
 /// Accepts connections until `shutdown`; each is served on its own task.
 pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: CancellationToken) {
+    // Failed accepts (out of descriptors and the like) are handled in there.
+    let mut acceptor = accept::Acceptor::new(listener, state.clone());
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: log, back off a little, go on.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
+            accepted = acceptor.next() => accepted,
         };
-        let _ = stream.set_nodelay(true);
         let state = state.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {

@@ -102,6 +102,34 @@ pub fn prometheus(state: &AppState) -> String {
     );
     gauge(
         &mut out,
+        "tickcast_fd_limit",
+        "The process's soft limit on open file descriptors.",
+        "gauge",
+        super::accept::fd_limit().unwrap_or(0),
+    );
+    gauge(
+        &mut out,
+        "tickcast_accept_errors_total",
+        "Failed accepts on the HTTP listener, every kind.",
+        "counter",
+        load(&state.metrics.accept_errors),
+    );
+    gauge(
+        &mut out,
+        "tickcast_accept_fd_exhausted_total",
+        "Failed accepts for want of a file descriptor (EMFILE/ENFILE).",
+        "counter",
+        load(&state.metrics.accept_fd_exhausted),
+    );
+    gauge(
+        &mut out,
+        "tickcast_answered_at_fd_limit_total",
+        "Connections answered from the reserved descriptor at the limit, then closed.",
+        "counter",
+        load(&state.metrics.answered_at_fd_limit),
+    );
+    gauge(
+        &mut out,
         "tickcast_records_dropped_total",
         "Records dropped because limits.max_channels was reached.",
         "counter",
@@ -227,6 +255,12 @@ pub async fn stats_json(state: &AppState) -> Value {
         "slow_consumer_events": stats.slow_consumer_closes,
         "slow_consumer_holds": stats.slow_consumer_holds,
         "backlog": backlog,
+        "fd_limit": super::accept::fd_limit(),
+        "accept": {
+            "errors": load(&state.metrics.accept_errors),
+            "fd_exhausted": load(&state.metrics.accept_fd_exhausted),
+            "answered_at_fd_limit": load(&state.metrics.answered_at_fd_limit),
+        },
         "latency": stages,
         "feeds": feeds,
     })
