@@ -95,9 +95,13 @@ pub async fn start(
     // publishes, so each one sees every record from the first.
     let shards: Vec<_> = shard_inputs
         .into_iter()
-        .map(|inputs| {
+        .enumerate()
+        .map(|(shard, inputs)| {
+            // Every shard drops the same records; one of them logs it.
             let engine = Engine::new(epoch.clone(), settings.limits.engine(), inputs.stats)
-                .with_namespaces(settings.namespaces.clone());
+                .with_namespaces(settings.namespaces.clone())
+                .with_ingest_limits(settings.limits.ingest())
+                .logging_drops(shard == 0);
             (engine, ring.consumer(), inputs.commands)
         })
         .collect();
@@ -108,7 +112,9 @@ pub async fn start(
     let mut feed_tasks = Vec::new();
     for spec in &settings.feeds {
         let stats = Arc::new(FeedStats::new(spec.to_string()));
-        let output = FeedOutput::new(ring.producer(), stats.clone()).with_metrics(metrics.clone());
+        let output = FeedOutput::new(ring.producer(), stats.clone())
+            .with_metrics(metrics.clone())
+            .with_limits(settings.limits.feed());
         feed_tasks.push(feed::spawn(
             spec.clone(),
             settings.replay,
