@@ -47,25 +47,27 @@ async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     wait_for(|| std::future::ready(condition().then_some(())), what).await;
 }
 
-/// Two silent producers fill `max_producers_per_feed = 2`: a third is told
-/// why in one JSON line and closed at once, where it used to hang in the
-/// listen backlog for as long as the silent ones stayed; the served ones
-/// still publish.
+/// The case, with the default `max_producers_per_feed` (64): 64
+/// silent producers used to hold every later one in the listen backlog for
+/// as long as they stayed. Now the 65th is told why in one JSON line and
+/// closed at once, and the served ones still publish.
 #[tokio::test]
 async fn a_producer_past_the_limit_gets_an_error_line_and_is_closed() {
-    let (server, feed) = start_with_tcp_feed(|s| s.limits.max_producers_per_feed = 2).await;
+    let (server, feed) = start_with_tcp_feed(|_| {}).await;
     let stats = server.feeds[0].clone();
-    let mut first = Producer::connect(feed).await;
-    let _second = Producer::connect(feed).await;
-    wait_until("two producers served", || stats.producers() == 2).await;
+    let mut served = Vec::new();
+    for _ in 0..64 {
+        served.push(Producer::connect(feed).await);
+    }
+    wait_until("64 producers served", || stats.producers() == 64).await;
 
-    let mut third = TcpStream::connect(feed).await.expect("connect");
-    let said = read_until_closed(&mut third).await;
+    let mut extra = TcpStream::connect(feed).await.expect("connect");
+    let said = read_until_closed(&mut extra).await;
     assert_eq!(said.lines().count(), 1, "{said:?}");
     let error: Value = serde_json::from_str(said.trim_end()).expect("one JSON line");
     assert_eq!(
         error["error"],
-        "too many producers on this feed (limits.max_producers_per_feed = 2)"
+        "too many producers on this feed (limits.max_producers_per_feed = 64)"
     );
     assert_eq!(stats.producers_refused(), 1);
     let series = format!(
@@ -78,8 +80,10 @@ async fn a_producer_past_the_limit_gets_an_error_line_and_is_closed() {
         1
     );
 
-    first.publish("p.a", json!({"n": 1})).await;
+    served[0].publish("p.a", json!({"n": 1})).await;
+    served[63].publish("p.b", json!({"n": 1})).await;
     assert_eq!(wait_for_channel(&server, "p.a").await.seq, 1);
+    assert_eq!(wait_for_channel(&server, "p.b").await.seq, 1);
     server.shutdown().await;
 }
 

@@ -165,4 +165,31 @@ mod tests {
             );
         }
     }
+
+    /// The recordings in feeds/ (order books, match events), record by
+    /// record: the tracked size of every channel equals its JSON at the end.
+    #[test]
+    fn tracked_sizes_match_the_recorded_feeds() {
+        for file in [
+            "coinbase-advanced-trade_2026-08-09_BTC-USD-ETH-USD.ndjson",
+            "statsbomb_euro2020_TUR-ITA_2021-06-11.ndjson",
+        ] {
+            let path = format!("{}/feeds/{file}", env!("CARGO_MANIFEST_DIR"));
+            let text = std::fs::read_to_string(&path).expect("recording");
+            let mut channels: std::collections::HashMap<String, (JsonMap, usize)> =
+                Default::default();
+            for line in text.lines() {
+                let mut bytes = line.as_bytes().to_vec();
+                let record = crate::record::parse_record(&mut bytes).expect("a clean recording");
+                let (state, state_len) = channels
+                    .entry(record.channel.to_string())
+                    .or_insert_with(|| (JsonMap::new(), EMPTY_OBJECT));
+                *state_len = merged_len(state, *state_len, &record.data);
+                merge_patch(state, &record.data);
+            }
+            for (name, (state, state_len)) in &channels {
+                assert_eq!(*state_len, len(state), "{file}: {name}");
+            }
+        }
+    }
 }
