@@ -16,8 +16,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
-use crate::engine::{EngineLimits, Mode, NamespacePolicy, Namespaces};
-use crate::feed::{FeedSpec, ReplayOptions, Speed};
+use crate::engine::{EngineLimits, IngestLimits, Mode, NamespacePolicy, Namespaces};
+use crate::feed::{FeedLimits, FeedSpec, ReplayOptions, Speed};
 use crate::json_depth;
 use crate::session::SessionLimits;
 
@@ -215,6 +215,26 @@ pub struct Limits {
     /// input is refused before it is parsed (see `json_depth`).
     #[serde(deserialize_with = "check::max_json_depth")]
     pub max_json_depth: usize,
+    /// Producer connections one tcp feed serves at once; more are refused
+    /// with an error line.
+    #[serde(deserialize_with = "check::max_producers_per_feed")]
+    pub max_producers_per_feed: usize,
+    /// A producer that completes no line for this long is closed (ms).
+    #[serde(deserialize_with = "check::producer_idle_timeout_ms")]
+    pub producer_idle_timeout_ms: u64,
+    /// Rejected lines logged per feed per `reject_log_interval_ms`; the
+    /// rest are counted only.
+    #[serde(deserialize_with = "check::reject_log_per_interval")]
+    pub reject_log_per_interval: u32,
+    #[serde(deserialize_with = "check::reject_log_interval_ms")]
+    pub reject_log_interval_ms: u64,
+    /// Largest channel state (bytes of its JSON); a record that would make
+    /// it larger is rejected and the channel keeps its state and seq.
+    #[serde(deserialize_with = "check::max_state_bytes")]
+    pub max_state_bytes: usize,
+    /// Bytes of resume history kept over all channels (per engine shard).
+    #[serde(deserialize_with = "check::max_history_bytes")]
+    pub max_history_bytes: usize,
 }
 
 impl Default for Limits {
@@ -224,12 +244,18 @@ impl Default for Limits {
             outbox_bytes: 4 * 1024 * 1024,
             max_subscriptions_per_connection: 1024,
             max_channels_per_request: 1024,
-            max_channels: 1_000_000,
+            max_channels: 100_000,
             max_connections: 50_000,
             ring_capacity: 1 << 16,
             engine_queue: 4096,
             write_timeout_ms: 10_000,
             max_json_depth: json_depth::DEFAULT_LIMIT,
+            max_producers_per_feed: 64,
+            producer_idle_timeout_ms: 300_000,
+            reject_log_per_interval: 10,
+            reject_log_interval_ms: 10_000,
+            max_state_bytes: 2 * 1024 * 1024,
+            max_history_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -239,6 +265,24 @@ impl Limits {
         EngineLimits {
             max_targets_per_session: self.max_subscriptions_per_connection,
             max_channels: self.max_channels,
+        }
+    }
+
+    pub fn ingest(&self) -> IngestLimits {
+        IngestLimits {
+            max_state_bytes: self.max_state_bytes,
+            max_history_bytes: self.max_history_bytes,
+            log_per_interval: self.reject_log_per_interval,
+            log_interval_ns: self.reject_log_interval_ms.saturating_mul(1_000_000),
+        }
+    }
+
+    pub fn feed(&self) -> FeedLimits {
+        FeedLimits {
+            max_producers: self.max_producers_per_feed,
+            producer_idle_timeout: Duration::from_millis(self.producer_idle_timeout_ms),
+            reject_log_per_interval: self.reject_log_per_interval,
+            reject_log_interval: Duration::from_millis(self.reject_log_interval_ms),
         }
     }
 
@@ -413,6 +457,12 @@ mod check {
         max_connections: usize = "limits.max_connections";
         engine_queue: usize = "limits.engine_queue";
         write_timeout_ms: u64 = "limits.write_timeout_ms";
+        max_producers_per_feed: usize = "limits.max_producers_per_feed";
+        producer_idle_timeout_ms: u64 = "limits.producer_idle_timeout_ms";
+        reject_log_per_interval: u32 = "limits.reject_log_per_interval";
+        reject_log_interval_ms: u64 = "limits.reject_log_interval_ms";
+        max_state_bytes: usize = "limits.max_state_bytes";
+        max_history_bytes: usize = "limits.max_history_bytes";
     }
 
     pub fn engine_shards<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
@@ -518,6 +568,19 @@ mod tests {
         );
         assert_eq!(parsed.limits.ring_capacity, defaults.limits.ring_capacity);
         assert_eq!(parsed.limits.max_json_depth, defaults.limits.max_json_depth);
+        assert_eq!(parsed.limits.max_channels, defaults.limits.max_channels);
+        assert_eq!(parsed.limits.feed(), defaults.limits.feed());
+        assert_eq!(parsed.limits.ingest(), defaults.limits.ingest());
+        assert_eq!(defaults.limits.feed(), FeedLimits::default());
+        assert_eq!(defaults.limits.ingest(), IngestLimits::default());
+        assert_eq!(
+            parsed.limits.max_state_bytes,
+            defaults.limits.max_state_bytes
+        );
+        assert_eq!(
+            parsed.limits.max_history_bytes,
+            defaults.limits.max_history_bytes
+        );
         assert_eq!(parsed.namespace_defaults, defaults.namespace_defaults);
         assert_eq!(parsed.namespaces, defaults.namespaces);
     }

@@ -126,9 +126,13 @@ pub async fn start(
     // publishes, so each one sees every record from the first.
     let shards: Vec<_> = shard_inputs
         .into_iter()
-        .map(|inputs| {
+        .enumerate()
+        .map(|(shard, inputs)| {
+            // Every shard drops the same records; one of them logs it.
             let engine = Engine::new(epoch.clone(), settings.limits.engine(), inputs.stats)
-                .with_namespaces(settings.namespaces.clone());
+                .with_namespaces(settings.namespaces.clone())
+                .with_ingest_limits(settings.limits.ingest())
+                .logging_drops(shard == 0);
             (engine, ring.consumer(), inputs.commands)
         })
         .collect();
@@ -141,7 +145,8 @@ pub async fn start(
         let stats = Arc::new(FeedStats::new(spec.to_string()));
         let output = FeedOutput::new(ring.producer(), stats.clone())
             .with_metrics(metrics.clone())
-            .with_max_json_depth(settings.limits.max_json_depth);
+            .with_max_json_depth(settings.limits.max_json_depth)
+            .with_limits(settings.limits.feed());
         feed_tasks.push(feed::spawn(
             spec.clone(),
             settings.replay,

@@ -11,7 +11,8 @@
 //! into shared frames), [`delivery`] (one channel to one session: filter,
 //! throttle, held diff), [`filter`], [`history`] and [`resume`] (`since`),
 //! [`timers`] and [`flush`] (held diffs falling due), [`policy`] (modes and
-//! history per namespace), [`task`] (the task and its command queue).
+//! history per namespace), [`task`] (the task and its command queue),
+//! [`ingest`] and [`size`] (bounds on what feeds make it hold).
 
 pub mod delivery;
 pub mod fanout;
@@ -19,8 +20,10 @@ pub mod filter;
 mod flush;
 pub mod history;
 pub mod index;
+pub mod ingest;
 pub mod policy;
 mod resume;
+pub mod size;
 pub mod state;
 pub mod task;
 pub mod timers;
@@ -32,6 +35,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::channel::{ChannelName, Pattern};
+use crate::feed::log_budget::LogBudget;
 use crate::record::{FeedRecord, JsonMap};
 use crate::session::outbox::{Outbox, QueuedFrame};
 use crate::session::protocol::SubscribeOptions;
@@ -39,8 +43,10 @@ use crate::wire::{self, CloseCode, ErrorCode};
 use delivery::pending_limit;
 use fanout::UpdateFrames;
 use filter::FilterInterner;
+use history::HistoryBudget;
 pub use index::{ChannelId, SessionId};
 use index::{DeliveryOptions, SessionEntry, Target, TargetIndex};
+pub use ingest::{DropReason, IngestLimits};
 pub use policy::{Mode, NamespacePolicy, Namespaces};
 use state::Channel;
 pub use task::{channel, run, Command, EngineGone, EngineHandle, ShardInputs};
@@ -70,6 +76,11 @@ pub struct EngineStats {
     /// Diffs merged into a pending diff (throttling, slow consumers).
     pub coalesced_diffs: AtomicU64,
     pub records_dropped_channel_limit: AtomicU64,
+    pub records_dropped_state_size: AtomicU64,
+    /// Bytes of resume history held (patches + per-entry overhead).
+    pub history_bytes: AtomicU64,
+    /// History entries forgotten, or never kept, for `max_history_bytes`.
+    pub history_trimmed: AtomicU64,
     pub channels: AtomicU64,
     pub sessions: AtomicU64,
     pub subscriptions: AtomicU64,
@@ -78,8 +89,9 @@ pub struct EngineStats {
 /// The engine's counters at one moment, added up over the shards.
 ///
 /// Every shard applies every record, so the per-channel counters (updates,
-/// channels, records dropped at the channel limit) are the same in each and
-/// are taken from the first; the per-session ones are summed.
+/// channels, records dropped, history) are the same in each and are taken
+/// from the first (history bytes are per shard: the total held is that
+/// times the shard count); the per-session ones are summed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
     pub updates_applied: u64,
@@ -90,12 +102,23 @@ pub struct StatsSnapshot {
     pub slow_consumer_holds: u64,
     pub coalesced_diffs: u64,
     pub records_dropped_channel_limit: u64,
+    pub records_dropped_state_size: u64,
+    pub history_bytes: u64,
+    pub history_trimmed: u64,
     pub channels: u64,
     pub sessions: u64,
     pub subscriptions: u64,
 }
 
 impl StatsSnapshot {
+    /// Records dropped for `reason`.
+    pub fn records_dropped(&self, reason: DropReason) -> u64 {
+        match reason {
+            DropReason::MaxChannels => self.records_dropped_channel_limit,
+            DropReason::MaxStateBytes => self.records_dropped_state_size,
+        }
+    }
+
     pub fn total(shards: &[Arc<EngineStats>]) -> Self {
         let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
         let sum = |field: fn(&EngineStats) -> &AtomicU64| {
@@ -112,6 +135,9 @@ impl StatsSnapshot {
             slow_consumer_holds: sum(|s| &s.slow_consumer_holds),
             coalesced_diffs: sum(|s| &s.coalesced_diffs),
             records_dropped_channel_limit: first(|s| &s.records_dropped_channel_limit),
+            records_dropped_state_size: first(|s| &s.records_dropped_state_size),
+            history_bytes: first(|s| &s.history_bytes),
+            history_trimmed: first(|s| &s.history_trimmed),
             channels: first(|s| &s.channels),
             sessions: sum(|s| &s.sessions),
             subscriptions: sum(|s| &s.subscriptions),
@@ -178,6 +204,12 @@ pub struct Engine {
     timers: Timers,
     /// Counts subscribes, so the latest one covering a channel wins.
     generation: u64,
+    ingest: IngestLimits,
+    history: HistoryBudget,
+    /// Whether this shard logs dropped records (one shard does: all drop
+    /// the same ones), and how many it may.
+    logs_drops: bool,
+    drop_log: LogBudget,
 }
 
 impl Engine {
@@ -194,7 +226,26 @@ impl Engine {
             filters: FilterInterner::default(),
             timers: Timers::default(),
             generation: 0,
+            ingest: IngestLimits::default(),
+            history: HistoryBudget::new(IngestLimits::default().max_history_bytes),
+            logs_drops: true,
+            drop_log: IngestLimits::default().log_budget(),
         }
+    }
+
+    /// Sets the state, history and log bounds (the defaults otherwise).
+    /// Call before the first record.
+    pub fn with_ingest_limits(mut self, limits: IngestLimits) -> Self {
+        self.ingest = limits;
+        self.history = HistoryBudget::new(limits.max_history_bytes);
+        self.drop_log = limits.log_budget();
+        self
+    }
+
+    /// Whether this shard logs the records it drops (counted either way).
+    pub fn logging_drops(mut self, logs: bool) -> Self {
+        self.logs_drops = logs;
+        self
     }
 
     /// Sets the per-namespace policies (mode, history depth). Channels that
@@ -298,11 +349,20 @@ impl Engine {
             Some(&cid) => cid,
             None => return self.create_channel(record, now),
         };
-        self.stats.updates_applied.fetch_add(1, Ordering::Relaxed);
         let channel = &mut self.channels[cid];
-        let Some(data_json) = channel.apply(record) else {
+        let applied = channel.apply(record, self.ingest.max_state_bytes, &mut self.history);
+        let data_json = match applied {
+            Ok(json) => {
+                self.stats.updates_applied.fetch_add(1, Ordering::Relaxed);
+                self.count_history();
+                json
+            }
+            Err(too_large) => return self.drop_too_large(record, too_large, now),
+        };
+        let Some(data_json) = data_json else {
             return;
         };
+        let channel = &mut self.channels[cid];
         if channel.subscribers.is_empty() {
             return;
         }
@@ -392,20 +452,18 @@ impl Engine {
     /// session on it with a snapshot.
     fn create_channel(&mut self, record: &FeedRecord, now: u64) {
         if self.channels.len() >= self.limits.max_channels {
-            self.stats
-                .records_dropped_channel_limit
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                channel = %record.channel,
-                limit = self.limits.max_channels,
-                "channel limit reached; record dropped (raise limits.max_channels)"
-            );
-            return;
+            return self.drop_past_max_channels(record, now);
         }
-        self.stats.updates_applied.fetch_add(1, Ordering::Relaxed);
         let policy = self.namespaces.policy(record.channel.namespace());
+        let max_state_bytes = self.ingest.max_state_bytes;
+        let channel = match Channel::create(record, policy, max_state_bytes, &mut self.history) {
+            Ok(channel) => channel,
+            Err(too_large) => return self.drop_too_large(record, too_large, now),
+        };
+        self.stats.updates_applied.fetch_add(1, Ordering::Relaxed);
+        self.count_history();
         let cid = self.channels.len();
-        self.channels.push(Channel::create(record, policy));
+        self.channels.push(channel);
         self.by_name.insert(record.channel.clone(), cid);
         self.stats
             .channels

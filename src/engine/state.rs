@@ -9,8 +9,9 @@ use serde_json::Value;
 
 use super::delivery::Delivery;
 use super::filter::{self, FieldFilter};
-use super::history::{Entry, History};
+use super::history::{Entry, History, HistoryBudget};
 use super::policy::{Mode, NamespacePolicy};
+use super::size;
 use crate::channel::ChannelName;
 use crate::record::{FeedRecord, JsonMap};
 use crate::wire;
@@ -22,6 +23,8 @@ const SNAPSHOT_CACHE: usize = 8;
 pub struct Channel {
     pub name: ChannelName,
     pub state: JsonMap,
+    /// Bytes of `state` as JSON, kept up to date by [`size::merged_len`].
+    pub state_len: usize,
     pub seq: u64,
     pub mode: Mode,
     pub history: History,
@@ -32,38 +35,71 @@ pub struct Channel {
     snapshots: Vec<(Option<Arc<FieldFilter>>, bool, Bytes)>,
 }
 
+/// A record refused because the channel's state would grow past
+/// `limits.max_state_bytes`; nothing was changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateTooLarge {
+    /// What the state would have taken, in bytes of JSON.
+    pub would_be: usize,
+}
+
 impl Channel {
-    /// A channel created by its first record (seq 1).
-    pub fn create(record: &FeedRecord, policy: NamespacePolicy) -> Self {
+    /// A channel created by its first record (seq 1), unless that record
+    /// alone makes a state over `max_state_bytes`.
+    pub fn create(
+        record: &FeedRecord,
+        policy: NamespacePolicy,
+        max_state_bytes: usize,
+        history: &mut HistoryBudget,
+    ) -> Result<Self, StateTooLarge> {
         let mut channel = Self {
             name: record.channel.clone(),
             state: JsonMap::new(),
+            state_len: size::EMPTY_OBJECT,
             seq: 0,
             mode: policy.mode,
             history: History::new(policy.history),
             subscribers: Vec::new(),
             snapshots: Vec::new(),
         };
-        channel.apply(record);
-        channel
+        channel.apply(record, max_state_bytes, history)?;
+        Ok(channel)
     }
 
     /// Merges `record`, advances the seq and remembers the update. Returns
-    /// the patch serialized (for fanout) when anyone needs it.
-    pub fn apply(&mut self, record: &FeedRecord) -> Option<Bytes> {
+    /// the patch serialized (for fanout) when anyone needs it. A record that
+    /// would make the state larger than `max_state_bytes` changes nothing
+    /// (no seq is used, so subscribers see no gap).
+    pub fn apply(
+        &mut self,
+        record: &FeedRecord,
+        max_state_bytes: usize,
+        history: &mut HistoryBudget,
+    ) -> Result<Option<Bytes>, StateTooLarge> {
+        let would_be = size::merged_len(&self.state, self.state_len, &record.data);
+        if would_be > max_state_bytes {
+            return Err(StateTooLarge { would_be });
+        }
         merge_patch(&mut self.state, &record.data);
+        self.state_len = would_be;
         self.seq += 1;
         self.snapshots.clear();
         if self.subscribers.is_empty() && !self.history.keeps_anything() {
-            return None;
+            return Ok(None);
         }
-        let json = Bytes::from(serde_json::to_vec(&record.data).expect("serializing a JSON map"));
-        self.history.push(Entry {
+        let mut json = serde_json::to_vec(&record.data).expect("serializing a JSON map");
+        // History holds this buffer: no spare capacity (serde_json starts
+        // at 128 bytes), and an exact Vec becomes Bytes without a second
+        // allocation, so what history is charged is close to what it holds.
+        json.shrink_to_fit();
+        let json = Bytes::from(json);
+        let entry = Entry {
             seq: self.seq,
             ts: record.ingest_ns,
             patch: json.clone(),
-        });
-        Some(json)
+        };
+        self.history.push(entry, history);
+        Ok(Some(json))
     }
 
     /// The snapshot frame of the current state for `filter`.

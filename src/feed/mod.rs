@@ -8,7 +8,12 @@
 //! - [`synthetic`]: random-walk quotes and simulated matches (the demo default).
 //! - [`replay`]: NDJSON files (optionally gzip), paced by their `ts`.
 //! - [`tcp`]: a listener that producers write NDJSON records to.
+//!
+//! Rejected lines are counted exactly per reason, but logged at most
+//! `limits.reject_log_per_interval` times per interval per feed, each with
+//! a short escaped excerpt ([`log_budget`]).
 
+pub mod log_budget;
 pub mod replay;
 pub mod synthetic;
 pub mod tcp;
@@ -20,6 +25,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncBufRead;
 use tokio_util::sync::CancellationToken;
@@ -27,8 +33,11 @@ use tokio_util::sync::CancellationToken;
 use crate::clock;
 use crate::json_depth;
 use crate::metrics::{Metrics, Stage};
-use crate::record::{parse_line, FeedRecord, LineOutcome, LineReader, RejectReason, Rejection};
+use crate::record::{
+    parse_line, FeedRecord, LineOutcome, LineReader, RawLine, RejectReason, Rejection,
+};
 use crate::ring::Producer;
+use log_budget::{excerpt, LogBudget, Verdict, EXCERPT_BYTES};
 
 /// What the ring carries from feeds to the engine.
 pub type RingItem = Arc<FeedRecord>;
@@ -144,6 +153,39 @@ impl FeedStatus {
     }
 }
 
+/// The ingest limits of a feed (`[limits]` in the config; see
+/// `config::Limits` for the keys and docs/architecture.md, "Ingest limits").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedLimits {
+    /// Producer connections served at once by one tcp feed; further ones
+    /// are told so and closed.
+    pub max_producers: usize,
+    /// A producer that completes no line for this long is closed.
+    pub producer_idle_timeout: Duration,
+    /// Rejected lines logged per interval per feed; the rest are counted.
+    pub reject_log_per_interval: u32,
+    pub reject_log_interval: Duration,
+}
+
+impl Default for FeedLimits {
+    fn default() -> Self {
+        Self {
+            max_producers: 64,
+            producer_idle_timeout: Duration::from_secs(300),
+            reject_log_per_interval: 10,
+            reject_log_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl FeedLimits {
+    /// A fresh log budget for this feed's rejected lines (or refusals).
+    pub fn log_budget(&self) -> LogBudget {
+        let interval_ns = u64::try_from(self.reject_log_interval.as_nanos()).unwrap_or(u64::MAX);
+        LogBudget::new(self.reject_log_per_interval, interval_ns)
+    }
+}
+
 /// How many recent rejections a feed keeps for inspection.
 pub const KEPT_REJECTIONS: usize = 64;
 
@@ -154,6 +196,14 @@ pub struct FeedStats {
     accepted: AtomicU64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
     status: AtomicU8,
+    /// Producer connections open now (tcp feeds).
+    producers: AtomicU64,
+    /// Producer connections refused at `limits.max_producers_per_feed`.
+    producers_refused: AtomicU64,
+    /// Producer connections closed after `limits.producer_idle_timeout_ms`.
+    producers_idle_closed: AtomicU64,
+    /// Rejected lines counted but not logged (the log budget was spent).
+    rejections_not_logged: AtomicU64,
     recent_rejections: Mutex<VecDeque<Rejection>>,
     /// The address a listening feed (tcp) actually bound, so port 0 works.
     local_addr: Mutex<Option<SocketAddr>>,
@@ -166,6 +216,10 @@ impl FeedStats {
             accepted: AtomicU64::new(0),
             rejected: Default::default(),
             status: AtomicU8::new(FeedStatus::Starting as u8),
+            producers: AtomicU64::new(0),
+            producers_refused: AtomicU64::new(0),
+            producers_idle_closed: AtomicU64::new(0),
+            rejections_not_logged: AtomicU64::new(0),
             recent_rejections: Mutex::new(VecDeque::new()),
             local_addr: Mutex::new(None),
         }
@@ -181,6 +235,24 @@ impl FeedStats {
 
     pub fn rejected_total(&self) -> u64 {
         RejectReason::ALL.iter().map(|&r| self.rejected(r)).sum()
+    }
+
+    /// Producer connections open now (tcp feeds; 0 for others).
+    pub fn producers(&self) -> u64 {
+        self.producers.load(Ordering::Relaxed)
+    }
+
+    pub fn producers_refused(&self) -> u64 {
+        self.producers_refused.load(Ordering::Relaxed)
+    }
+
+    pub fn producers_idle_closed(&self) -> u64 {
+        self.producers_idle_closed.load(Ordering::Relaxed)
+    }
+
+    /// Rejected lines that were counted but not logged.
+    pub fn rejections_not_logged(&self) -> u64 {
+        self.rejections_not_logged.load(Ordering::Relaxed)
     }
 
     /// The most recent rejections, oldest first.
@@ -217,6 +289,7 @@ impl FeedStats {
 }
 
 /// Where a feed hands its records: the ring, plus the feed's counters.
+/// Clones share the counters and the rejected-line log budget.
 #[derive(Clone)]
 pub struct FeedOutput {
     producer: Producer<RingItem>,
@@ -224,15 +297,23 @@ pub struct FeedOutput {
     metrics: Option<Arc<Metrics>>,
     /// `limits.max_json_depth` for the lines [`FeedOutput::ingest_lines`] parses.
     max_json_depth: usize,
+    limits: FeedLimits,
+    reject_log: Arc<Mutex<LogBudget>>,
+    /// Where the log budget's clock starts.
+    started: Instant,
 }
 
 impl FeedOutput {
     pub fn new(producer: Producer<RingItem>, stats: Arc<FeedStats>) -> Self {
+        let limits = FeedLimits::default();
         Self {
             producer,
             stats,
             metrics: None,
             max_json_depth: json_depth::DEFAULT_LIMIT,
+            limits,
+            reject_log: Arc::new(Mutex::new(limits.log_budget())),
+            started: Instant::now(),
         }
     }
 
@@ -240,6 +321,22 @@ impl FeedOutput {
     pub fn with_max_json_depth(mut self, depth: usize) -> Self {
         self.max_json_depth = depth;
         self
+    }
+
+    /// Sets the ingest limits (the defaults otherwise).
+    pub fn with_limits(mut self, limits: FeedLimits) -> Self {
+        self.limits = limits;
+        self.reject_log = Arc::new(Mutex::new(limits.log_budget()));
+        self
+    }
+
+    pub fn limits(&self) -> &FeedLimits {
+        &self.limits
+    }
+
+    /// Nanoseconds since this output was made: the log budget's clock.
+    fn elapsed_ns(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Times each publish into the ring ([`Stage::FeedToRing`]).
@@ -265,10 +362,22 @@ impl FeedOutput {
         }
     }
 
-    /// Counts and logs a rejected line; the feed goes on.
+    /// Counts and (within the log budget) logs a rejected line; the feed
+    /// goes on.
     pub fn reject(&self, rejection: Rejection) {
-        tracing::warn!(feed = %self.stats.name, "rejected {rejection}");
+        self.reject_line(rejection, None);
+    }
+
+    /// Like [`reject`](Self::reject), with the start of the line's bytes
+    /// for the log (escaped and cut to [`EXCERPT_BYTES`]).
+    pub fn reject_line(&self, rejection: Rejection, line_start: Option<&[u8]>) {
         self.stats.rejected[rejection.reason as usize].fetch_add(1, Ordering::Relaxed);
+        let verdict = self
+            .reject_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(self.elapsed_ns());
+        self.log_rejection(verdict, &rejection, line_start);
         let mut kept = self
             .stats
             .recent_rejections
@@ -280,6 +389,37 @@ impl FeedOutput {
         kept.push_back(rejection);
     }
 
+    fn log_rejection(&self, verdict: Verdict, rejection: &Rejection, line_start: Option<&[u8]>) {
+        let feed = &self.stats.name;
+        let per_interval = self.limits.reject_log_per_interval;
+        let interval_ms = self.limits.reject_log_interval.as_millis();
+        match verdict {
+            Verdict::Log { suppressed_before } => {
+                if suppressed_before > 0 {
+                    tracing::warn!(%feed, not_logged = suppressed_before,
+                        "{suppressed_before} more rejected lines in the last {interval_ms} ms \
+                         were counted but not logged");
+                }
+                // The detail can quote the input (a parser's message): escape it too.
+                let detail = excerpt(rejection.detail.as_bytes());
+                let line = line_start.map(excerpt).unwrap_or_default();
+                tracing::warn!(%feed, line = %line,
+                    "rejected line {}: {} ({detail})", rejection.line, rejection.reason);
+            }
+            Verdict::Suppress { first } => {
+                self.stats
+                    .rejections_not_logged
+                    .fetch_add(1, Ordering::Relaxed);
+                if first {
+                    tracing::warn!(%feed,
+                        "more than {per_interval} rejected lines in {interval_ms} ms \
+                         (limits.reject_log_per_interval); counting the rest without logging \
+                         them (see /metrics)");
+                }
+            }
+        }
+    }
+
     /// Reads NDJSON lines to the end of `input` (or until `shutdown`),
     /// sending records and rejecting bad lines. `pace` is awaited before each
     /// record is sent (replay uses it; others pass a no-op).
@@ -287,7 +427,41 @@ impl FeedOutput {
         &self,
         input: R,
         shutdown: &CancellationToken,
+        pace: P,
+    ) -> std::io::Result<LineCounts>
+    where
+        R: AsyncBufRead + Unpin,
+        P: FnMut(&FeedRecord) -> F,
+        F: std::future::Future<Output = ()>,
+    {
+        self.ingest(input, shutdown, pace, None).await
+    }
+
+    /// [`ingest_lines`](Self::ingest_lines), except that waiting longer
+    /// than `line_timeout` for a complete line (nothing sent, or half a
+    /// line) ends it with an [`io::ErrorKind::TimedOut`] error. Time spent
+    /// waiting for room in the ring does not count.
+    pub async fn ingest_lines_with_timeout<R, P, F>(
+        &self,
+        input: R,
+        shutdown: &CancellationToken,
+        pace: P,
+        line_timeout: Duration,
+    ) -> std::io::Result<LineCounts>
+    where
+        R: AsyncBufRead + Unpin,
+        P: FnMut(&FeedRecord) -> F,
+        F: std::future::Future<Output = ()>,
+    {
+        self.ingest(input, shutdown, pace, Some(line_timeout)).await
+    }
+
+    async fn ingest<R, P, F>(
+        &self,
+        input: R,
+        shutdown: &CancellationToken,
         mut pace: P,
+        line_timeout: Option<Duration>,
     ) -> std::io::Result<LineCounts>
     where
         R: AsyncBufRead + Unpin,
@@ -296,16 +470,27 @@ impl FeedOutput {
     {
         let mut reader = LineReader::new(input);
         let mut counts = LineCounts::default();
+        // The start of the current line, kept for the log: parsing uses the
+        // line's buffer as scratch space.
+        let mut line_start = [0u8; EXCERPT_BYTES + 1];
         loop {
             let next = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(counts),
-                next = reader.next_line() => next?,
+                next = within(line_timeout, reader.next_line()) => next?,
             };
             let Some((line_no, raw)) = next else {
                 return Ok(counts);
             };
             counts.lines = line_no;
+            let kept = match &raw {
+                RawLine::Bytes(bytes) => {
+                    let n = bytes.len().min(line_start.len());
+                    line_start[..n].copy_from_slice(&bytes[..n]);
+                    n
+                }
+                RawLine::TooLong => 0,
+            };
             match parse_line(line_no, raw, self.max_json_depth) {
                 LineOutcome::Record(record) => {
                     pace(&record).await;
@@ -315,10 +500,26 @@ impl FeedOutput {
                 LineOutcome::Blank => counts.blank += 1,
                 LineOutcome::Rejected(rejection) => {
                     counts.rejected += 1;
-                    self.reject(rejection);
+                    self.reject_line(rejection, Some(&line_start[..kept]));
                 }
             }
         }
+    }
+}
+
+/// Awaits `read`, at most `limit` when one is given.
+async fn within<T>(
+    limit: Option<Duration>,
+    read: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    match limit {
+        None => read.await,
+        Some(limit) => tokio::time::timeout(limit, read).await.unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no complete line for {} ms", limit.as_millis()),
+            ))
+        }),
     }
 }
 

@@ -1,39 +1,42 @@
 //! The TCP feed: a listener that producers connect to and write NDJSON feed
 //! records to (one record per line, as in a replay file). Nothing is written
-//! back; rejected lines are logged with the producer's address and counted.
+//! back except a refusal; rejected lines are counted (and logged within the
+//! feed's log budget) with the producer's address.
 //!
 //! Each connection is read by its own task, so the records of one connection
 //! reach the ring in the order they were written (records of different
 //! connections interleave). Line numbers in rejections count per connection.
 //!
-//! At most [`MAX_PRODUCERS`] connections are served at once. Further ones are
-//! not accepted until a slot frees: they wait in the kernel's listen backlog
-//! (their writes fill the socket buffers, then block), which loses nothing,
-//! unlike accepting and closing them. Each served connection buffers at most
-//! one line (1 MiB, `record::MAX_LINE_BYTES`), so memory stays bounded.
+//! Limits (`[limits]`, docs/architecture.md "Ingest limits"):
+//! - At most `max_producers_per_feed` connections are served at once. The
+//!   accept loop never waits for a slot: a connection past the limit is
+//!   accepted, sent one line `{"error":"too many producers ..."}` and
+//!   closed, so it learns why at once instead of hanging in the listen
+//!   backlog behind connections that may never send anything again.
+//! - A producer that completes no line for `producer_idle_timeout_ms` (it
+//!   sends nothing, or trickles half a line) is closed, freeing its slot.
+//! - Each served connection buffers at most one line (1 MiB,
+//!   `record::MAX_LINE_BYTES`), so memory stays bounded.
 //!
 //! Bind to port 0 to get a free port; the bound address is logged and kept in
 //! [`FeedStats::local_addr`](super::FeedStats::local_addr).
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use tokio::io::BufReader;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::FeedOutput;
+use super::log_budget::Verdict;
+use super::{FeedOutput, FeedStats};
 use crate::record::FeedRecord;
-
-/// Most producer connections served at the same time. Generous for a few
-/// upstream adapters and test tools; each one costs a task and up to a
-/// 1 MiB line buffer.
-pub const MAX_PRODUCERS: usize = 64;
 
 /// Pause after a failed `accept` (typically: out of file descriptors), so
 /// the loop does not spin while the condition lasts.
@@ -42,6 +45,11 @@ const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// How long shutdown waits for connection tasks to finish their current
 /// record before giving up on them (they stop at their next line anyway).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a refused connection is given to take its error line and
+/// close: the refusal reads (and drops) what the producer already sent, so
+/// closing does not reset the connection before the line arrives.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
 /// Listens on `addr` and ingests every producer's lines until `shutdown`.
 pub async fn run(addr: SocketAddr, out: FeedOutput, shutdown: CancellationToken) -> io::Result<()> {
@@ -54,34 +62,30 @@ pub async fn run(addr: SocketAddr, out: FeedOutput, shutdown: CancellationToken)
             ),
         )
     })?;
-    serve(listener, MAX_PRODUCERS, out, shutdown).await
+    serve(listener, out, shutdown).await
 }
 
-/// Accepts producers on `listener`, at most `max_producers` at once.
+/// Accepts producers on `listener`, serving at most the feed's
+/// `max_producers` at once and refusing the rest.
 async fn serve(
     listener: TcpListener,
-    max_producers: usize,
     out: FeedOutput,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let local = listener.local_addr()?;
     out.stats().set_local_addr(local);
     let feed = out.stats().name.clone();
-    tracing::info!(feed = %feed, addr = %local, max_producers, "tcp feed listening");
+    let max_producers = out.limits().max_producers;
+    let idle_ms = out.limits().producer_idle_timeout.as_millis() as u64;
+    tracing::info!(feed = %feed, addr = %local, max_producers, idle_ms, "tcp feed listening");
     let slots = Arc::new(Semaphore::new(max_producers));
+    // Refusals in progress are bounded too: past this, a connection is
+    // simply closed (a flood of connects must not become a flood of tasks).
+    let refusals = Arc::new(Semaphore::new(max_producers));
+    let refusal_log = Arc::new(Mutex::new(out.limits().log_budget()));
+    let started = Instant::now();
     let producers = TaskTracker::new();
     loop {
-        if slots.available_permits() == 0 {
-            tracing::warn!(feed = %feed, max_producers,
-                "all producer slots busy; new connections wait until one closes");
-        }
-        // Take a slot before accepting, so waiting connections stay queued.
-        let slot = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            slot = slots.clone().acquire_owned() => slot,
-        };
-        let Ok(slot) = slot else { break }; // the semaphore is never closed
         let accepted = tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
@@ -98,8 +102,26 @@ async fn serve(
             }
         };
         let span = tracing::info_span!("producer", feed = %feed, %peer);
-        let task = produce(stream, out.clone(), shutdown.clone(), slot);
-        producers.spawn(task.instrument(span));
+        match slots.clone().try_acquire_owned() {
+            Ok(slot) => {
+                let task = produce(stream, out.clone(), shutdown.clone(), slot);
+                producers.spawn(task.instrument(span));
+            }
+            Err(_) => {
+                out.stats()
+                    .producers_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                let now_ns = started.elapsed().as_nanos() as u64;
+                let verdict = refusal_log
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .admit(now_ns);
+                log_refusal(&feed, &peer, max_producers, verdict);
+                if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                    producers.spawn(refuse(stream, max_producers, permit).instrument(span));
+                }
+            }
+        }
     }
     // Refuse new connections at once, then let the readers see the signal.
     drop(listener);
@@ -114,20 +136,58 @@ async fn serve(
     Ok(())
 }
 
-/// Reads one producer's lines until it closes or `shutdown`; `_slot` is
-/// given back when this returns.
+fn log_refusal(feed: &str, peer: &SocketAddr, max_producers: usize, verdict: Verdict) {
+    match verdict {
+        Verdict::Log { suppressed_before } => tracing::warn!(
+            feed, %peer, max_producers, refused_unlogged_before = suppressed_before,
+            "producer refused: all slots busy (limits.max_producers_per_feed)"
+        ),
+        Verdict::Suppress { first: true } => tracing::warn!(
+            feed,
+            "more producers refused; counting them without logging (see /metrics)"
+        ),
+        Verdict::Suppress { first: false } => {}
+    }
+}
+
+/// The one line a refused producer gets.
+pub fn refusal_line(max_producers: usize) -> String {
+    format!(
+        "{{\"error\":\"too many producers on this feed (limits.max_producers_per_feed = {max_producers})\"}}\n"
+    )
+}
+
+/// Tells a producer past the limit why, then closes. Bounded by
+/// [`REFUSAL_LINGER`]; what it sent is read and dropped meanwhile.
+async fn refuse(mut stream: TcpStream, max_producers: usize, _permit: OwnedSemaphorePermit) {
+    let line = refusal_line(max_producers);
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        stream.write_all(line.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        io::Result::Ok(())
+    })
+    .await;
+}
+
+/// Reads one producer's lines until it closes, goes idle or `shutdown`;
+/// `slot` is given back when this returns.
 async fn produce(
-    stream: TcpStream,
+    mut stream: TcpStream,
     out: FeedOutput,
     shutdown: CancellationToken,
-    _slot: OwnedSemaphorePermit,
+    slot: OwnedSemaphorePermit,
 ) {
+    let _connected = Connected::count(out.stats().clone(), slot);
+    let stats = out.stats().clone();
     tracing::info!("producer connected");
+    let idle = out.limits().producer_idle_timeout;
     let no_pacing = |_: &FeedRecord| std::future::ready(());
-    match out
-        .ingest_lines(BufReader::new(stream), &shutdown, no_pacing)
-        .await
-    {
+    let result = out
+        .ingest_lines_with_timeout(BufReader::new(&mut stream), &shutdown, no_pacing, idle)
+        .await;
+    match result {
         Ok(c) => tracing::info!(
             lines = c.lines,
             accepted = c.accepted,
@@ -135,16 +195,51 @@ async fn produce(
             blank = c.blank,
             "producer disconnected"
         ),
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            stats.producers_idle_closed.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                idle_ms = idle.as_millis() as u64,
+                "producer closed: no complete line within limits.producer_idle_timeout_ms"
+            );
+            // Best effort: the socket is fresh enough to take a short line.
+            let line = format!(
+                "{{\"error\":\"no complete line for {} ms (limits.producer_idle_timeout_ms); closing\"}}\n",
+                idle.as_millis()
+            );
+            let _ = stream.try_write(line.as_bytes());
+        }
         Err(e) => tracing::warn!("producer connection failed: {e}"),
+    }
+}
+
+/// Counts an open producer connection and holds its slot while it lives.
+struct Connected {
+    stats: Arc<FeedStats>,
+    slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Connected {
+    fn count(stats: Arc<FeedStats>, slot: OwnedSemaphorePermit) -> Self {
+        stats.producers.fetch_add(1, Ordering::Relaxed);
+        Self {
+            stats,
+            slot: Some(slot),
+        }
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        // The slot first: once the count drops, a new producer is served.
+        drop(self.slot.take());
+        self.stats.producers.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::AsyncWriteExt;
-
     use super::*;
-    use crate::feed::{FeedStats, RingItem};
+    use crate::feed::{FeedLimits, RingItem};
     use crate::ring::{Consumer, Ring};
 
     /// Upper bound for anything a test waits for; never reached when it passes.
@@ -175,19 +270,42 @@ mod tests {
         (record.channel.to_string(), n)
     }
 
-    /// Serves on a fresh 127.0.0.1 port with `max` slots.
-    async fn start(max: usize, out: FeedOutput, shutdown: &CancellationToken) -> SocketAddr {
+    /// Serves on a fresh 127.0.0.1 port with `max` slots and producers
+    /// closed after `idle`.
+    async fn start(
+        max: usize,
+        idle: Duration,
+        out: FeedOutput,
+        shutdown: &CancellationToken,
+    ) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("bound");
-        tokio::spawn(serve(listener, max, out, shutdown.clone()));
+        let limits = FeedLimits {
+            max_producers: max,
+            producer_idle_timeout: idle,
+            ..FeedLimits::default()
+        };
+        tokio::spawn(serve(listener, out.with_limits(limits), shutdown.clone()));
         addr
     }
+
+    /// Everything the server sends `stream` until it closes the connection.
+    async fn read_until_closed(stream: &mut TcpStream) -> String {
+        let mut got = Vec::new();
+        tokio::time::timeout(DEADLINE, stream.read_to_end(&mut got))
+            .await
+            .expect("closed before the deadline")
+            .expect("read");
+        String::from_utf8(got).expect("utf-8")
+    }
+
+    const LONG: Duration = Duration::from_secs(300);
 
     #[tokio::test]
     async fn each_connection_keeps_its_order_and_bad_lines_are_counted() {
         let (out, mut consumer, stats) = output();
         let shutdown = CancellationToken::new();
-        let addr = start(MAX_PRODUCERS, out, &shutdown).await;
+        let addr = start(64, LONG, out, &shutdown).await;
         let mut a = TcpStream::connect(addr).await.expect("connect a");
         let mut b = TcpStream::connect(addr).await.expect("connect b");
         let (mut text_a, mut text_b) = (String::new(), String::new());
@@ -216,22 +334,59 @@ mod tests {
         shutdown.cancel();
     }
 
+    /// Two silent producers hold both slots: a third is told why and
+    /// closed at once (it used to wait in the backlog for as long as they
+    /// stayed), and a slot given back serves the next producer.
     #[tokio::test]
-    async fn extra_connections_wait_for_a_free_slot() {
-        let (out, mut consumer, _) = output();
+    async fn a_producer_past_the_limit_is_refused_with_a_reason() {
+        let (out, mut consumer, stats) = output();
         let shutdown = CancellationToken::new();
-        let addr = start(1, out, &shutdown).await;
+        let addr = start(2, LONG, out, &shutdown).await;
         let mut a = TcpStream::connect(addr).await.expect("connect a");
+        let _b = TcpStream::connect(addr).await.expect("connect b");
         a.write_all(line("a", 1).as_bytes()).await.expect("write");
         assert_eq!(next(&mut consumer).await, ("t.a".into(), 1));
-        // b connects and writes, but is not served while a holds the slot:
-        // a's later record arrives first.
-        let mut b = TcpStream::connect(addr).await.expect("connect b");
-        b.write_all(line("b", 1).as_bytes()).await.expect("write");
-        a.write_all(line("a", 2).as_bytes()).await.expect("write");
-        assert_eq!(next(&mut consumer).await, ("t.a".into(), 2));
+        let mut c = TcpStream::connect(addr).await.expect("connect c");
+        let _ = c.write_all(line("c", 1).as_bytes()).await;
+        assert_eq!(read_until_closed(&mut c).await, refusal_line(2));
+        assert_eq!(stats.producers_refused(), 1);
+        assert_eq!(stats.producers(), 2);
         drop(a);
-        assert_eq!(next(&mut consumer).await, ("t.b".into(), 1));
+        tokio::time::timeout(DEADLINE, async {
+            while stats.producers() != 1 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("a's slot is given back");
+        let mut d = TcpStream::connect(addr).await.expect("connect d");
+        d.write_all(line("d", 1).as_bytes()).await.expect("write");
+        assert_eq!(next(&mut consumer).await, ("t.d".into(), 1));
+        shutdown.cancel();
+    }
+
+    /// A producer that sends nothing, or half a line, is closed after the
+    /// idle timeout and its slot serves the next one.
+    #[tokio::test]
+    async fn idle_and_half_line_producers_are_closed() {
+        let (out, mut consumer, stats) = output();
+        let shutdown = CancellationToken::new();
+        let addr = start(2, Duration::from_millis(200), out, &shutdown).await;
+        let mut silent = TcpStream::connect(addr).await.expect("connect");
+        let mut half = TcpStream::connect(addr).await.expect("connect");
+        half.write_all(b"{\"channel\":\"t.h\",\"da")
+            .await
+            .expect("write");
+        let said = read_until_closed(&mut silent).await;
+        assert!(said.contains("producer_idle_timeout_ms"), "{said}");
+        read_until_closed(&mut half).await;
+        assert_eq!(stats.producers_idle_closed(), 2);
+        let mut next_one = TcpStream::connect(addr).await.expect("connect");
+        next_one
+            .write_all(line("n", 1).as_bytes())
+            .await
+            .expect("write");
+        assert_eq!(next(&mut consumer).await, ("t.n".into(), 1));
         shutdown.cancel();
     }
 

@@ -9,6 +9,8 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::AppState;
+use crate::engine::DropReason;
+use crate::feed::FeedStats;
 use crate::metrics::{self, Stage, StageHistograms, BUCKETS_S};
 use crate::record::RejectReason;
 
@@ -100,6 +102,16 @@ pub fn prometheus(state: &AppState) -> String {
         "counter",
         stats.slow_consumer_holds,
     );
+    let name = "tickcast_records_dropped_total";
+    let _ = writeln!(out, "# HELP {name} Records the engine dropped, by the limit they hit (limits.max_channels, limits.max_state_bytes).\n# TYPE {name} counter");
+    for reason in DropReason::ALL {
+        let _ = writeln!(
+            out,
+            "{name}{{reason=\"{}\"}} {}",
+            reason.as_str(),
+            stats.records_dropped(reason)
+        );
+    }
     gauge(
         &mut out,
         "tickcast_fd_limit",
@@ -130,11 +142,55 @@ pub fn prometheus(state: &AppState) -> String {
     );
     gauge(
         &mut out,
-        "tickcast_records_dropped_total",
-        "Records dropped because limits.max_channels was reached.",
-        "counter",
-        stats.records_dropped_channel_limit,
+        "tickcast_history_bytes",
+        "Bytes of resume history held by one engine shard (each shard holds a copy; bounded by limits.max_history_bytes).",
+        "gauge",
+        stats.history_bytes,
     );
+    gauge(
+        &mut out,
+        "tickcast_history_trimmed_total",
+        "History entries forgotten early, or not kept, to stay within limits.max_history_bytes.",
+        "counter",
+        stats.history_trimmed,
+    );
+    let feed_counters: [FeedCounter; 4] = [
+        (
+            "tickcast_feed_producers",
+            "Producer connections open on a tcp feed.",
+            "gauge",
+            |f| f.producers(),
+        ),
+        (
+            "tickcast_feed_producers_refused_total",
+            "Producer connections refused at limits.max_producers_per_feed.",
+            "counter",
+            |f| f.producers_refused(),
+        ),
+        (
+            "tickcast_feed_producers_idle_closed_total",
+            "Producer connections closed after limits.producer_idle_timeout_ms without a complete line.",
+            "counter",
+            |f| f.producers_idle_closed(),
+        ),
+        (
+            "tickcast_feed_rejections_not_logged_total",
+            "Rejected lines counted but not logged (limits.reject_log_per_interval).",
+            "counter",
+            |f| f.rejections_not_logged(),
+        ),
+    ];
+    for (name, help, kind, value) in feed_counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for feed in &state.feeds {
+            let _ = writeln!(
+                out,
+                "{name}{{feed=\"{}\"}} {}",
+                escape(&feed.name),
+                value(feed)
+            );
+        }
+    }
 
     let _ = writeln!(out, "# HELP tickcast_feed_records_total Records accepted or rejected per feed.\n# TYPE tickcast_feed_records_total counter");
     for feed in &state.feeds {
@@ -207,6 +263,14 @@ pub fn prometheus(state: &AppState) -> String {
     out
 }
 
+/// One per-feed series: name, help, type, and how to read it.
+type FeedCounter = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&FeedStats) -> u64,
+);
+
 fn escape(label: &str) -> String {
     label
         .replace('\\', "\\\\")
@@ -238,6 +302,10 @@ pub async fn stats_json(state: &AppState) -> Value {
                 "status": f.status().as_str(),
                 "accepted": f.accepted(),
                 "rejected": rejected,
+                "rejections_not_logged": f.rejections_not_logged(),
+                "producers": f.producers(),
+                "producers_refused": f.producers_refused(),
+                "producers_idle_closed": f.producers_idle_closed(),
             })
         })
         .collect();
@@ -254,6 +322,12 @@ pub async fn stats_json(state: &AppState) -> Value {
         "coalesced_diffs": stats.coalesced_diffs,
         "slow_consumer_events": stats.slow_consumer_closes,
         "slow_consumer_holds": stats.slow_consumer_holds,
+        "records_dropped": {
+            "max_channels": stats.records_dropped_channel_limit,
+            "max_state_bytes": stats.records_dropped_state_size,
+        },
+        "history_bytes": stats.history_bytes,
+        "history_trimmed": stats.history_trimmed,
         "backlog": backlog,
         "fd_limit": super::accept::fd_limit(),
         "accept": {

@@ -1,0 +1,151 @@
+//! What the engine does at the ingest bounds (docs/architecture.md,
+//! "Ingest limits"): records past `limits.max_channels` or
+//! `limits.max_state_bytes` are dropped, counted and (by one shard, within
+//! a log budget) logged; history is kept within `limits.max_history_bytes`
+//! (see [`history`](super::history)).
+
+use std::sync::atomic::Ordering;
+
+use super::state::StateTooLarge;
+use super::Engine;
+use crate::feed::log_budget::{LogBudget, Verdict};
+use crate::record::FeedRecord;
+
+/// Bounds on what feeds can make the engine hold; see `config::Limits`
+/// (`max_state_bytes`, `max_history_bytes`, `reject_log_*`) and
+/// docs/architecture.md, "Ingest limits". Each shard applies them to its
+/// own copy of the channels, and every shard sees the same records in the
+/// same order, so all of them accept and drop the same records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IngestLimits {
+    /// Largest channel state, in bytes of JSON.
+    pub max_state_bytes: usize,
+    /// Bytes of resume history over all channels of a shard.
+    pub max_history_bytes: usize,
+    /// Dropped records logged per interval; the rest are counted only.
+    pub log_per_interval: u32,
+    pub log_interval_ns: u64,
+}
+
+impl Default for IngestLimits {
+    fn default() -> Self {
+        Self {
+            max_state_bytes: 2 * 1024 * 1024,
+            max_history_bytes: 256 * 1024 * 1024,
+            log_per_interval: 10,
+            log_interval_ns: 10_000_000_000,
+        }
+    }
+}
+
+impl IngestLimits {
+    pub(super) fn log_budget(&self) -> LogBudget {
+        LogBudget::new(self.log_per_interval, self.log_interval_ns)
+    }
+}
+
+/// Why the engine dropped a record (the `reason` label on /metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// It would have created a channel past `limits.max_channels`.
+    MaxChannels,
+    /// It would have made its channel's state larger than
+    /// `limits.max_state_bytes`.
+    MaxStateBytes,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 2] = [DropReason::MaxChannels, DropReason::MaxStateBytes];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::MaxChannels => "max_channels",
+            DropReason::MaxStateBytes => "max_state_bytes",
+        }
+    }
+}
+
+impl Engine {
+    /// Counts (and, within the log budget, logs) a record refused for
+    /// `limits.max_state_bytes`; its channel keeps its state and seq.
+    pub(super) fn drop_too_large(
+        &mut self,
+        record: &FeedRecord,
+        too_large: StateTooLarge,
+        now: u64,
+    ) {
+        self.stats
+            .records_dropped_state_size
+            .fetch_add(1, Ordering::Relaxed);
+        let limit = self.ingest.max_state_bytes;
+        self.log_drop(DropReason::MaxStateBytes, now, |dropped| {
+            tracing::warn!(
+                channel = %record.channel,
+                would_be = too_large.would_be,
+                limit,
+                dropped,
+                "record dropped: the channel's state would exceed limits.max_state_bytes; \
+                 the channel keeps its state and seq"
+            );
+        });
+    }
+
+    /// Counts (and, within the log budget, logs) a record for a new channel
+    /// past `limits.max_channels`; existing channels go on.
+    pub(super) fn drop_past_max_channels(&mut self, record: &FeedRecord, now: u64) {
+        self.stats
+            .records_dropped_channel_limit
+            .fetch_add(1, Ordering::Relaxed);
+        let limit = self.limits.max_channels;
+        self.log_drop(DropReason::MaxChannels, now, |dropped| {
+            tracing::warn!(
+                channel = %record.channel,
+                limit,
+                dropped,
+                "channel limit reached; record for a new channel dropped \
+                 (limits.max_channels); existing channels go on"
+            );
+        });
+    }
+
+    /// Logs one dropped record through `log` (given the count so far) if
+    /// this shard logs drops and the interval's budget allows.
+    fn log_drop(&mut self, reason: DropReason, now: u64, log: impl FnOnce(u64)) {
+        if !self.logs_drops {
+            return;
+        }
+        let dropped = match reason {
+            DropReason::MaxChannels => &self.stats.records_dropped_channel_limit,
+            DropReason::MaxStateBytes => &self.stats.records_dropped_state_size,
+        }
+        .load(Ordering::Relaxed);
+        match self.drop_log.admit(now) {
+            Verdict::Log { suppressed_before } => {
+                if suppressed_before > 0 {
+                    tracing::warn!(
+                        not_logged = suppressed_before,
+                        "{suppressed_before} more dropped records in the last interval \
+                         were counted but not logged"
+                    );
+                }
+                log(dropped);
+            }
+            Verdict::Suppress { first: true } => tracing::warn!(
+                "more records dropped; counting them without logging (see \
+                 records_dropped_total on /metrics)"
+            ),
+            Verdict::Suppress { first: false } => {}
+        }
+    }
+
+    /// Publishes the history budget's figures.
+    pub(super) fn count_history(&self) {
+        let stats = &self.stats;
+        stats
+            .history_bytes
+            .store(self.history.used() as u64, Ordering::Relaxed);
+        stats
+            .history_trimmed
+            .store(self.history.trimmed(), Ordering::Relaxed);
+    }
+}
