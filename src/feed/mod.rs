@@ -204,6 +204,8 @@ pub struct FeedStats {
     producers_idle_closed: AtomicU64,
     /// Rejected lines counted but not logged (the log budget was spent).
     rejections_not_logged: AtomicU64,
+    /// Panics contained in this feed (its task or one producer connection).
+    panics: AtomicU64,
     recent_rejections: Mutex<VecDeque<Rejection>>,
     /// The address a listening feed (tcp) actually bound, so port 0 works.
     local_addr: Mutex<Option<SocketAddr>>,
@@ -220,6 +222,7 @@ impl FeedStats {
             producers_refused: AtomicU64::new(0),
             producers_idle_closed: AtomicU64::new(0),
             rejections_not_logged: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
             recent_rejections: Mutex::new(VecDeque::new()),
             local_addr: Mutex::new(None),
         }
@@ -253,6 +256,18 @@ impl FeedStats {
     /// Rejected lines that were counted but not logged.
     pub fn rejections_not_logged(&self) -> u64 {
         self.rejections_not_logged.load(Ordering::Relaxed)
+    }
+
+    /// Panics contained in this feed (see [`crate::fault`]).
+    pub fn panics(&self) -> u64 {
+        self.panics.load(Ordering::Relaxed)
+    }
+
+    /// Counts a contained panic and logs it with what it stopped.
+    pub fn panicked(&self, what: &str, message: &str) {
+        self.panics.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(feed = %self.name,
+            "{what} panicked ({message}); it is stopped, everything else goes on");
     }
 
     /// The most recent rejections, oldest first.
@@ -352,6 +367,7 @@ impl FeedOutput {
     /// Stamps the ingest time and publishes; waits while the ring is full, so
     /// a fast feed is slowed to the engine's pace instead of losing records.
     pub async fn send(&self, mut record: FeedRecord) {
+        crate::fault::inject(record.channel.as_str(), "a feed");
         let ingest_ns = clock::unix_nanos();
         record.ingest_ns = ingest_ns;
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
@@ -543,18 +559,24 @@ pub fn spawn(
     tokio::spawn(async move {
         let stats = output.stats().clone();
         stats.set_status(FeedStatus::Running);
-        let result = match spec {
-            FeedSpec::Synthetic { rate } => {
-                synthetic::run(rate, output, shutdown).await;
-                Ok(())
+        let work = async move {
+            match spec {
+                FeedSpec::Synthetic { rate } => {
+                    synthetic::run(rate, output, shutdown).await;
+                    Ok(())
+                }
+                FeedSpec::Replay { path } => replay::run(&path, replay, output, shutdown).await,
+                FeedSpec::Tcp { addr } => tcp::run(addr, output, shutdown).await,
             }
-            FeedSpec::Replay { path } => replay::run(&path, replay, output, shutdown).await,
-            FeedSpec::Tcp { addr } => tcp::run(addr, output, shutdown).await,
         };
-        match result {
-            Ok(()) => stats.set_status(FeedStatus::Finished),
-            Err(e) => {
+        match crate::fault::contain(work).await {
+            Ok(Ok(())) => stats.set_status(FeedStatus::Finished),
+            Ok(Err(e)) => {
                 tracing::error!(feed = %stats.name, "feed stopped: {e}");
+                stats.set_status(FeedStatus::Failed);
+            }
+            Err(panic) => {
+                stats.panicked("the feed", &panic);
                 stats.set_status(FeedStatus::Failed);
             }
         }

@@ -104,8 +104,15 @@ async fn serve(
         let span = tracing::info_span!("producer", feed = %feed, %peer);
         match slots.clone().try_acquire_owned() {
             Ok(slot) => {
+                let stats = out.stats().clone();
                 let task = produce(stream, out.clone(), shutdown.clone(), slot);
-                producers.spawn(task.instrument(span));
+                // A panic ends this producer's connection only.
+                let contained = async move {
+                    if let Err(panic) = crate::fault::contain(task).await {
+                        stats.panicked("a producer connection", &panic);
+                    }
+                };
+                producers.spawn(contained.instrument(span));
             }
             Err(_) => {
                 out.stats()

@@ -154,7 +154,7 @@ pub fn prometheus(state: &AppState) -> String {
         "counter",
         stats.history_trimmed,
     );
-    let feed_counters: [FeedCounter; 4] = [
+    let feed_counters: [FeedCounter; 5] = [
         (
             "tickcast_feed_producers",
             "Producer connections open on a tcp feed.",
@@ -178,6 +178,12 @@ pub fn prometheus(state: &AppState) -> String {
             "Rejected lines counted but not logged (limits.reject_log_per_interval).",
             "counter",
             |f| f.rejections_not_logged(),
+        ),
+        (
+            "tickcast_feed_panics_total",
+            "Panics contained in a feed: the feed (or one producer connection) stopped, nothing else.",
+            "counter",
+            |f| f.panics(),
         ),
     ];
     for (name, help, kind, value) in feed_counters {
@@ -303,6 +309,7 @@ pub async fn stats_json(state: &AppState) -> Value {
                 "accepted": f.accepted(),
                 "rejected": rejected,
                 "rejections_not_logged": f.rejections_not_logged(),
+                "panics": f.panics(),
                 "producers": f.producers(),
                 "producers_refused": f.producers_refused(),
                 "producers_idle_closed": f.producers_idle_closed(),

@@ -90,7 +90,7 @@ pub async fn wait_for_channel(server: &RunningServer, name: &str) -> ChannelSnap
 }
 
 /// A producer connected to a `tcp:` feed.
-pub struct Producer(TcpStream);
+pub struct Producer(pub TcpStream);
 
 impl Producer {
     pub async fn connect(addr: SocketAddr) -> Self {
