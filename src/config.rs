@@ -192,9 +192,24 @@ pub struct Limits {
     /// Commands from sessions the engine queues before sessions wait.
     #[serde(deserialize_with = "check::engine_queue")]
     pub engine_queue: usize,
-    /// How long one socket write may take before the client is dropped (ms).
+    /// How long a peer may accept no byte of what is owed to it before it
+    /// is dropped (ms).
     #[serde(deserialize_with = "check::write_timeout_ms")]
     pub write_timeout_ms: u64,
+    /// How long a client frame (or fragmented message) may take from its
+    /// first byte to its last before the connection is closed (ms).
+    #[serde(deserialize_with = "check::frame_timeout_ms")]
+    pub frame_timeout_ms: u64,
+    /// How long a connection may go unheard from (nothing read, and no
+    /// byte of a backlog taken) before it is closed (ms); it gets a
+    /// WebSocket ping at half this time.
+    #[serde(deserialize_with = "check::idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// How long a client may take to send an HTTP request's headers, and
+    /// how long a kept-alive HTTP connection may wait for its next
+    /// request (ms).
+    #[serde(deserialize_with = "check::handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -209,6 +224,9 @@ impl Default for Limits {
             ring_capacity: 1 << 16,
             engine_queue: 4096,
             write_timeout_ms: 10_000,
+            frame_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            handshake_timeout_ms: 10_000,
         }
     }
 }
@@ -227,6 +245,9 @@ impl Limits {
             max_channels_per_request: self.max_channels_per_request,
             outbox_bytes: self.outbox_bytes,
             write_timeout: Duration::from_millis(self.write_timeout_ms),
+            frame_timeout: Duration::from_millis(self.frame_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             direct_writes,
         }
     }
@@ -391,6 +412,9 @@ mod check {
         max_connections: usize = "limits.max_connections";
         engine_queue: usize = "limits.engine_queue";
         write_timeout_ms: u64 = "limits.write_timeout_ms";
+        frame_timeout_ms: u64 = "limits.frame_timeout_ms";
+        idle_timeout_ms: u64 = "limits.idle_timeout_ms";
+        handshake_timeout_ms: u64 = "limits.handshake_timeout_ms";
     }
 
     pub fn engine_shards<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
@@ -484,6 +508,22 @@ mod tests {
             defaults.limits.max_connections
         );
         assert_eq!(parsed.limits.ring_capacity, defaults.limits.ring_capacity);
+        assert_eq!(
+            parsed.limits.write_timeout_ms,
+            defaults.limits.write_timeout_ms
+        );
+        assert_eq!(
+            parsed.limits.frame_timeout_ms,
+            defaults.limits.frame_timeout_ms
+        );
+        assert_eq!(
+            parsed.limits.idle_timeout_ms,
+            defaults.limits.idle_timeout_ms
+        );
+        assert_eq!(
+            parsed.limits.handshake_timeout_ms,
+            defaults.limits.handshake_timeout_ms
+        );
         assert_eq!(parsed.namespace_defaults, defaults.namespace_defaults);
         assert_eq!(parsed.namespaces, defaults.namespaces);
     }
@@ -581,6 +621,11 @@ mod tests {
             ),
             ("[namespaces.\"a.b\"]\nmode = \"stream\"\n", "a.b", 1),
             ("engine_shards = 65\n", "engine_shards", 1),
+            (
+                "[limits]\nidle_timeout_ms = 0\n",
+                "limits.idle_timeout_ms",
+                2,
+            ),
         ];
         for (text, key, line) in cases {
             let err = toml::from_str::<Config>(text).unwrap_err().to_string();

@@ -107,6 +107,16 @@ pub struct Metrics {
     origin: Instant,
     pub frames_written: AtomicU64,
     pub bytes_written: AtomicU64,
+    /// Connections dropped because the peer accepted no byte for
+    /// `limits.write_timeout_ms`.
+    pub write_stalls_closed: AtomicU64,
+    /// Connections closed after sending nothing for `limits.idle_timeout_ms`.
+    pub idle_closed: AtomicU64,
+    /// Pings sent to connections quiet for half of `limits.idle_timeout_ms`.
+    pub idle_pings: AtomicU64,
+    /// Connections closed for a frame not finished within
+    /// `limits.frame_timeout_ms`.
+    pub frame_timeouts_closed: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -122,6 +132,10 @@ impl Metrics {
             origin: Instant::now(),
             frames_written: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
+            write_stalls_closed: AtomicU64::new(0),
+            idle_closed: AtomicU64::new(0),
+            idle_pings: AtomicU64::new(0),
+            frame_timeouts_closed: AtomicU64::new(0),
         }
     }
 

@@ -102,6 +102,34 @@ pub fn prometheus(state: &AppState) -> String {
     );
     gauge(
         &mut out,
+        "tickcast_write_stalls_closed_total",
+        "Connections dropped because the peer accepted no byte for limits.write_timeout_ms.",
+        "counter",
+        load(&state.metrics.write_stalls_closed),
+    );
+    gauge(
+        &mut out,
+        "tickcast_idle_pings_total",
+        "Pings sent to connections that sent nothing for half of limits.idle_timeout_ms.",
+        "counter",
+        load(&state.metrics.idle_pings),
+    );
+    gauge(
+        &mut out,
+        "tickcast_idle_closed_total",
+        "Connections closed (1001) for sending nothing for limits.idle_timeout_ms.",
+        "counter",
+        load(&state.metrics.idle_closed),
+    );
+    gauge(
+        &mut out,
+        "tickcast_frame_timeouts_closed_total",
+        "Connections closed (1008) for a frame not finished within limits.frame_timeout_ms.",
+        "counter",
+        load(&state.metrics.frame_timeouts_closed),
+    );
+    gauge(
+        &mut out,
         "tickcast_records_dropped_total",
         "Records dropped because limits.max_channels was reached.",
         "counter",
@@ -226,6 +254,10 @@ pub async fn stats_json(state: &AppState) -> Value {
         "coalesced_diffs": stats.coalesced_diffs,
         "slow_consumer_events": stats.slow_consumer_closes,
         "slow_consumer_holds": stats.slow_consumer_holds,
+        "write_stalls_closed": load(&state.metrics.write_stalls_closed),
+        "idle_pings": load(&state.metrics.idle_pings),
+        "idle_closed": load(&state.metrics.idle_closed),
+        "frame_timeouts_closed": load(&state.metrics.frame_timeouts_closed),
         "backlog": backlog,
         "latency": stages,
         "feeds": feeds,
