@@ -150,18 +150,12 @@ async fn drive(
     }
     tracing::debug!(session, peer = ?write.peer_addr().ok(), "connected");
     {
-        // Read timeouts are the sweeper's (no timer in this task).
-        let (activity, _watching) = watchlist.watch(session, outbox.clone());
-        let reader = reader::read_loop(frames, session, engine, &outbox, limits, &activity);
+        // Read timeouts are the sweeper's (no timer in this task); it
+        // forgets the session once the last other owner of its outbox has.
+        watchlist.watch(session, outbox.clone());
+        let reader = reader::read_loop(frames, session, engine, &outbox, limits);
         let drained = writer::Drained { engine, session };
-        let writer = writer::write_loop(
-            &write,
-            &outbox,
-            limits.write_timeout,
-            metrics,
-            &drained,
-            &activity,
-        );
+        let writer = writer::write_loop(&write, &outbox, limits.write_timeout, metrics, &drained);
         tokio::pin!(reader, writer);
         tokio::select! {
             () = &mut reader => {
@@ -191,10 +185,12 @@ mod tests {
 
     /// Most bytes an idle connection's task future may take. It was 2,504
     /// before the rare steps were boxed and the reader and writer waited on
-    /// poll functions; 1,088 with rustc 1.95, and 1,200 with the read
-    /// timeouts' activity stamps (`watch`). Most of an idle connection's
-    /// memory is this future (docs/benchmarks.md), so growing it is a
-    /// regression to notice.
+    /// poll functions; 1,088 with rustc 1.95, and 1,144 with the read
+    /// timeouts (`watch`). Most of an idle connection's memory is this
+    /// future (docs/benchmarks.md), so growing it is a regression to
+    /// notice. tokio's task cell (header, this future plus the task
+    /// tracker's 8 bytes, trailer; 128-byte aligned) is 1,280 bytes up to a
+    /// future of about 1,176 bytes, and 1,408 past it.
     const SESSION_FUTURE_BUDGET: usize = 1280;
 
     #[tokio::test]

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use super::watch::Activity;
 use crate::clock;
 use crate::metrics::{Metrics, Stage};
 
@@ -65,6 +66,9 @@ pub struct Outbox {
     queue: Mutex<Queue>,
     ready: Notify,
     limit_bytes: usize,
+    /// The session's stamps for the read timeouts; kept here, in an
+    /// allocation every session has anyway, rather than in one more.
+    activity: Activity,
 }
 
 #[derive(Default)]
@@ -101,7 +105,13 @@ impl Outbox {
             queue: Mutex::new(Queue::default()),
             ready: Notify::new(),
             limit_bytes,
+            activity: Activity::default(),
         }
+    }
+
+    /// What the session's reader and writer stamp for the sweeper.
+    pub fn activity(&self) -> &Activity {
+        &self.activity
     }
 
     /// Lets pushes write straight to `socket` while the session is idle.

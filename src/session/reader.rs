@@ -3,7 +3,6 @@
 use super::frames::{FrameError, FrameReader, OpCode, ReadSocket};
 use super::outbox::Outbox;
 use super::protocol::{self, ClientOp};
-use super::watch::Activity;
 use super::SessionLimits;
 use crate::engine::{Command, EngineHandle, SessionId};
 use crate::wire::{self, CloseCode, ErrorCode};
@@ -16,24 +15,23 @@ pub async fn read_loop<S: ReadSocket>(
     engine: &EngineHandle,
     outbox: &Outbox,
     limits: &SessionLimits,
-    activity: &Activity,
 ) {
     // Text split over continuation frames, bounded like a single frame.
     let mut partial: Option<Vec<u8>> = None;
     loop {
-        let frame = match frames.read_frame(activity).await {
+        let frame = match frames.read_frame(outbox.activity()).await {
             Ok(frame) => frame,
             Err(e) => return close_on_error(e, outbox, limits),
         };
         if partial.is_none() {
             // A whole frame is in; the frame timeout runs on only to the
             // end of a fragmented message.
-            activity.frame_done();
+            outbox.activity().frame_done();
         }
         let message = match (frame.opcode, frame.fin) {
             (OpCode::Text, true) if partial.is_none() => frame.payload.to_vec(),
             (OpCode::Text, false) if partial.is_none() => {
-                activity.frame_begun();
+                outbox.activity().frame_begun();
                 partial = Some(frame.payload.to_vec());
                 continue;
             }
@@ -46,7 +44,7 @@ pub async fn read_loop<S: ReadSocket>(
                 if !fin {
                     continue;
                 }
-                activity.frame_done();
+                outbox.activity().frame_done();
                 partial.take().expect("checked above")
             }
             (OpCode::Ping, _) => {

@@ -3,10 +3,10 @@
 //! over all sessions ([`Watchlist`]) looks at the stamps a few times per
 //! timeout and acts on the connections past one.
 //!
-//! A timer per session would sit in every idle connection's task (a tokio
-//! `Sleep` is larger than the whole reader), and idle connections are most
-//! of a server's memory (docs/benchmarks.md). The sweeper costs one pass
-//! over a map per tick, whatever the number of connections.
+//! A timer per session would sit in every idle connection's task, and idle
+//! connections are most of a server's memory (docs/benchmarks.md). The
+//! sweeper costs one pass over a map per tick; the stamps live in the
+//! session's outbox, an allocation it has anyway.
 //!
 //! - **Frame timeout**: a frame, or a fragmented message, whose first byte
 //!   arrived more than `limits.frame_timeout_ms` ago and is not complete:
@@ -40,7 +40,7 @@ fn now_ms() -> u64 {
     origin.elapsed().as_millis() as u64 + 1
 }
 
-/// What a session's reader stamps for the sweeper.
+/// What a session's reader and writer stamp for the sweeper.
 #[derive(Debug)]
 pub struct Activity {
     /// When the peer was last heard from: a byte read from it, or a full
@@ -97,14 +97,10 @@ impl Activity {
     }
 }
 
-struct Watched {
-    activity: Arc<Activity>,
-    outbox: Arc<Outbox>,
-}
-
-/// Every live session's stamps and outbox, and the sweeper acting on them.
+/// Every live session's outbox (with its stamps), and the sweeper acting
+/// on them.
 pub struct Watchlist {
-    sessions: Mutex<HashMap<SessionId, Watched>>,
+    sessions: Mutex<HashMap<SessionId, Arc<Outbox>>>,
     frame_timeout: Duration,
     idle_timeout: Duration,
     metrics: Arc<Metrics>,
@@ -133,34 +129,20 @@ impl Watchlist {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Watched>> {
-        // Every update is one insert or remove: a poisoned map is whole.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Arc<Outbox>>> {
+        // Every update is one insert or retain: a poisoned map is whole.
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Watches `session` until the returned guard is dropped. The first
-    /// call starts the sweeper, which ends when the list is dropped.
-    pub fn watch(
-        self: &Arc<Self>,
-        session: SessionId,
-        outbox: Arc<Outbox>,
-    ) -> (Arc<Activity>, Watching<'_>) {
+    /// Watches `session` while anyone but this list holds its outbox (the
+    /// session task and the engine do until it ends): no guard in the
+    /// session's task, and nothing left behind if that task is dropped. The
+    /// first call starts the sweeper, which ends when the list is dropped.
+    pub fn watch(self: &Arc<Self>, session: SessionId, outbox: Arc<Outbox>) {
         if !self.sweeper_started.swap(true, Ordering::Relaxed) {
             tokio::spawn(sweep(Arc::downgrade(self), self.sweep_every()));
         }
-        let activity = Arc::new(Activity::default());
-        let watched = Watched {
-            activity: activity.clone(),
-            outbox,
-        };
-        self.lock().insert(session, watched);
-        (
-            activity,
-            Watching {
-                list: self,
-                session,
-            },
-        )
+        self.lock().insert(session, outbox);
     }
 
     /// A quarter of the shortest thing measured, within 10 ms and 1 s: a
@@ -187,50 +169,63 @@ impl Watchlist {
         }
     }
 
-    /// One look at every session.
+    /// One look at every session; forgets the ended ones.
     fn sweep_once(&self) {
         let now = now_ms();
-        let sessions = self.lock();
-        for (&session, watched) in sessions.iter() {
-            let verdict = self.verdict(&watched.activity, now);
-            if verdict == Verdict::Fine || watched.outbox.is_closing() {
-                continue;
+        let mut sessions = self.lock();
+        sessions.retain(|&session, outbox| {
+            if Arc::strong_count(outbox) == 1 {
+                return false;
             }
-            match verdict {
-                Verdict::Fine => {}
-                Verdict::Ping => {
-                    // Past the byte bound if need be (two bytes, once per
-                    // quiet spell): a slow reader must still be asked.
-                    if watched.outbox.push_control(self.ping.clone()) {
-                        let last = watched.activity.last_heard_ms.load(Ordering::Relaxed);
-                        watched
-                            .activity
-                            .pinged_for_ms
-                            .store(last, Ordering::Relaxed);
-                        self.metrics.idle_pings.fetch_add(1, Ordering::Relaxed);
-                    }
+            self.look_at(session, outbox, now);
+            true
+        });
+        if sessions.capacity() > 4 * sessions.len() + 1024 {
+            // Give back what a burst of connections grew.
+            sessions.shrink_to_fit();
+        }
+    }
+
+    fn look_at(&self, session: SessionId, outbox: &Outbox, now: u64) {
+        let activity = outbox.activity();
+        let verdict = self.verdict(activity, now);
+        if verdict == Verdict::Fine || outbox.is_closing() {
+            return;
+        }
+        match verdict {
+            Verdict::Fine => {}
+            Verdict::Ping => {
+                // Past the byte bound if need be (two bytes, once per quiet
+                // spell): a slow reader must still be asked.
+                if outbox.push_control(self.ping.clone()) {
+                    let last = activity.last_heard_ms.load(Ordering::Relaxed);
+                    activity.pinged_for_ms.store(last, Ordering::Relaxed);
+                    self.metrics.idle_pings.fetch_add(1, Ordering::Relaxed);
                 }
-                Verdict::IdleClose => {
-                    tracing::debug!(session, "nothing read for {:?}: closing", self.idle_timeout);
-                    self.metrics.idle_closed.fetch_add(1, Ordering::Relaxed);
-                    let close = wire::close(CloseCode::GoingAway, "idle timeout");
-                    watched.outbox.close(close, false);
-                }
-                Verdict::FrameClose => {
-                    tracing::debug!(
-                        session,
-                        "frame not finished within {:?}: closing",
-                        self.frame_timeout
-                    );
-                    self.metrics
-                        .frame_timeouts_closed
-                        .fetch_add(1, Ordering::Relaxed);
-                    let close = wire::close(
-                        CloseCode::PolicyViolation,
-                        "frame not finished within limits.frame_timeout_ms",
-                    );
-                    watched.outbox.close(close, false);
-                }
+            }
+            Verdict::IdleClose => {
+                tracing::debug!(
+                    session,
+                    "nothing heard for {:?}: closing",
+                    self.idle_timeout
+                );
+                self.metrics.idle_closed.fetch_add(1, Ordering::Relaxed);
+                outbox.close(wire::close(CloseCode::GoingAway, "idle timeout"), false);
+            }
+            Verdict::FrameClose => {
+                tracing::debug!(
+                    session,
+                    "frame not finished within {:?}: closing",
+                    self.frame_timeout
+                );
+                self.metrics
+                    .frame_timeouts_closed
+                    .fetch_add(1, Ordering::Relaxed);
+                let close = wire::close(
+                    CloseCode::PolicyViolation,
+                    "frame not finished within limits.frame_timeout_ms",
+                );
+                outbox.close(close, false);
             }
         }
     }
@@ -238,19 +233,6 @@ impl Watchlist {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.lock().len()
-    }
-}
-
-/// Removes its session from the list when dropped (the session ended, or
-/// its task was dropped).
-pub struct Watching<'a> {
-    list: &'a Watchlist,
-    session: SessionId,
-}
-
-impl Drop for Watching<'_> {
-    fn drop(&mut self) {
-        self.list.lock().remove(&self.session);
     }
 }
 
@@ -306,14 +288,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_session_is_watched_until_its_guard_drops() {
+    async fn a_session_is_watched_while_its_outbox_is_held_elsewhere() {
         let list = list(1_000, 10_000);
         let outbox = Arc::new(Outbox::new(1024));
-        {
-            let (_activity, _guard) = list.watch(7, outbox);
-            assert_eq!(list.len(), 1);
-        }
-        assert_eq!(list.len(), 0);
+        list.watch(7, outbox.clone());
+        list.sweep_once();
+        assert_eq!(list.len(), 1);
+        drop(outbox);
+        list.sweep_once();
+        assert_eq!(list.len(), 0, "the session ended: forgotten");
         assert_eq!(list.sweep_every(), Duration::from_millis(250));
     }
 }

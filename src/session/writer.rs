@@ -62,7 +62,6 @@ pub async fn write_loop<S: SocketWrite>(
     write_timeout: Duration,
     metrics: &Metrics,
     drained: &Drained<'_>,
-    activity: &Activity,
 ) {
     let mut frames: Vec<QueuedFrame> = Vec::new();
     loop {
@@ -71,14 +70,14 @@ pub async fn write_loop<S: SocketWrite>(
             outbox.detach_socket();
             frames.push(close.into());
             if let Err(Stalled { .. }) =
-                write_batch(&**socket, &frames, write_timeout, activity).await
+                write_batch(&**socket, &frames, write_timeout, outbox.activity()).await
             {
                 // The close frame was in the batch: nothing more to try.
                 stalled(&**socket, drained.session, write_timeout, metrics);
             }
             return;
         }
-        let outcome = write_batch(&**socket, &frames, write_timeout, activity).await;
+        let outcome = write_batch(&**socket, &frames, write_timeout, outbox.activity()).await;
         match outcome {
             Ok(Ok(())) => {
                 record_written(&frames, metrics);
