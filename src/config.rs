@@ -208,7 +208,8 @@ pub struct Limits {
     /// Commands from sessions the engine queues before sessions wait.
     #[serde(deserialize_with = "check::engine_queue")]
     pub engine_queue: usize,
-    /// How long one socket write may take before the client is dropped (ms).
+    /// How long a peer may accept no byte of what is owed to it before it
+    /// is dropped (ms).
     #[serde(deserialize_with = "check::write_timeout_ms")]
     pub write_timeout_ms: u64,
     /// How deep `[`/`{` may nest in a client message or feed line; deeper
@@ -235,6 +236,20 @@ pub struct Limits {
     /// Bytes of resume history kept over all channels (per engine shard).
     #[serde(deserialize_with = "check::max_history_bytes")]
     pub max_history_bytes: usize,
+    /// How long a client frame (or fragmented message) may take from its
+    /// first byte to its last before the connection is closed (ms).
+    #[serde(deserialize_with = "check::frame_timeout_ms")]
+    pub frame_timeout_ms: u64,
+    /// How long a connection may go unheard from (nothing read, and no
+    /// byte of a backlog taken) before it is closed (ms); it gets a
+    /// WebSocket ping at half this time.
+    #[serde(deserialize_with = "check::idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// How long a client may take to send an HTTP request's headers, and
+    /// how long a kept-alive HTTP connection may wait for its next
+    /// request (ms).
+    #[serde(deserialize_with = "check::handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -256,6 +271,9 @@ impl Default for Limits {
             reject_log_interval_ms: 10_000,
             max_state_bytes: 2 * 1024 * 1024,
             max_history_bytes: 256 * 1024 * 1024,
+            frame_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            handshake_timeout_ms: 10_000,
         }
     }
 }
@@ -292,6 +310,9 @@ impl Limits {
             max_channels_per_request: self.max_channels_per_request,
             outbox_bytes: self.outbox_bytes,
             write_timeout: Duration::from_millis(self.write_timeout_ms),
+            frame_timeout: Duration::from_millis(self.frame_timeout_ms),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             direct_writes,
             max_json_depth: self.max_json_depth,
         }
@@ -463,6 +484,9 @@ mod check {
         reject_log_interval_ms: u64 = "limits.reject_log_interval_ms";
         max_state_bytes: usize = "limits.max_state_bytes";
         max_history_bytes: usize = "limits.max_history_bytes";
+        frame_timeout_ms: u64 = "limits.frame_timeout_ms";
+        idle_timeout_ms: u64 = "limits.idle_timeout_ms";
+        handshake_timeout_ms: u64 = "limits.handshake_timeout_ms";
     }
 
     pub fn engine_shards<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
@@ -580,6 +604,22 @@ mod tests {
         assert_eq!(
             parsed.limits.max_history_bytes,
             defaults.limits.max_history_bytes
+        );
+        assert_eq!(
+            parsed.limits.write_timeout_ms,
+            defaults.limits.write_timeout_ms
+        );
+        assert_eq!(
+            parsed.limits.frame_timeout_ms,
+            defaults.limits.frame_timeout_ms
+        );
+        assert_eq!(
+            parsed.limits.idle_timeout_ms,
+            defaults.limits.idle_timeout_ms
+        );
+        assert_eq!(
+            parsed.limits.handshake_timeout_ms,
+            defaults.limits.handshake_timeout_ms
         );
         assert_eq!(parsed.namespace_defaults, defaults.namespace_defaults);
         assert_eq!(parsed.namespaces, defaults.namespaces);
@@ -714,6 +754,11 @@ mod tests {
             (
                 "[limits]\nmax_json_depth = 129\n",
                 "limits.max_json_depth",
+                2,
+            ),
+            (
+                "[limits]\nidle_timeout_ms = 0\n",
+                "limits.idle_timeout_ms",
                 2,
             ),
         ];

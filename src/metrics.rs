@@ -113,6 +113,16 @@ pub struct Metrics {
     pub accept_fd_exhausted: AtomicU64,
     /// Connections answered from the reserved descriptor at the limit.
     pub answered_at_fd_limit: AtomicU64,
+    /// Connections dropped because the peer accepted no byte for
+    /// `limits.write_timeout_ms`.
+    pub write_stalls_closed: AtomicU64,
+    /// Connections closed after sending nothing for `limits.idle_timeout_ms`.
+    pub idle_closed: AtomicU64,
+    /// Pings sent to connections quiet for half of `limits.idle_timeout_ms`.
+    pub idle_pings: AtomicU64,
+    /// Connections closed for a frame not finished within
+    /// `limits.frame_timeout_ms`.
+    pub frame_timeouts_closed: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -131,6 +141,10 @@ impl Metrics {
             accept_errors: AtomicU64::new(0),
             accept_fd_exhausted: AtomicU64::new(0),
             answered_at_fd_limit: AtomicU64::new(0),
+            write_stalls_closed: AtomicU64::new(0),
+            idle_closed: AtomicU64::new(0),
+            idle_pings: AtomicU64::new(0),
+            frame_timeouts_closed: AtomicU64::new(0),
         }
     }
 

@@ -10,7 +10,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::engine::EngineHandle;
 use crate::feed::{FeedStats, FeedStatus};
 use crate::metrics::Metrics;
-use crate::session::{self, SessionLimits};
+use crate::session::{self, SessionLimits, Watchlist};
 
 pub mod accept;
 pub mod observe;
@@ -35,6 +35,8 @@ pub struct AppState {
     pub max_connections: usize,
     pub sessions: TaskTracker,
     pub metrics: Arc<Metrics>,
+    /// Every session's read timeouts, checked by one sweeper task.
+    pub watchlist: Arc<Watchlist>,
     live_sessions: AtomicUsize,
 }
 
@@ -46,8 +48,10 @@ impl AppState {
         max_connections: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let watchlist = Arc::new(Watchlist::new(&session_limits, metrics.clone()));
         Self {
             engine,
+            watchlist,
             session_limits,
             feeds,
             max_connections,
@@ -76,11 +80,17 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
         let state = state.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let handshake_timeout = state.session_limits.handshake_timeout;
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(route(req, &state).await) }
             });
+            // The header timeout also bounds a connection that never sends
+            // a request, and a kept-alive one waiting for its next request
+            // (hyper starts it whenever it waits for a request head).
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(handshake_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             tokio::pin!(conn);
@@ -186,6 +196,7 @@ fn upgrade(req: &mut Request<Incoming>, state: &Arc<AppState>) -> Response<Body>
         state.engine.clone(),
         state.session_limits.clone(),
         state.metrics.clone(),
+        state.watchlist.clone(),
         slot,
     ));
     response.map(|_| Full::new(Bytes::new()))

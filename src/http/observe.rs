@@ -114,6 +114,34 @@ pub fn prometheus(state: &AppState) -> String {
     }
     gauge(
         &mut out,
+        "tickcast_write_stalls_closed_total",
+        "Connections dropped because the peer accepted no byte for limits.write_timeout_ms.",
+        "counter",
+        load(&state.metrics.write_stalls_closed),
+    );
+    gauge(
+        &mut out,
+        "tickcast_idle_pings_total",
+        "Pings sent to connections that sent nothing for half of limits.idle_timeout_ms.",
+        "counter",
+        load(&state.metrics.idle_pings),
+    );
+    gauge(
+        &mut out,
+        "tickcast_idle_closed_total",
+        "Connections closed (1001) for sending nothing for limits.idle_timeout_ms.",
+        "counter",
+        load(&state.metrics.idle_closed),
+    );
+    gauge(
+        &mut out,
+        "tickcast_frame_timeouts_closed_total",
+        "Connections closed (1008) for a frame not finished within limits.frame_timeout_ms.",
+        "counter",
+        load(&state.metrics.frame_timeouts_closed),
+    );
+    gauge(
+        &mut out,
         "tickcast_fd_limit",
         "The process's soft limit on open file descriptors.",
         "gauge",
@@ -335,6 +363,10 @@ pub async fn stats_json(state: &AppState) -> Value {
         },
         "history_bytes": stats.history_bytes,
         "history_trimmed": stats.history_trimmed,
+        "write_stalls_closed": load(&state.metrics.write_stalls_closed),
+        "idle_pings": load(&state.metrics.idle_pings),
+        "idle_closed": load(&state.metrics.idle_closed),
+        "frame_timeouts_closed": load(&state.metrics.frame_timeouts_closed),
         "backlog": backlog,
         "fd_limit": super::accept::fd_limit(),
         "accept": {

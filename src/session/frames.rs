@@ -14,6 +14,8 @@ use std::task::{Context, Poll};
 use bytes::{Buf, BytesMut};
 use tokio::net::tcp::OwnedReadHalf;
 
+use super::watch::Activity;
+
 /// Bytes reserved for the first read of a burst: a typical request fits.
 const FIRST_READ: usize = 512;
 
@@ -116,14 +118,17 @@ impl<S: ReadSocket> FrameReader<S> {
     ///
     /// This is the reader's only await point, so an idle connection's task
     /// holds just this small future (docs/benchmarks.md, memory).
-    async fn read_more(&mut self, want: usize) -> Result<(), FrameError> {
+    async fn read_more(&mut self, want: usize, activity: &Activity) -> Result<(), FrameError> {
         loop {
             if self.buf.capacity() < want {
                 self.buf.reserve((want - self.buf.len()).max(FIRST_READ));
             }
             match self.socket.try_read_buf(&mut self.buf) {
                 Ok(0) => return Err(FrameError::Eof),
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    activity.read_now();
+                    return Ok(());
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if self.buf.is_empty() {
                         // Idle: hold no memory while waiting.
@@ -138,12 +143,18 @@ impl<S: ReadSocket> FrameReader<S> {
 
     /// The next frame. Not cancel-safe in general (call it from one task
     /// that is dropped only when the session ends), although bytes read so
-    /// far stay in the buffer.
-    pub async fn read_frame(&mut self) -> Result<Frame, FrameError> {
+    /// far stay in the buffer. Every read, and every frame left half
+    /// received, is stamped on `activity` for the read timeouts (`watch`).
+    pub async fn read_frame(&mut self, activity: &Activity) -> Result<Frame, FrameError> {
         loop {
             match self.parse()? {
                 Parsed::Frame(frame) => return Ok(frame),
-                Parsed::Need(want) => self.read_more(want).await?,
+                Parsed::Need(want) => {
+                    if !self.buf.is_empty() {
+                        activity.frame_begun();
+                    }
+                    self.read_more(want, activity).await?
+                }
             }
         }
     }
@@ -276,45 +287,75 @@ mod tests {
         for step in [1, 3, 7, 100, bytes.len()] {
             let chunks = bytes.chunks(step).map(|c| c.to_vec()).collect();
             let mut r = reader(chunks, 1 << 20);
-            let f = r.read_frame().await.unwrap();
+            let f = r.read_frame(&Activity::default()).await.unwrap();
             assert_eq!(
                 (f.fin, f.opcode, &f.payload[..]),
                 (true, OpCode::Text, &b"{\"op\":\"ping\"}"[..])
             );
-            let f = r.read_frame().await.unwrap();
+            let f = r.read_frame(&Activity::default()).await.unwrap();
             assert_eq!((f.opcode, f.payload.len()), (OpCode::Binary, 70_000));
             assert!(f.payload.iter().all(|&b| b == 7));
-            let f = r.read_frame().await.unwrap();
+            let f = r.read_frame(&Activity::default()).await.unwrap();
             assert_eq!((f.opcode, &f.payload[..]), (OpCode::Ping, &b"hi"[..]));
             assert_eq!(r.buffered_capacity(), 0, "nothing held once consumed");
-            assert!(matches!(r.read_frame().await, Err(FrameError::Eof)));
+            assert!(matches!(
+                r.read_frame(&Activity::default()).await,
+                Err(FrameError::Eof)
+            ));
         }
+    }
+
+    /// What the sweeper's frame timeout reads: a frame left half received
+    /// starts the clock; reading it whole does not clear it (the session
+    /// does, once a message is complete).
+    #[tokio::test]
+    async fn a_half_received_frame_is_stamped() {
+        let frame = masked(0x81, b"{\"op\":\"ping\"}");
+        let activity = Activity::default();
+        let mut r = reader(vec![frame.clone()], 100);
+        r.read_frame(&activity).await.unwrap();
+        assert!(!activity.frame_in_progress(), "read whole at once");
+        let mut r = reader(vec![frame[..5].to_vec(), frame[5..].to_vec()], 100);
+        r.read_frame(&activity).await.unwrap();
+        assert!(activity.frame_in_progress(), "stamped while half received");
     }
 
     #[tokio::test]
     async fn limits_and_rules_are_enforced() {
         let mut r = reader(vec![masked(0x81, &[b'x'; 200])], 100);
         assert!(matches!(
-            r.read_frame().await,
+            r.read_frame(&Activity::default()).await,
             Err(FrameError::TooLarge(200))
         ));
         let mut unmasked = masked(0x81, b"a");
         unmasked[1] &= 0x7F;
         let mut r = reader(vec![unmasked], 100);
-        assert!(matches!(r.read_frame().await, Err(FrameError::Protocol(_))));
+        assert!(matches!(
+            r.read_frame(&Activity::default()).await,
+            Err(FrameError::Protocol(_))
+        ));
         let mut r = reader(vec![masked(0xC1, b"a")], 100);
         assert!(
-            matches!(r.read_frame().await, Err(FrameError::Protocol(_))),
+            matches!(
+                r.read_frame(&Activity::default()).await,
+                Err(FrameError::Protocol(_))
+            ),
             "rsv1"
         );
         let mut r = reader(vec![masked(0x09, b"a")], 100);
         assert!(
-            matches!(r.read_frame().await, Err(FrameError::Protocol(_))),
+            matches!(
+                r.read_frame(&Activity::default()).await,
+                Err(FrameError::Protocol(_))
+            ),
             "fragmented ping"
         );
         let mut r = reader(vec![masked(0x83, b"a")], 100);
         assert!(
-            matches!(r.read_frame().await, Err(FrameError::Protocol(_))),
+            matches!(
+                r.read_frame(&Activity::default()).await,
+                Err(FrameError::Protocol(_))
+            ),
             "opcode 3"
         );
     }

@@ -12,6 +12,7 @@ mod frames;
 pub mod outbox;
 pub mod protocol;
 mod reader;
+mod watch;
 mod writer;
 
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::wire::{self, CloseCode};
 use frames::FrameReader;
 use outbox::Outbox;
+pub use watch::Watchlist;
 
 /// Per-connection limits; see `config::Limits` for defaults and knobs.
 #[derive(Debug, Clone)]
@@ -37,13 +39,29 @@ pub struct SessionLimits {
     pub max_channels_per_request: usize,
     /// Bound of the outbound queue in bytes.
     pub outbox_bytes: usize,
-    /// How long one write may take before the peer is given up on.
+    /// How long the peer may accept no byte before it is given up on.
     pub write_timeout: Duration,
+    /// How long a client frame or fragmented message may take to arrive.
+    pub frame_timeout: Duration,
+    /// How long a client may send nothing (pinged at half of it).
+    pub idle_timeout: Duration,
+    /// How long the HTTP server waits for a request's headers, before the
+    /// upgrade (and between requests on a kept-alive connection).
+    pub handshake_timeout: Duration,
     /// Let the fanout write to idle sockets itself (see `Outbox`).
     pub direct_writes: bool,
     /// Deepest nesting a client message may have (`limits.max_json_depth`).
     pub max_json_depth: usize,
 }
+
+/// Most bytes the kernel keeps queued and not yet sent on a session's
+/// socket (TCP_NOTSENT_LOWAT, Linux). Past it the socket reports itself
+/// full, and room again as the peer's window lets bytes go out, so the
+/// writer sees a slow reader's progress in steps of a few KB rather than
+/// whenever a whole send buffer's worth of memory is acknowledged (which at
+/// 60 KB/s can take seconds, and read as a stalled peer). Updates left in
+/// the outbox rather than the kernel also stay mergeable.
+const SEND_LOW_WATER: usize = 32 * 1024;
 
 /// How long a closing session waits for the peer's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -57,6 +75,7 @@ pub async fn run(
     engine: EngineHandle,
     limits: Arc<SessionLimits>,
     metrics: Arc<Metrics>,
+    watchlist: Arc<Watchlist>,
     slot: impl Send,
 ) {
     let _slot = slot;
@@ -70,7 +89,15 @@ pub async fn run(
     let Some((frames, write)) = split(ws, limits.max_message_bytes) else {
         return;
     };
-    drive(frames, Arc::new(write), &engine, &limits, &metrics).await
+    drive(
+        frames,
+        Arc::new(write),
+        &engine,
+        &limits,
+        &metrics,
+        &watchlist,
+    )
+    .await
 }
 
 /// The upgraded connection as our frame reader and the raw write half.
@@ -87,6 +114,8 @@ fn split(
     };
     let stream = parts.io.into_inner();
     let _ = stream.set_nodelay(true);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(SEND_LOW_WATER as u32);
     let (read, write) = stream.into_split();
     // `read_buf` (bytes hyper read past the upgrade request, almost always
     // none) is copied into the frame reader, not kept: it is a slice of
@@ -103,6 +132,7 @@ async fn drive(
     engine: &EngineHandle,
     limits: &SessionLimits,
     metrics: &Arc<Metrics>,
+    watchlist: &Arc<Watchlist>,
 ) {
     let session = engine.new_session_id();
     let outbox = Arc::new(Outbox::new(limits.outbox_bytes));
@@ -120,8 +150,11 @@ async fn drive(
     if registered.is_err() {
         return;
     }
-    tracing::debug!(session, "connected");
+    tracing::debug!(session, peer = ?write.peer_addr().ok(), "connected");
     {
+        // Read timeouts are the sweeper's (no timer in this task); it
+        // forgets the session once the last other owner of its outbox has.
+        watchlist.watch(session, outbox.clone());
         let reader = reader::read_loop(frames, session, engine, &outbox, limits);
         let drained = writer::Drained { engine, session };
         let writer = writer::write_loop(&write, &outbox, limits.write_timeout, metrics, &drained);
@@ -154,9 +187,12 @@ mod tests {
 
     /// Most bytes an idle connection's task future may take. It was 2,504
     /// before the rare steps were boxed and the reader and writer waited on
-    /// poll functions; 1,088 with rustc 1.95. Most of an idle connection's
-    /// memory is this future (docs/benchmarks.md), so growing it is a
-    /// regression to notice.
+    /// poll functions; 1,088 with rustc 1.95, and 1,144 with the read
+    /// timeouts (`watch`). Most of an idle connection's memory is this
+    /// future (docs/benchmarks.md), so growing it is a regression to
+    /// notice. tokio's task cell (header, this future plus the task
+    /// tracker's 8 bytes, trailer; 128-byte aligned) is 1,280 bytes up to a
+    /// future of about 1,176 bytes, and 1,408 past it.
     const SESSION_FUTURE_BUDGET: usize = 1280;
 
     #[tokio::test]
@@ -171,7 +207,9 @@ mod tests {
             .body(())
             .unwrap();
         let (_, upgrade) = fastwebsockets::upgrade::upgrade(&mut request).unwrap();
-        let session = run(upgrade, engine, limits, Arc::new(Metrics::new()), ());
+        let metrics = Arc::new(Metrics::new());
+        let watchlist = Arc::new(Watchlist::new(&limits, metrics.clone()));
+        let session = run(upgrade, engine, limits, metrics, watchlist, ());
         let size = std::mem::size_of_val(&session);
         assert!(
             size <= SESSION_FUTURE_BUDGET,

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use super::watch::Activity;
 use crate::clock;
 use crate::metrics::{Metrics, Stage};
 
@@ -65,6 +66,9 @@ pub struct Outbox {
     queue: Mutex<Queue>,
     ready: Notify,
     limit_bytes: usize,
+    /// The session's stamps for the read timeouts; kept here, in an
+    /// allocation every session has anyway, rather than in one more.
+    activity: Activity,
 }
 
 #[derive(Default)]
@@ -74,8 +78,12 @@ struct Queue {
     /// Bytes the writer took and has not finished writing; they count
     /// against the bound until it has.
     in_flight: usize,
-    /// The close frame to send after what is queued; set once.
+    /// The close frame to send after what is queued, until the writer
+    /// takes it.
     close: Option<Bytes>,
+    /// A close frame was given: set once, never cleared (the writer taking
+    /// the frame does not reopen the outbox).
+    closing: bool,
     /// The writer task holds frames it has not finished writing.
     writer_busy: bool,
     /// Where direct writes go; `None` for a queue-only outbox.
@@ -97,7 +105,13 @@ impl Outbox {
             queue: Mutex::new(Queue::default()),
             ready: Notify::new(),
             limit_bytes,
+            activity: Activity::default(),
         }
+    }
+
+    /// What the session's reader and writer stamp for the sweeper.
+    pub fn activity(&self) -> &Activity {
+        &self.activity
     }
 
     /// Lets pushes write straight to `socket` while the session is idle.
@@ -121,13 +135,23 @@ impl Outbox {
     /// into an empty queue, however large: the bound is on backlog, and a
     /// refusal must always mean there is a backlog that will drain.
     pub fn push(&self, frame: impl Into<QueuedFrame>) -> bool {
-        let mut frame = frame.into();
+        self.push_within(frame.into(), true)
+    }
+
+    /// [`Outbox::push`] for the server's own small control frames (the idle
+    /// ping), which go out past the byte bound: they are rare and tiny,
+    /// and a client that reads slowly must still get them.
+    pub fn push_control(&self, frame: Bytes) -> bool {
+        self.push_within(frame.into(), false)
+    }
+
+    fn push_within(&self, mut frame: QueuedFrame, bounded: bool) -> bool {
         let mut queue = self.lock();
-        if queue.close.is_some() {
+        if queue.closing {
             return false;
         }
         let backlog = queue.bytes + queue.in_flight;
-        if backlog > 0 && backlog + frame.bytes.len() > self.limit_bytes {
+        if bounded && backlog > 0 && backlog + frame.bytes.len() > self.limit_bytes {
             // Refused with a backlog the writer has yet to take: when it has
             // written it, `done` reports the drain, so a caller holding data
             // back is always called again. (Set under the same lock as the
@@ -169,9 +193,10 @@ impl Outbox {
     /// engine's 1013 keeps them, so the client resumes from further on).
     pub fn close(&self, close_frame: Bytes, discard_queued: bool) {
         let mut queue = self.lock();
-        if queue.close.is_some() {
+        if queue.closing {
             return;
         }
+        queue.closing = true;
         if discard_queued {
             queue.frames.clear();
             queue.bytes = 0;
@@ -187,7 +212,7 @@ impl Outbox {
     }
 
     pub fn is_closing(&self) -> bool {
-        self.lock().close.is_some()
+        self.lock().closing
     }
 
     /// Bytes queued and not yet taken by the writer.
@@ -369,6 +394,11 @@ mod tests {
         let batch = outbox.take(&mut got).await;
         assert!(got.is_empty());
         assert_eq!(batch.close.unwrap(), Bytes::from_static(b"bye"));
+        // Taken by the writer, the close still holds: nothing more queues.
+        assert!(outbox.is_closing());
+        assert!(!outbox.push(Bytes::from_static(b"late")));
+        outbox.close(Bytes::from_static(b"again"), false);
+        assert_eq!(outbox.queued_bytes(), 0);
     }
 
     #[tokio::test]

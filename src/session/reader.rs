@@ -19,13 +19,19 @@ pub async fn read_loop<S: ReadSocket>(
     // Text split over continuation frames, bounded like a single frame.
     let mut partial: Option<Vec<u8>> = None;
     loop {
-        let frame = match frames.read_frame().await {
+        let frame = match frames.read_frame(outbox.activity()).await {
             Ok(frame) => frame,
             Err(e) => return close_on_error(e, outbox, limits),
         };
+        if partial.is_none() {
+            // A whole frame is in; the frame timeout runs on only to the
+            // end of a fragmented message.
+            outbox.activity().frame_done();
+        }
         let message = match (frame.opcode, frame.fin) {
             (OpCode::Text, true) if partial.is_none() => frame.payload.to_vec(),
             (OpCode::Text, false) if partial.is_none() => {
+                outbox.activity().frame_begun();
                 partial = Some(frame.payload.to_vec());
                 continue;
             }
@@ -38,6 +44,7 @@ pub async fn read_loop<S: ReadSocket>(
                 if !fin {
                     continue;
                 }
+                outbox.activity().frame_done();
                 partial.take().expect("checked above")
             }
             (OpCode::Ping, _) => {
@@ -45,15 +52,7 @@ pub async fn read_loop<S: ReadSocket>(
                 continue;
             }
             (OpCode::Pong, _) => continue,
-            (OpCode::Close, _) => {
-                if frame.payload.len() == 1 {
-                    return close_protocol(outbox, "close frame with a one-byte payload");
-                }
-                // Echo the client's close (RFC 6455 section 5.5.1); the
-                // writer sends it after what is queued and ends the session.
-                outbox.close(wire::close_raw(&frame.payload), false);
-                return;
-            }
+            (OpCode::Close, _) => return answer_close(&frame.payload, outbox),
             (OpCode::Binary, true) if partial.is_none() => {
                 let frame = wire::error(
                     None,
@@ -123,6 +122,34 @@ async fn handle_message(
     Box::pin(engine.send(command)).await
 }
 
+/// Echoes a valid client close (RFC 6455 section 5.5.1; the writer sends it
+/// after what is queued and ends the session); fails the connection on an
+/// invalid one.
+fn answer_close(payload: &[u8], outbox: &Outbox) {
+    if payload.len() == 1 {
+        return close_protocol(outbox, "close frame with a one-byte payload");
+    }
+    if let [high, low, reason @ ..] = payload {
+        let code = u16::from_be_bytes([*high, *low]);
+        if !is_valid_close_code(code) {
+            return close_protocol(outbox, "invalid close code");
+        }
+        if std::str::from_utf8(reason).is_err() {
+            let close = wire::close_with_code(1007, "close reason is not valid UTF-8");
+            return outbox.close(close, false);
+        }
+    }
+    outbox.close(wire::close_raw(payload), false);
+}
+
+/// Codes a peer may send in a close frame (RFC 6455 section 7.4 and the
+/// IANA registry): the defined 1000-1003 and 1007-1014, and 3000-4999 for
+/// libraries and applications. 1004 is reserved, 1005, 1006 and 1015 must
+/// never be sent, and the rest of 0-2999 is unassigned.
+fn is_valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
 fn close_on_error(error: FrameError, outbox: &Outbox, limits: &SessionLimits) {
     match error {
         FrameError::TooLarge(_) => close_too_big(outbox, limits),
@@ -142,4 +169,21 @@ fn close_too_big(outbox: &Outbox, limits: &SessionLimits) {
 fn close_protocol(outbox: &Outbox, reason: &str) {
     // 1002: protocol error (RFC 6455 section 7.4.1).
     outbox.close(wire::close_with_code(1002, reason), false);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_codes_are_checked_as_rfc_6455_says() {
+        for valid in [1000, 1001, 1002, 1003, 1007, 1011, 1013, 1014, 3000, 4999] {
+            assert!(is_valid_close_code(valid), "{valid}");
+        }
+        for invalid in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 2000, 2999, 5000, 65535,
+        ] {
+            assert!(!is_valid_close_code(invalid), "{invalid}");
+        }
+    }
 }

@@ -1,15 +1,20 @@
 //! The write half: what the outbox could not write directly goes out here,
 //! everything queued at once, in vectored writes.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use super::outbox::{Outbox, QueuedFrame, TryWrite};
+use super::watch::Activity;
 use crate::clock;
 use crate::engine::{Command, EngineHandle, SessionId};
 use crate::metrics::{Metrics, Stage};
+use crate::wire::{self, CloseCode};
 
 /// Whom to tell when a lagging session's socket has drained.
 pub struct Drained<'a> {
@@ -24,6 +29,11 @@ const MAX_IOVECS: usize = 64;
 /// way to wait until one can succeed.
 pub trait SocketWrite: TryWrite {
     fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// Whom to name in a log line.
+    fn peer_addr(&self) -> Option<SocketAddr> {
+        None
+    }
 }
 
 impl SocketWrite for tokio::net::tcp::OwnedWriteHalf {
@@ -31,6 +41,17 @@ impl SocketWrite for tokio::net::tcp::OwnedWriteHalf {
         // Only the writer task waits on the write side.
         self.as_ref().poll_write_ready(cx)
     }
+
+    fn peer_addr(&self) -> Option<SocketAddr> {
+        tokio::net::tcp::OwnedWriteHalf::peer_addr(self).ok()
+    }
+}
+
+/// The peer accepted no byte for the write timeout.
+#[derive(Debug)]
+struct Stalled {
+    /// How far the batch got.
+    at: Progress,
 }
 
 /// Writes batches until a close frame has been sent or the socket fails.
@@ -48,10 +69,15 @@ pub async fn write_loop<S: SocketWrite>(
         if let Some(close) = batch.close {
             outbox.detach_socket();
             frames.push(close.into());
-            let _ = write_batch(&**socket, &frames, write_timeout).await;
+            if let Err(Stalled { .. }) =
+                write_batch(&**socket, &frames, write_timeout, outbox.activity()).await
+            {
+                // The close frame was in the batch: nothing more to try.
+                stalled(&**socket, drained.session, write_timeout, metrics);
+            }
             return;
         }
-        let outcome = write_batch(&**socket, &frames, write_timeout).await;
+        let outcome = write_batch(&**socket, &frames, write_timeout, outbox.activity()).await;
         match outcome {
             Ok(Ok(())) => {
                 record_written(&frames, metrics);
@@ -70,10 +96,18 @@ pub async fn write_loop<S: SocketWrite>(
                 tracing::debug!("write failed: {e}");
                 return;
             }
-            Err(_) => {
-                tracing::info!(
-                    "peer took longer than {write_timeout:?} to accept a write; dropping it"
-                );
+            Err(Stalled { at }) => {
+                let close = wire::close(CloseCode::PolicyViolation, "write timeout");
+                // Nothing more is queued for this peer, nor closed twice.
+                outbox.close(close.clone(), true);
+                outbox.detach_socket();
+                if at.index > 0 && at.offset == 0 {
+                    // Best effort, right after a frame this batch finished
+                    // (the batch's first frame may be the tail of a direct
+                    // write): the socket is full, so it may well not fit.
+                    let _ = socket.try_write_vectored(&[IoSlice::new(&close)]);
+                }
+                stalled(&**socket, drained.session, write_timeout, metrics);
                 return;
             }
         }
@@ -97,31 +131,43 @@ fn record_written(frames: &[QueuedFrame], metrics: &Metrics) {
     });
 }
 
-/// Writes a whole batch, giving up after `timeout` without progress to the
-/// end. Usually the socket takes it at once, without a timer; waiting for
-/// room (with its timer) is the rare case, and boxed: inline, it would
+/// Counts and logs a peer dropped for accepting nothing.
+fn stalled<S: SocketWrite>(
+    socket: &S,
+    session: SessionId,
+    write_timeout: Duration,
+    metrics: &Metrics,
+) {
+    metrics.write_stalls_closed.fetch_add(1, Ordering::Relaxed);
+    let peer = socket.peer_addr();
+    tracing::info!(
+        session,
+        peer = ?peer,
+        "peer accepted no byte for {write_timeout:?}; dropping it (limits.write_timeout_ms)"
+    );
+}
+
+/// Writes a whole batch, giving up only when the socket has taken no byte
+/// for `timeout`: a peer that reads slowly but steadily is never dropped.
+/// Usually the socket takes the batch at once, without a timer; waiting
+/// for room (with its timer) is the rare case, and boxed: inline, it would
 /// triple the size of every idle connection's writer.
 async fn write_batch<S: SocketWrite>(
     socket: &S,
     frames: &[QueuedFrame],
     timeout: Duration,
-) -> Result<io::Result<()>, tokio::time::error::Elapsed> {
+    activity: &Activity,
+) -> Result<io::Result<()>, Stalled> {
     let mut progress = Progress::default();
     match write_ready(socket, frames, &mut progress) {
         Ok(true) => Ok(Ok(())),
-        Ok(false) => {
-            Box::pin(tokio::time::timeout(
-                timeout,
-                write_all(socket, frames, progress),
-            ))
-            .await
-        }
+        Ok(false) => Box::pin(write_all(socket, frames, progress, timeout, activity)).await,
         Err(e) => Ok(Err(e)),
     }
 }
 
 /// How far into a batch the socket has taken.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Progress {
     /// The first frame not wholly written.
     index: usize,
@@ -173,16 +219,47 @@ fn write_ready<S: SocketWrite>(
 }
 
 /// Writes the rest of the frames from `at`, waiting for room when the
-/// socket is full.
+/// socket is full, until it has taken no byte for `stall`.
+///
+/// The kernel signals room only once a good part of the send buffer is
+/// free, which for a large buffer and a slow reader can take longer than
+/// `stall`; so when the deadline passes, one more write decides: a socket
+/// that takes any byte is making progress and the clock starts over.
 async fn write_all<S: SocketWrite>(
     socket: &S,
     frames: &[QueuedFrame],
     mut at: Progress,
-) -> io::Result<()> {
-    while !write_ready(socket, frames, &mut at)? {
-        std::future::poll_fn(|cx| socket.poll_write_ready(cx)).await?;
+    stall: Duration,
+    activity: &Activity,
+) -> Result<io::Result<()>, Stalled> {
+    let deadline = tokio::time::sleep(stall);
+    tokio::pin!(deadline);
+    let mut deadline_passed = false;
+    loop {
+        let before = at;
+        match write_ready(socket, frames, &mut at) {
+            Ok(true) => return Ok(Ok(())),
+            Ok(false) => {}
+            Err(e) => return Ok(Err(e)),
+        }
+        if at != before {
+            deadline.as_mut().reset(tokio::time::Instant::now() + stall);
+            deadline_passed = false;
+            activity.peer_acked();
+        } else if deadline_passed {
+            return Err(Stalled { at });
+        }
+        let ready = std::future::poll_fn(|cx| match socket.poll_write_ready(cx) {
+            Poll::Ready(result) => Poll::Ready(Some(result)),
+            Poll::Pending => deadline.as_mut().poll(cx).map(|()| None),
+        })
+        .await;
+        match ready {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Ok(Err(e)),
+            None => deadline_passed = true,
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -225,6 +302,81 @@ mod tests {
         }
     }
 
+    /// Takes one byte per `every` and never signals room, the way a full
+    /// kernel buffer drained slowly by its reader may not.
+    struct Dribble {
+        out: Mutex<Vec<u8>>,
+        next: Mutex<tokio::time::Instant>,
+        every: Duration,
+    }
+
+    impl TryWrite for Dribble {
+        fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let now = tokio::time::Instant::now();
+            let mut next = self.next.lock().unwrap();
+            let Some(byte) = bufs.iter().find_map(|b| b.first()) else {
+                return Ok(0);
+            };
+            if now < *next {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            *next = now + self.every;
+            self.out.lock().unwrap().push(*byte);
+            Ok(1)
+        }
+    }
+
+    impl SocketWrite for Dribble {
+        fn poll_write_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    fn dribble(every: Duration) -> Dribble {
+        Dribble {
+            out: Mutex::new(Vec::new()),
+            next: Mutex::new(tokio::time::Instant::now() + every),
+            every,
+        }
+    }
+
+    /// The write timeout measures no progress, not the whole batch: a slow
+    /// but steady socket gets the batch however long it takes, one that
+    /// takes nothing is given up on after the timeout.
+    #[tokio::test(start_paused = true)]
+    async fn only_a_socket_that_takes_nothing_stalls() {
+        let frames: Vec<QueuedFrame> = vec![Bytes::from_static(b"0123456789").into()];
+        let slow = dribble(Duration::from_millis(60));
+        let started = tokio::time::Instant::now();
+        let result = write_all(
+            &slow,
+            &frames,
+            Progress::default(),
+            Duration::from_millis(100),
+            &Activity::default(),
+        )
+        .await;
+        assert!(matches!(result, Ok(Ok(()))), "{result:?}");
+        assert_eq!(&slow.out.lock().unwrap()[..], b"0123456789");
+        assert!(
+            started.elapsed() >= Duration::from_millis(600),
+            "ten bytes, 60 ms apart"
+        );
+
+        let dead = dribble(Duration::from_secs(3600));
+        let started = tokio::time::Instant::now();
+        let result = write_all(
+            &dead,
+            &frames,
+            Progress::default(),
+            Duration::from_millis(100),
+            &Activity::default(),
+        )
+        .await;
+        assert!(matches!(result, Err(Stalled { .. })), "{result:?}");
+        assert!(started.elapsed() < Duration::from_millis(250));
+    }
+
     #[tokio::test]
     async fn partial_vectored_writes_keep_every_byte_in_order() {
         let frames: Vec<QueuedFrame> = (0..200u32)
@@ -240,9 +392,16 @@ mod tests {
                 chunk,
                 blocked: AtomicBool::new(false),
             };
-            write_all(&sink, &frames, Progress::default())
-                .await
-                .unwrap();
+            write_all(
+                &sink,
+                &frames,
+                Progress::default(),
+                Duration::from_secs(5),
+                &Activity::default(),
+            )
+            .await
+            .unwrap()
+            .unwrap();
             assert_eq!(*sink.out.lock().unwrap(), expected, "chunk {chunk}");
         }
     }
