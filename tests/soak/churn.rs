@@ -206,6 +206,9 @@ pub async fn reader(ctx: Arc<Ctx>, n: u64) {
                 .map(|_| random_plan(&mut rng))
                 .collect();
         }
+        if rng.gen_bool(0.1) {
+            f.pretend_a_restart();
+        }
         let mut sent_ok = true;
         for plan in &plans {
             let request = f.subscribe(&plan.targets, plan.fields.clone(), plan.max_hz, &ctx.tally);

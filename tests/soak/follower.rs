@@ -50,6 +50,13 @@ pub struct Follower {
     /// Channels resumed by an answered subscribe, until their first message
     /// says how (replayed updates, or a resync snapshot).
     resuming: HashSet<String>,
+    /// The next resume sends an epoch that is not the server's (as a client
+    /// that kept its positions across a server restart would).
+    foreign_epoch_next: bool,
+    /// Subscribes sent with such an epoch, and the channels they resumed:
+    /// each must be answered with a resync snapshot, never a replay.
+    foreign: HashSet<i64>,
+    must_resync: HashSet<String>,
     /// Channels that flow on this connection now.
     live: HashSet<String>,
     /// The targets and fields of the latest `subscribed` reply: a snapshot
@@ -83,6 +90,9 @@ impl Follower {
             pending: HashMap::new(),
             frozen: HashMap::new(),
             resuming: HashSet::new(),
+            foreign_epoch_next: false,
+            foreign: HashSet::new(),
+            must_resync: HashSet::new(),
             live: HashSet::new(),
             last_reply: None,
             next_id: 1,
@@ -97,6 +107,8 @@ impl Follower {
         self.pending.clear();
         self.frozen.clear();
         self.resuming.clear();
+        self.foreign.clear();
+        self.must_resync.clear();
         self.live.clear();
         self.last_reply = None;
     }
@@ -104,6 +116,11 @@ impl Follower {
     /// The subscriptions in place.
     pub fn targets(&self) -> Vec<String> {
         self.subs.iter().map(|s| s.target.clone()).collect()
+    }
+
+    /// Makes the next resume send a foreign epoch.
+    pub fn pretend_a_restart(&mut self) {
+        self.foreign_epoch_next = true;
     }
 
     /// A subscribe for `targets`, resuming (with `since` and `epoch`) every
@@ -139,6 +156,11 @@ impl Follower {
             Tally::bump(&tally.resumes);
             m["since"] = Value::Object(since);
             m["epoch"] = json!(self.epoch);
+            if std::mem::take(&mut self.foreign_epoch_next) {
+                Tally::bump(&tally.foreign_epochs);
+                self.foreign.insert(id);
+                m["epoch"] = json!("not-this-servers-epoch");
+            }
         }
         self.pending.insert(
             id,
@@ -264,11 +286,15 @@ impl Follower {
                         fields: fields.clone(),
                     });
                 }
-                let resuming = &mut self.resuming;
+                let (resuming, must_resync) = (&mut self.resuming, &mut self.must_resync);
+                let foreign = self.foreign.remove(&id);
                 self.frozen.retain(|c, waiting| {
                     let answered = *waiting == id;
                     if answered {
                         resuming.insert(c.clone());
+                        if foreign {
+                            must_resync.insert(c.clone());
+                        }
                     }
                     !answered
                 });
@@ -307,8 +333,15 @@ impl Follower {
             _ => latest,
         };
         self.resuming.remove(channel);
-        if m["resync"].as_bool() == Some(true) {
+        let resync = m["resync"].as_bool() == Some(true);
+        if resync {
             Tally::bump(&tally.resyncs);
+        }
+        if self.must_resync.remove(channel) && !resync {
+            self.violation(
+                tally,
+                format!("a resume with a foreign epoch got a plain snapshot: {m}"),
+            );
         }
         if self.epoch.as_deref().is_some_and(|e| e != epoch) {
             self.violation(tally, format!("the epoch changed without a restart: {m}"));
@@ -340,6 +373,12 @@ impl Follower {
             self.violation(tally, format!("an update before any snapshot: {m}"));
             return None;
         };
+        if self.must_resync.remove(channel) {
+            tally.violation(format!(
+                "{}: a resume with a foreign epoch was answered with updates: {m}",
+                self.who
+            ));
+        }
         if prev != held.seq {
             // The rule: resubscribe with since, ignore the channel until then.
             Tally::bump(&tally.gaps);
