@@ -129,6 +129,7 @@ fn bad_line(i: u64) -> Vec<u8> {
 pub type Sent = HashMap<String, u64>;
 
 pub struct Producer {
+    addr: SocketAddr,
     stream: TcpStream,
     pub sent: Sent,
     bad: u64,
@@ -138,6 +139,7 @@ impl Producer {
     pub async fn connect(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).await.expect("producer connects");
         Self {
+            addr,
             stream,
             sent: all_channels().into_iter().map(|c| (c, 0)).collect(),
             bad: 0,
@@ -166,9 +168,25 @@ impl Producer {
         }
     }
 
+    /// Connects again if the server hung up on an idle producer (a feed may
+    /// time idle producers out): nothing was sent since, so nothing is lost.
+    async fn reconnect_if_closed(&mut self) {
+        let mut probe = [0u8; 1];
+        let closed = match self.stream.try_read(&mut probe) {
+            Ok(n) => n == 0,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        };
+        if closed {
+            self.stream = TcpStream::connect(self.addr)
+                .await
+                .expect("producer connects again");
+        }
+    }
+
     /// One record every `every`, round robin over the channels, and one bad
     /// line per `bad_every` records, until `stop`.
     pub async fn run(&mut self, every: Duration, bad_every: u64, stop: CancellationToken) {
+        self.reconnect_if_closed().await;
         let channels = all_channels();
         let mut tick = tokio::time::interval(every);
         let mut n = 0u64;
