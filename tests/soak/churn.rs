@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::feed::{merge_channel, stream_channel, MERGE_CHANNELS, STREAM_CHANNELS};
 use super::follower::Follower;
+use super::server;
 use super::Tally;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -276,9 +277,41 @@ async fn live(ctx: &Ctx, f: &mut Follower, ws: &mut Ws, rng: &mut SmallRng) -> E
     }
 }
 
-/// After the churn: once the final states are known, read until every
-/// producer channel subscribed to holds the server's final state.
+/// After the churn: the producer's channels must reach the server's final
+/// states; the synthetic feed never stops, so its channels are compared
+/// with the server's snapshot whenever the client holds the same seq.
 async fn settle(ctx: &Ctx, f: &mut Follower, mut ws: Ws) {
+    if settle_ours(ctx, f, &mut ws).await && check_synthetic(ctx, f, &mut ws).await {
+        Tally::bump(&ctx.tally.settled);
+        close(&mut ws).await;
+    }
+}
+
+/// Reads until `until`; false if the connection ended (recorded as a
+/// violation, except a 1013 close, which a stream channel may bring).
+async fn read_until(ctx: &Ctx, f: &mut Follower, ws: &mut Ws, until: Instant) -> bool {
+    match pump(f, ws, until, None, &ctx.tally).await {
+        End::Elapsed | End::Stopped => true,
+        End::Closed(1013) => {
+            Tally::bump(&ctx.tally.slow_closes);
+            false
+        }
+        End::Closed(code) => {
+            ctx.tally
+                .violation(format!("closed with {code} while settling"));
+            false
+        }
+        End::Dropped(why) => {
+            ctx.tally
+                .violation(format!("dropped while settling: {why}"));
+            false
+        }
+    }
+}
+
+/// Once the final states are known, reads until every producer channel
+/// subscribed to holds the server's final state.
+async fn settle_ours(ctx: &Ctx, f: &mut Follower, ws: &mut Ws) -> bool {
     let deadline = Instant::now() + SETTLE;
     let mut finals = ctx.finals.clone();
     let mut left = Vec::new();
@@ -287,28 +320,12 @@ async fn settle(ctx: &Ctx, f: &mut Follower, mut ws: Ws) {
         if let Some(finals) = current {
             left = f.unsettled(&finals);
             if left.is_empty() {
-                Tally::bump(&ctx.tally.settled);
-                return close(&mut ws).await;
+                return true;
             }
         }
         let next = (Instant::now() + Duration::from_millis(20)).min(deadline);
-        match pump(f, &mut ws, next, None, &ctx.tally).await {
-            End::Elapsed | End::Stopped => {}
-            End::Closed(1013) => {
-                // A fair end on a stream channel: no final check possible.
-                Tally::bump(&ctx.tally.slow_closes);
-                return;
-            }
-            End::Closed(code) => {
-                return ctx
-                    .tally
-                    .violation(format!("closed with {code} while settling"))
-            }
-            End::Dropped(why) => {
-                return ctx
-                    .tally
-                    .violation(format!("dropped while settling: {why}"))
-            }
+        if !read_until(ctx, f, ws, next).await {
+            return false;
         }
     }
     let detail: Vec<String> = left
@@ -319,6 +336,55 @@ async fn settle(ctx: &Ctx, f: &mut Follower, mut ws: Ws) {
     ctx.tally.violation(format!(
         "not at the server's final state {SETTLE:?} after the feeds stopped on {left:?}: {detail:?}"
     ));
+    false
+}
+
+/// For up to two unfiltered synthetic channels: fetch the server's
+/// snapshot, read until the client reaches its seq, and compare if it stops
+/// there (with `max_hz`, or coalesced, it may pass over it: then try again).
+/// With `fields` the client may never hold that seq: those are left out.
+async fn check_synthetic(ctx: &Ctx, f: &mut Follower, ws: &mut Ws) -> bool {
+    for channel in f.synthetic_channels().into_iter().take(2) {
+        for _attempt in 0..3 {
+            let path = format!("/channels/{channel}");
+            let snapshot = match server::get(ctx.addr, &path, Duration::from_secs(10)).await {
+                Ok(body) => serde_json::from_str::<Value>(&body).unwrap_or_default(),
+                Err(e) => {
+                    ctx.tally.violation(e);
+                    return false;
+                }
+            };
+            let Some(seq) = snapshot["seq"].as_u64() else {
+                ctx.tally
+                    .violation(format!("no snapshot of {channel}: {snapshot}"));
+                return false;
+            };
+            // Held diffs go out within a second (max_hz >= 1).
+            let until = Instant::now() + Duration::from_millis(1200);
+            while f.held_seq(&channel).is_some_and(|held| held < seq) && Instant::now() < until {
+                let next = Instant::now() + Duration::from_millis(20);
+                if !read_until(ctx, f, ws, next).await {
+                    return false;
+                }
+            }
+            match f.matches_at(&channel, seq, &snapshot["data"]) {
+                Some(true) => {
+                    Tally::bump(&ctx.tally.synthetic_checked);
+                    break;
+                }
+                Some(false) => {
+                    ctx.tally.violation(format!(
+                        "{channel} at seq {seq}: the server has {}, the client {}",
+                        snapshot["data"],
+                        f.describe(&channel)
+                    ));
+                    return false;
+                }
+                None => {}
+            }
+        }
+    }
+    true
 }
 
 /// A client that subscribes, then stops reading for seconds; afterwards it

@@ -227,6 +227,42 @@ impl Follower {
         left
     }
 
+    /// The synthetic feed's channels this connection subscribes to without
+    /// `fields` and holds (not awaiting a resume).
+    pub fn synthetic_channels(&self) -> Vec<String> {
+        let mut channels: Vec<String> = self
+            .held
+            .iter()
+            .filter(|(c, h)| {
+                !is_ours(c)
+                    && h.fields.is_none()
+                    && self.covered(c)
+                    && !self.frozen.contains_key(*c)
+            })
+            .map(|(c, _)| c.clone())
+            .collect();
+        channels.sort();
+        channels
+    }
+
+    /// The seq held for `channel`, unless it awaits a resume.
+    pub fn held_seq(&self, channel: &str) -> Option<u64> {
+        match self.frozen.contains_key(channel) {
+            true => None,
+            false => self.held.get(channel).map(|h| h.seq),
+        }
+    }
+
+    /// Whether the state held equals the server's `data` at `seq`
+    /// (restricted to the fields); None if the client does not hold `seq`.
+    pub fn matches_at(&self, channel: &str, seq: u64, data: &Value) -> Option<bool> {
+        let held = self.held.get(channel)?;
+        if held.seq != seq || self.frozen.contains_key(channel) {
+            return None;
+        }
+        Some(held.state == restrict(data, held.fields.as_deref()))
+    }
+
     /// What the client holds for `channel`, for a failure message.
     pub fn describe(&self, channel: &str) -> String {
         match self.held.get(channel) {
