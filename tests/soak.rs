@@ -8,7 +8,10 @@
 //! - no client that follows the protocol's rule saw a wrong state: gaps are
 //!   counted and resynced, and on the producer's channels every state a
 //!   client held matched the oracle at its seq; every client still connected
-//!   when the feeds stop ends with the server's exact state;
+//!   when the producer stops ends with the server's exact state there, and
+//!   holds the server's state of the (never stopping) synthetic channels at
+//!   the seq it holds; a resume with a foreign epoch gets a resync;
+//! - every good producer line was accepted, every bad one rejected;
 //! - nothing leaked: connections and subscriptions on `/stats` go back to 0;
 //! - the server's resident memory comes back within 10 % of its baseline
 //!   (taken after a warm-up, before the churn);
