@@ -123,6 +123,8 @@ pub struct Metrics {
     /// Connections closed for a frame not finished within
     /// `limits.frame_timeout_ms`.
     pub frame_timeouts_closed: AtomicU64,
+    /// Sessions ended by a contained panic (see `fault`).
+    pub session_panics: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -145,6 +147,7 @@ impl Metrics {
             idle_closed: AtomicU64::new(0),
             idle_pings: AtomicU64::new(0),
             frame_timeouts_closed: AtomicU64::new(0),
+            session_panics: AtomicU64::new(0),
         }
     }
 

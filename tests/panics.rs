@@ -97,3 +97,43 @@ async fn a_panicking_feed_fails_alone_and_healthz_says_so() {
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_panicking_session_ends_alone_and_is_forgotten() {
+    let (server, feed) = start_with_tcp_feed(|_| {}).await;
+    let mut bystander = Client::connect(server.addr).await;
+    bystander.subscribe(1, &["ok.>"]).await;
+
+    let mut doomed = Client::connect(server.addr).await;
+    doomed.subscribe(1, &["ok.a"]).await;
+    doomed
+        .send(json!({"op": "subscribe", "id": 2, "channels": [PANIC_CHANNEL]}))
+        .await;
+    // The doomed session is told 1011 (or just dropped) and is forgotten:
+    // only the bystander's subscription is left.
+    let code = doomed.expect_close().await;
+    assert_eq!(u16::from(code), 1011);
+    let stats = wait_for(
+        || async {
+            let (_, body) = http_get(server.addr, "/stats").await;
+            let stats: Value = serde_json::from_str(&body).unwrap();
+            (stats["connections"] == 1 && stats["subscriptions"] == 1).then_some(stats)
+        },
+        "the panicked session is deregistered",
+    )
+    .await;
+    assert_eq!(stats["session_panics"], 1);
+
+    // Everyone else is served as before.
+    let mut producer = Producer::connect(feed).await;
+    producer.publish("ok.a", json!({"n": 1})).await;
+    let snapshot = bystander.recv().await;
+    assert_eq!(
+        (snapshot["type"].as_str(), snapshot["seq"].as_u64()),
+        (Some("snapshot"), Some(1))
+    );
+    let mut late = Client::connect(server.addr).await;
+    late.subscribe(1, &["ok.a"]).await;
+    assert_eq!(late.recv().await["data"], json!({"n": 1}));
+    server.shutdown().await;
+}

@@ -135,6 +135,13 @@ pub fn prometheus(state: &AppState) -> String {
     );
     gauge(
         &mut out,
+        "tickcast_session_panics_total",
+        "Sessions ended by a contained panic (closed with 1011); nothing else is affected.",
+        "counter",
+        load(&state.metrics.session_panics),
+    );
+    gauge(
+        &mut out,
         "tickcast_frame_timeouts_closed_total",
         "Connections closed (1008) for a frame not finished within limits.frame_timeout_ms.",
         "counter",
@@ -367,6 +374,7 @@ pub async fn stats_json(state: &AppState) -> Value {
         "idle_pings": load(&state.metrics.idle_pings),
         "idle_closed": load(&state.metrics.idle_closed),
         "frame_timeouts_closed": load(&state.metrics.frame_timeouts_closed),
+        "session_panics": load(&state.metrics.session_panics),
         "backlog": backlog,
         "fd_limit": super::accept::fd_limit(),
         "accept": {

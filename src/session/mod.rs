@@ -15,6 +15,7 @@ mod reader;
 mod watch;
 mod writer;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -151,7 +152,9 @@ async fn drive(
         return;
     }
     tracing::debug!(session, peer = ?write.peer_addr().ok(), "connected");
-    {
+    // A panic while serving this session ends this session only: it is
+    // caught here, so the engine still forgets it below.
+    let served = crate::fault::contain(async {
         // Read timeouts are the sweeper's (no timer in this task); it
         // forgets the session once the last other owner of its outbox has.
         watchlist.watch(session, outbox.clone());
@@ -171,6 +174,16 @@ async fn drive(
                 let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, &mut reader)).await;
             }
         }
+    })
+    .await;
+    if let Err(panic) = served {
+        metrics.session_panics.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            session,
+            "session panicked ({panic}); closed it with 1011, every other session goes on"
+        );
+        // Best effort and without waiting: the writer went with the panic.
+        let _ = write.try_write(&wire::close(CloseCode::InternalError, "internal error"));
     }
     outbox.detach_socket();
     let _ = Box::pin(engine.send(Command::Deregister { session })).await;

@@ -97,12 +97,17 @@ async fn handle_message(
             id,
             targets,
             options,
-        }) => Command::Subscribe {
-            session,
-            id,
-            targets,
-            options,
-        },
+        }) => {
+            for target in &targets {
+                crate::fault::inject(target.as_str(), "a session");
+            }
+            Command::Subscribe {
+                session,
+                id,
+                targets,
+                options,
+            }
+        }
         Ok(ClientOp::Unsubscribe { id, targets }) => Command::Unsubscribe {
             session,
             id,
