@@ -25,11 +25,14 @@ pub const PANIC_CHANNEL: &str = "fault.panic";
 /// `AssertUnwindSafe` is sound here in the sense that matters: callers
 /// drop whatever state the panicking work touched (the session or feed ends)
 /// and never read it afterwards.
-pub async fn contain<F: Future>(work: F) -> Result<F::Output, String> {
+///
+/// A plain function returning a combinator, not an `async fn`: an `async fn`
+/// would hold `work` twice (its argument, and the future polling it), and
+/// sessions keep this future for their whole life (docs/benchmarks.md).
+pub fn contain<F: Future>(work: F) -> impl Future<Output = Result<F::Output, String>> {
     AssertUnwindSafe(work)
         .catch_unwind()
-        .await
-        .map_err(|payload| panic_message(&*payload))
+        .map(|caught| caught.map_err(|payload| panic_message(&*payload)))
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> String {

@@ -24,7 +24,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
-use crate::engine::{Command, EngineHandle};
+use crate::engine::{Command, EngineHandle, SessionId};
 use crate::metrics::Metrics;
 use crate::wire::{self, CloseCode};
 use frames::FrameReader;
@@ -90,15 +90,46 @@ pub async fn run(
     let Some((frames, write)) = split(ws, limits.max_message_bytes) else {
         return;
     };
-    drive(
+    let serve = drive(
         frames,
         Arc::new(write),
         &engine,
         &limits,
         &metrics,
         &watchlist,
-    )
-    .await
+    );
+    // A panic while serving this session ends this session only (its
+    // `OnPanic` guard has told the client and the engine).
+    if let Err(panic) = crate::fault::contain(serve).await {
+        metrics.session_panics.fetch_add(1, Ordering::Relaxed);
+        tracing::error!("a session panicked ({panic}); it is closed, every other session goes on");
+    }
+}
+
+/// Cleans up after a panic while a session is served: the normal path
+/// deregisters in order after the close handshake, but an unwinding task
+/// runs only destructors, so this one closes the socket with 1011 and has
+/// the engine forget the session.
+struct OnPanic<'a> {
+    engine: &'a EngineHandle,
+    session: SessionId,
+    write: &'a OwnedWriteHalf,
+}
+
+impl Drop for OnPanic<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        // Best effort and without waiting: the writer went with the panic.
+        let _ = self
+            .write
+            .try_write(&wire::close(CloseCode::InternalError, "internal error"));
+        let (engine, session) = (self.engine.clone(), self.session);
+        tokio::spawn(async move {
+            let _ = engine.send(Command::Deregister { session }).await;
+        });
+    }
 }
 
 /// The upgraded connection as our frame reader and the raw write half.
@@ -152,9 +183,12 @@ async fn drive(
         return;
     }
     tracing::debug!(session, peer = ?write.peer_addr().ok(), "connected");
-    // A panic while serving this session ends this session only: it is
-    // caught here, so the engine still forgets it below.
-    let served = crate::fault::contain(async {
+    let on_panic = OnPanic {
+        engine,
+        session,
+        write: &write,
+    };
+    {
         // Read timeouts are the sweeper's (no timer in this task); it
         // forgets the session once the last other owner of its outbox has.
         watchlist.watch(session, outbox.clone());
@@ -174,17 +208,8 @@ async fn drive(
                 let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, &mut reader)).await;
             }
         }
-    })
-    .await;
-    if let Err(panic) = served {
-        metrics.session_panics.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(
-            session,
-            "session panicked ({panic}); closed it with 1011, every other session goes on"
-        );
-        // Best effort and without waiting: the writer went with the panic.
-        let _ = write.try_write(&wire::close(CloseCode::InternalError, "internal error"));
     }
+    drop(on_panic);
     outbox.detach_socket();
     let _ = Box::pin(engine.send(Command::Deregister { session })).await;
     // Now the only owner: shut the write side down so the peer sees FIN.
