@@ -33,6 +33,7 @@ pub mod record;
 pub mod ring;
 pub mod server;
 pub mod session;
+pub mod strict_json;
 pub mod wire;
 
 pub use server::{start, RunningServer};

@@ -245,6 +245,8 @@ pub fn parse_record(
     if let Err(too_deep) = json_depth::check(bytes, max_depth) {
         return Err((RejectReason::InvalidJson, too_deep.to_string()));
     }
+    // simd-json lets some malformed values through (crate::strict_json).
+    crate::strict_json::check(bytes).map_err(|e| (RejectReason::InvalidJson, e))?;
     let value: Value = simd_json::serde::from_slice(bytes)
         .map_err(|e| (RejectReason::InvalidJson, e.to_string()))?;
     record_from_value(value)
@@ -335,6 +337,18 @@ mod tests {
             .unwrap()
             .ts
             .is_none());
+    }
+
+    /// Found by fuzz/ (target record): simd-json alone accepted these
+    /// lines, with `ts` cut short to 16 and taken whole before the junk.
+    #[test]
+    fn malformed_values_are_invalid_json() {
+        for line in [
+            "{\"channel\":\"a\",\"data\":{},\"ts\":16\0junk}",
+            "{\"channel\":\"a\",\"data\":{},\"ts\":1621765441751339000\u{6}}",
+        ] {
+            assert_eq!(parse(line), Err(RejectReason::InvalidJson), "{line:?}");
+        }
     }
 
     #[test]

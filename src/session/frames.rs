@@ -121,7 +121,16 @@ impl<S: ReadSocket> FrameReader<S> {
     async fn read_more(&mut self, want: usize, activity: &Activity) -> Result<(), FrameError> {
         loop {
             if self.buf.capacity() < want {
-                self.buf.reserve((want - self.buf.len()).max(FIRST_READ));
+                let additional = (want - self.buf.len()).max(FIRST_READ);
+                // Reuse the allocation if it is big enough, else allocate
+                // just this much: `reserve` may double a buffer shared with
+                // frames split off it, so a client could make a connection
+                // hold twice `max_payload` (found by fuzz/, target frames).
+                if !self.buf.try_reclaim(additional) {
+                    let mut grown = BytesMut::with_capacity(self.buf.len() + additional);
+                    grown.extend_from_slice(&self.buf);
+                    self.buf = grown;
+                }
             }
             match self.socket.try_read_buf(&mut self.buf) {
                 Ok(0) => return Err(FrameError::Eof),

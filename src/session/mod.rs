@@ -8,7 +8,9 @@
 //! HTTP upgrade; frames are read by `frames` (no buffer while idle) and
 //! written pre-encoded by the outbox and writer.
 
-mod frames;
+// Public only for the fuzz targets in fuzz/; not part of the API.
+#[doc(hidden)]
+pub mod frames;
 pub mod outbox;
 pub mod protocol;
 mod reader;

@@ -80,6 +80,14 @@ pub fn parse(
             ),
         ));
     }
+    // simd-json lets some malformed values through (crate::strict_json).
+    if let Err(e) = crate::strict_json::check(text) {
+        return Err(ProtocolError::new(
+            None,
+            ErrorCode::BadRequest,
+            format!("message is not valid JSON ({e}); send one JSON object per text frame"),
+        ));
+    }
     let value: Value = simd_json::serde::from_slice(text).map_err(|e| {
         ProtocolError::new(
             None,
@@ -238,6 +246,17 @@ mod tests {
     fn code(s: &str) -> (Option<i64>, ErrorCode) {
         let e = parse_str(s).unwrap_err();
         (e.id, e.code)
+    }
+
+    /// Found by fuzz/ (target protocol): simd-json alone accepted these.
+    #[test]
+    fn malformed_values_are_not_valid_json() {
+        for text in [
+            "{\"op\":\"ping\",\"id\":9\0\0&160546&\0}",
+            "{\"op\":\"ping\",\"id\":1,\"x\":104184467407370955161&62}",
+        ] {
+            assert_eq!(code(text), (None, ErrorCode::BadRequest), "{text:?}");
+        }
     }
 
     #[test]
