@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 
 use bytes::{BufMut, BytesMut};
 use tickcast::session::frames::{FrameError, FrameReader, OpCode, ReadSocket};
+use tickcast::session::watch::Activity;
 
 use crate::meter;
 use crate::schedule::{block_on, Schedule};
@@ -87,8 +88,9 @@ async fn read_all(
     mut on_frame: impl FnMut(bool, OpCode, &[u8]),
 ) -> End {
     let mut reader = FrameReader::new(socket, ahead, max_payload);
+    let activity = Activity::default();
     loop {
-        match reader.read_frame().await {
+        match reader.read_frame(&activity).await {
             Ok(frame) => on_frame(frame.fin, frame.opcode, &frame.payload),
             Err(FrameError::Eof) => return End::Eof,
             Err(FrameError::TooLarge(len)) => return End::TooLarge(len),

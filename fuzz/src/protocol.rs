@@ -101,6 +101,10 @@ fn refused(error: &ProtocolError, reference: Option<Result<Value, ()>>, max_chan
 }
 
 /// The request's `id` if it is an integer (PROTOCOL.md).
+/// serde_json reads `-0` as a float; tickcast (simd-json) reads it as the
+/// integer 0, which is what it means, so the oracle does too.
 fn id_of(message: &serde_json::Map<String, Value>) -> Option<i64> {
-    message.get("id").and_then(Value::as_i64)
+    let id = message.get("id")?;
+    id.as_i64()
+        .or_else(|| (id.as_f64() == Some(0.0) && id.to_string() == "-0.0").then_some(0))
 }

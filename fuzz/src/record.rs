@@ -116,7 +116,9 @@ fn model(data: &[u8], max_line: usize) -> Vec<Line> {
 /// The one place the target calls tickcast's `parse_line`.
 fn parse_one_line(line_no: u64, line: &Line) -> LineOutcome {
     match line {
-        Line::Bytes(bytes) => record::parse_line(line_no, RawLine::Bytes(&mut bytes.clone()), DEPTH),
+        Line::Bytes(bytes) => {
+            record::parse_line(line_no, RawLine::Bytes(&mut bytes.clone()), DEPTH)
+        }
         Line::TooLong => record::parse_line(line_no, RawLine::TooLong, DEPTH),
     }
 }

@@ -14,7 +14,8 @@ pub mod frames;
 pub mod outbox;
 pub mod protocol;
 mod reader;
-mod watch;
+#[doc(hidden)]
+pub mod watch;
 mod writer;
 
 use std::sync::atomic::Ordering;
