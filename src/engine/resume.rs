@@ -88,9 +88,13 @@ impl Shard {
             let frame = channel.snapshot_frame(name, &self.epoch, filter, resync);
             (vec![frame], channel.seq)
         });
+        let current = channel.seq;
+        drop(channel);
+        #[cfg(test)]
+        self.race_hook.run();
         Plan {
             cell: cell.clone(),
-            current: channel.seq,
+            current,
             bytes: frames.iter().map(Bytes::len).sum(),
             frames,
             last_sent,

@@ -57,6 +57,28 @@ pub struct Shard {
     pub(super) timers: Timers,
     /// Counts subscribes, so the latest one covering a channel wins.
     generation: u64,
+    /// Runs right after a subscribe has read a cell: lets a test apply a
+    /// record at the worst moment of the subscribe race.
+    #[cfg(test)]
+    pub(super) race_hook: RaceHook,
+}
+
+/// A test's callback into the middle of a subscribe.
+#[cfg(test)]
+#[derive(Default)]
+pub(super) struct RaceHook(std::sync::Mutex<Option<Box<dyn FnMut() + Send>>>);
+
+#[cfg(test)]
+impl RaceHook {
+    pub fn set(&self, hook: impl FnMut() + Send + 'static) {
+        *self.0.lock().unwrap() = Some(Box::new(hook));
+    }
+
+    pub fn run(&self) {
+        if let Some(hook) = self.0.lock().unwrap().as_mut() {
+            hook();
+        }
+    }
 }
 
 impl Shard {
@@ -79,6 +101,8 @@ impl Shard {
             deliveries: HashMap::new(),
             timers: Timers::default(),
             generation: 0,
+            #[cfg(test)]
+            race_hook: RaceHook::default(),
         }
     }
 
@@ -486,5 +510,101 @@ impl Shard {
         for entry in self.sessions.values() {
             entry.outbox.close(close.clone(), false);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use futures_util::FutureExt;
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::channel::ChannelName;
+    use crate::engine::filter::FilterInterner;
+    use crate::engine::stage::StateStage;
+    use crate::engine::EngineStats;
+    use crate::record::FeedRecord;
+
+    fn record(n: u64) -> Arc<FeedRecord> {
+        let Value::Object(data) = json!({ format!("u{n}"): n }) else {
+            unreachable!()
+        };
+        Arc::new(FeedRecord {
+            channel: ChannelName::new("q.A").unwrap(),
+            data,
+            ts: None,
+            ingest_ns: n,
+        })
+    }
+
+    /// The subscribe race at its worst moment, made deterministic: the
+    /// state stage applies a record right after the subscribing shard read
+    /// the channel's state. Because the shard counted its delivery before
+    /// reading, the stage hands that record off and the subscriber gets it
+    /// (snapshot at 1, then 2 and 3 in chain). Counting after reading (the
+    /// order this guards against) loses seq 2: the subscriber would get
+    /// seq 3 with prev 1, and a state without `u2`.
+    #[test]
+    fn a_record_applied_while_a_subscriber_reads_the_state_is_handed_to_it() {
+        let limits = EngineLimits {
+            max_targets_per_session: 4,
+            max_channels: 4,
+        };
+        let directory = Arc::new(Directory::default());
+        let stats = Arc::new(EngineStats::default());
+        let stage = Arc::new(Mutex::new(StateStage::new(
+            limits.clone(),
+            stats.clone(),
+            directory.clone(),
+        )));
+        let filters = Arc::new(Mutex::new(FilterInterner::default()));
+        let mut shard = Shard::new(Arc::from("e"), limits, stats, directory, filters);
+        let created = stage.lock().unwrap().apply(&record(1), 0).unwrap();
+        shard.on_event(&created, 0);
+        let outbox = Arc::new(Outbox::new(1 << 16));
+        shard.register(7, outbox.clone());
+
+        // The hand-off ring, as the shard would read it after the subscribe.
+        let handed: Arc<Mutex<Vec<Event>>> = Arc::default();
+        let (in_stage, into_ring) = (stage.clone(), handed.clone());
+        shard.race_hook.set(move || {
+            let event = in_stage.lock().unwrap().apply(&record(2), 0);
+            into_ring.lock().unwrap().extend(event);
+        });
+        let targets = vec![Pattern::new("q.A").unwrap()];
+        shard.subscribe(7, Some(1), targets, SubscribeOptions::default(), 0);
+        shard.race_hook.set(|| {});
+        for event in handed.lock().unwrap().drain(..) {
+            shard.on_event(&event, 0);
+        }
+        let third = stage.lock().unwrap().apply(&record(3), 0).unwrap();
+        shard.on_event(&third, 0);
+
+        let mut frames: Vec<QueuedFrame> = Vec::new();
+        let _ = outbox.take(&mut frames).now_or_never();
+        let messages: Vec<Value> = frames
+            .iter()
+            .map(|f| serde_json::from_slice(&f.bytes[2..]).unwrap())
+            .collect();
+        let shape: Vec<(&str, u64, Option<u64>)> = messages[1..]
+            .iter()
+            .map(|m| {
+                (
+                    m["type"].as_str().unwrap(),
+                    m["seq"].as_u64().unwrap(),
+                    m["prev"].as_u64(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("snapshot", 1, None),
+                ("update", 2, Some(1)),
+                ("update", 3, Some(2))
+            ]
+        );
     }
 }
