@@ -1,7 +1,7 @@
 //! Who is subscribed to what: each session's targets (names and patterns),
 //! and the reverse index used when a channel first appears.
 //!
-//! Delivery lists live on the channels themselves (see `Channel::subscribers`)
+//! Delivery lists are kept per channel on each shard (`Shard::deliveries`)
 //! so an update walks exactly its own subscribers; this index is consulted
 //! only on subscribe, unsubscribe and channel creation.
 

@@ -493,8 +493,12 @@ impl Shard {
             .iter()
             .copied()
             .filter(|cid| {
-                let name = &deliveries[cid].cell.name;
-                !entry.targets.iter().any(|t| t.pattern.matches(name))
+                deliveries.get(cid).is_none_or(|d| {
+                    !entry
+                        .targets
+                        .iter()
+                        .any(|t| t.pattern.matches(&d.cell.name))
+                })
             })
             .collect();
         for cid in orphaned {
