@@ -12,8 +12,8 @@ use std::sync::Arc;
 use super::filter::FieldFilter;
 use super::index::SessionId;
 use super::patch::{compose, NeedsSnapshot};
+use crate::outbox::Outbox;
 use crate::record::JsonMap;
-use crate::session::outbox::Outbox;
 
 pub use super::patch::serialized_len;
 

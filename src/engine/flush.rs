@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 
 use super::shard::Shard;
 use super::{ChannelId, Mode, SessionId};
-use crate::session::outbox::QueuedFrame;
+use crate::outbox::QueuedFrame;
 use crate::wire;
 
 impl Shard {
@@ -111,8 +111,8 @@ mod tests {
     use crate::channel::{ChannelName, Pattern};
     use crate::engine::SubscribeOptions;
     use crate::engine::{Engine, EngineLimits, EngineStats};
+    use crate::outbox::{Outbox, QueuedFrame};
     use crate::record::{FeedRecord, JsonMap};
-    use crate::session::outbox::{Outbox, QueuedFrame};
 
     const MS: u64 = 1_000_000;
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::filter::FieldFilter;
 use crate::channel::{ChannelName, Pattern};
-use crate::session::outbox::Outbox;
+use crate::outbox::Outbox;
 
 pub type SessionId = u64;
 pub type ChannelId = usize;

@@ -47,8 +47,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 
 use crate::channel::Pattern;
+use crate::outbox::Outbox;
 use crate::record::{FeedRecord, JsonMap};
-use crate::session::outbox::Outbox;
 pub use directory::Directory;
 pub use fanout::{Applied, Event};
 pub use index::{ChannelId, SessionId};
@@ -368,5 +368,30 @@ impl Engine {
 
     pub fn snapshot(&self, name: &str) -> Option<ChannelSnapshot> {
         snapshot(self.stage.directory(), &self.epoch, name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The engine depends on nothing session-side (it pushes to
+    /// `crate::outbox` and takes `SubscribeOptions` of its own), so the
+    /// dependency between the two runs one way.
+    #[test]
+    fn the_engine_does_not_import_the_session_module() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/engine");
+        // Spelled in pieces so that this file does not match itself.
+        let (absolute, relative) = (
+            ["crate", "::session"].concat(),
+            ["super::super", "::session"].concat(),
+        );
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                !text.contains(&absolute) && !text.contains(&relative),
+                "{} imports the session module",
+                path.display()
+            );
+        }
     }
 }

@@ -19,8 +19,8 @@ use super::patch::merge_patch;
 use super::policy::Mode;
 use super::shard::Shard;
 use super::SessionId;
+use crate::outbox::QueuedFrame;
 use crate::record::{FeedRecord, JsonMap};
-use crate::session::outbox::QueuedFrame;
 use crate::wire;
 
 /// How a delivery begins.

@@ -27,8 +27,8 @@ use super::resume::{self, Plan};
 use super::timers::Timers;
 use super::{Backlog, ChannelId, EngineLimits, EngineStats, SessionId};
 use crate::channel::Pattern;
+use crate::outbox::{Outbox, QueuedFrame};
 use crate::record::FeedRecord;
-use crate::session::outbox::{Outbox, QueuedFrame};
 use crate::wire::{self, CloseCode, ErrorCode};
 
 /// The deliveries of one channel on one shard.

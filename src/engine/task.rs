@@ -25,9 +25,9 @@ use super::{Backlog, ChannelInfo, ChannelSnapshot, EngineStats, SessionId, Stats
 use crate::channel::Pattern;
 use crate::feed::RingItem;
 use crate::metrics::{Metrics, Stage};
+use crate::outbox::Outbox;
 use crate::record::FeedRecord;
 use crate::ring::{Consumer, Full, Producer, RecvError, TryRecvError};
-use crate::session::outbox::Outbox;
 use crate::wire::{self, CloseCode};
 
 /// What sessions and the HTTP side ask of a shard.

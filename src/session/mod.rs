@@ -9,7 +9,7 @@
 //! written pre-encoded by the outbox and writer.
 
 mod frames;
-pub mod outbox;
+pub use crate::outbox;
 pub mod protocol;
 mod reader;
 mod writer;
