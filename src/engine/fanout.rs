@@ -175,11 +175,17 @@ impl<'a> UpdateFrames<'a> {
     /// The frame for a subscriber with `filter` whose previous delivery was
     /// `prev`. Precondition: [`part`](Self::part) returned `Some` for `filter`.
     pub fn frame(&mut self, filter: &Option<Arc<FieldFilter>>, prev: u64) -> Bytes {
+        let applied = self.applied;
+        if filter.is_none() && prev + 1 == applied.seq {
+            // The usual shape: shared on the update itself, no memo needed.
+            let (frame, built) = applied.frame(filter, &applied.data_json, prev);
+            self.encoded += usize::from(built);
+            return frame;
+        }
         let key = (filter_id(filter), prev);
         if let Some(frame) = self.frames.get(&key) {
             return frame.clone();
         }
-        let applied = self.applied;
         let (frame, built) = match filter {
             None => applied.frame(filter, &applied.data_json, prev),
             Some(f) => {

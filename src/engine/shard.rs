@@ -309,12 +309,17 @@ impl Shard {
                 held += 1;
             }
         }
-        stats.frames_queued.fetch_add(queued, Ordering::Relaxed);
-        stats.bytes_queued.fetch_add(bytes, Ordering::Relaxed);
-        stats.coalesced_diffs.fetch_add(held, Ordering::Relaxed);
-        stats
-            .frames_encoded
-            .fetch_add(frames.encoded() as u64, Ordering::Relaxed);
+        // Shared counters: skip the writes that would add nothing.
+        for (counter, n) in [
+            (&stats.frames_queued, queued),
+            (&stats.bytes_queued, bytes),
+            (&stats.coalesced_diffs, held),
+            (&stats.frames_encoded, frames.encoded() as u64),
+        ] {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        }
         for session in slow {
             self.close_slow(session);
         }
