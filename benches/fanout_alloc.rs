@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use tickcast::channel::{ChannelName, Pattern};
-use tickcast::engine::state::merge_patch;
+use tickcast::engine::patch::merge_patch;
 use tickcast::engine::{Engine, EngineLimits, EngineStats};
 use tickcast::record::{record_from_value, FeedRecord};
 use tickcast::session::outbox::{Outbox, QueuedFrame};

@@ -1,4 +1,4 @@
-//! `engine::state::merge_patch`: the per-update cost of applying a record to
+//! `engine::patch::merge_patch`: the per-update cost of applying a record to
 //! its channel's state, paid once per record whatever the subscriber count.
 //!
 //! * `merge/quote`: a 5-field quote state and a patch replacing all 5 fields
@@ -15,7 +15,7 @@
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use serde_json::{json, Value};
-use tickcast::engine::state::merge_patch;
+use tickcast::engine::patch::merge_patch;
 use tickcast::record::JsonMap;
 
 #[global_allocator]

@@ -80,8 +80,8 @@ pub struct ServeArgs {
     /// always hand it to the connection's writer task (false) [default: false].
     #[arg(long, value_name = "BOOL")]
     pub direct_writes: Option<bool>,
-    /// Engine shards: each owns a share of the connections and fans out to
-    /// them on its own task; 0 = one per CPU core [default: 0].
+    /// Fanout shards (1 to 256): each owns a share of the connections and
+    /// fans out to them on its own task; 0 = one per CPU core [default: 0].
     #[arg(long, value_name = "N")]
     pub engine_shards: Option<usize>,
     /// Log filter, e.g. `info`, `debug`, `tickcast=debug` [default: info; env RUST_LOG].
@@ -145,16 +145,19 @@ pub struct NamespaceConfig {
     pub history: Option<usize>,
 }
 
-/// Most engine shards; each keeps a copy of every channel's state.
-pub const MAX_ENGINE_SHARDS: usize = 64;
+/// Most fanout shards one may ask for. Shards hold only their sessions'
+/// delivery state, so more cost little; past this many a typo is likelier
+/// than a machine that needs them.
+pub const MAX_ENGINE_SHARDS: usize = 256;
 
-/// 0 means one shard per CPU core.
+/// 0 means one shard per CPU core, whatever the count.
 fn resolve_shards(shards: usize) -> Result<usize, String> {
     match shards {
-        0 => Ok(std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_ENGINE_SHARDS))),
+        0 => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
         n if n <= MAX_ENGINE_SHARDS => Ok(n),
         n => Err(format!(
-            "engine_shards must be at most {MAX_ENGINE_SHARDS}, not {n} (0 = one per CPU core)"
+            "engine_shards must be between 1 and {MAX_ENGINE_SHARDS}, not {n} \
+             (0 = one per CPU core)"
         )),
     }
 }
@@ -671,7 +674,7 @@ mod tests {
     fn engine_shards_default_to_one_per_core_and_flags_win() {
         let settings = Settings::default();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        assert_eq!(settings.engine_shards, cores.min(MAX_ENGINE_SHARDS));
+        assert_eq!(settings.engine_shards, cores, "one per core, however many");
         let file: Config = toml::from_str("engine_shards = 3\n").unwrap();
         assert_eq!(
             file.clone()
@@ -685,6 +688,17 @@ mod tests {
             ..ServeArgs::default()
         };
         assert_eq!(file.resolve(&args, None).unwrap().engine_shards, 1);
+        let args = ServeArgs {
+            engine_shards: Some(256),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            Config::default()
+                .resolve(&args, None)
+                .unwrap()
+                .engine_shards,
+            256
+        );
         let args = ServeArgs {
             engine_shards: Some(500),
             ..ServeArgs::default()
@@ -749,7 +763,7 @@ mod tests {
                 3,
             ),
             ("[namespaces.\"a.b\"]\nmode = \"stream\"\n", "a.b", 1),
-            ("engine_shards = 65\n", "engine_shards", 1),
+            ("engine_shards = 257\n", "engine_shards", 1),
             ("[limits]\nmax_json_depth = 0\n", "limits.max_json_depth", 2),
             (
                 "[limits]\nmax_json_depth = 129\n",

@@ -2,8 +2,8 @@
 //!
 //! Everything that reads or writes a JSON value here recurses once per
 //! level: simd-json's serde bridge building a `serde_json::Value`, dropping
-//! that value, [`merge_patch`](crate::engine::state::merge_patch),
-//! [`compose`](crate::engine::state::compose), and serde_json encoding the
+//! that value, [`merge_patch`](crate::engine::patch::merge_patch),
+//! [`compose`](crate::engine::patch::compose), and serde_json encoding the
 //! state and patches into frames. A message or feed line of a few KB nested
 //! a few thousand levels deep would overflow a tokio worker's stack in any
 //! of them, so [`check`] counts the nesting first, in one pass with no

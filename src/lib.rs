@@ -5,12 +5,14 @@
 //! 1. [`feed`] adapters (synthetic, replay, tcp) read input and parse each
 //!    line with [`record`] into a [`record::FeedRecord`] on a [`channel`].
 //! 2. The sequenced [`ring`] carries records from every feed to the engine.
-//! 3. The [`engine`] applies each record to its channel's state (JSON Merge
-//!    Patch, seq + 1), keeps it in the channel's history for resume, and
-//!    encodes the update once per distinct field filter as a [`wire`] frame
-//!    for all subscribers that share it; `max_hz` subscriptions hold and
-//!    merge diffs until their next allowed instant.
-//! 4. Each [`session`] has a bounded [`session::outbox::Outbox`]; its writer
+//! 3. The [`engine`]'s state stage applies each record once to its
+//!    channel's state (JSON Merge Patch, seq + 1) and history, and hands
+//!    updates that have subscribers to the fanout shards, which encode each
+//!    distinct shape once for the process as a [`wire`] frame shared by all
+//!    its subscribers; `max_hz` subscriptions hold and merge diffs until
+//!    their next allowed instant.
+//! 4. Each [`session`] has a bounded [`outbox::Outbox`] (the engine pushes,
+//!    the session's writer drains); its writer
 //!    sends everything queued in one vectored write, its reader turns client
 //!    messages into engine commands.
 //! 5. [`http`] serves `/ws`, `/channels`, `/healthz` and the live page.
@@ -20,6 +22,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod activity;
 pub mod channel;
 pub mod clock;
 pub mod config;
@@ -29,6 +32,7 @@ pub mod feed;
 pub mod http;
 pub mod json_depth;
 pub mod metrics;
+pub mod outbox;
 pub mod record;
 pub mod ring;
 pub mod server;

@@ -9,11 +9,18 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::engine::{self, Engine, EngineHandle};
+use crate::engine::filter::FilterInterner;
+use crate::engine::{self, EngineHandle, Event, Shard, StateStage};
 use crate::feed::{self, FeedOutput, FeedSpec, FeedStats, RingItem};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::ring::Ring;
+
+/// Most events the hand-off ring (state stage -> shards) holds. Its slots
+/// keep their last event (an `Arc` of an update with its frames) until
+/// overwritten, so it is kept smaller than the feed ring; the feed ring in
+/// front of the state stage absorbs bursts.
+const HANDOFF_CAPACITY: usize = 4096;
 
 /// How long shutdown waits for sessions to send their close frames.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -115,27 +122,45 @@ pub async fn start(
 ) -> Result<RunningServer, StartError> {
     let addr = listener.local_addr().map_err(StartError::Listener)?;
     check_feeds(&settings.feeds).await?;
-    let ring: Ring<RingItem> = Ring::with_capacity(settings.limits.ring_capacity);
+    // The state stage is the feed ring's only gating consumer.
+    let ring: Ring<RingItem> = Ring::with_consumers(settings.limits.ring_capacity, 1);
     let epoch = new_epoch();
     let (handle, shard_inputs) = engine::channel(
         epoch.clone(),
         settings.engine_shards,
         settings.limits.engine_queue,
     );
-    // Every shard is a gating consumer, registered before any feed
-    // publishes, so each one sees every record from the first.
+    let stage = StateStage::new(
+        settings.limits.engine(),
+        handle.stage_stats(),
+        handle.directory().clone(),
+    )
+    .with_namespaces(settings.namespaces.clone())
+    .with_ingest_limits(settings.limits.ingest());
+    let stage_input = ring.consumer();
+    // Every shard is a gating consumer of the hand-off ring, registered
+    // before the state stage publishes, so each one sees every event.
+    let handoff: Ring<Event> = Ring::with_consumers(
+        settings.limits.ring_capacity.min(HANDOFF_CAPACITY),
+        shard_inputs.len(),
+    );
+    let filters = Arc::new(std::sync::Mutex::new(FilterInterner::default()));
     let shards: Vec<_> = shard_inputs
         .into_iter()
-        .enumerate()
-        .map(|(shard, inputs)| {
-            // Every shard drops the same records; one of them logs it.
-            let engine = Engine::new(epoch.clone(), settings.limits.engine(), inputs.stats)
-                .with_namespaces(settings.namespaces.clone())
-                .with_ingest_limits(settings.limits.ingest())
-                .logging_drops(shard == 0);
-            (engine, ring.consumer(), inputs.commands)
+        .map(|inputs| {
+            let shard = Shard::new(
+                epoch.clone(),
+                settings.limits.engine(),
+                inputs.stats,
+                handle.directory().clone(),
+                filters.clone(),
+            )
+            .with_namespaces(settings.namespaces.clone());
+            (shard, handoff.consumer(), inputs.commands)
         })
         .collect();
+    let handoff_producer = handoff.producer();
+    drop(handoff);
 
     let metrics = Arc::new(Metrics::new());
     let mut feeds = Vec::new();
@@ -157,18 +182,25 @@ pub async fn start(
     }
     drop(ring);
 
-    let engine_tasks: Vec<_> = shards
+    let mut engine_tasks: Vec<_> = shards
         .into_iter()
-        .map(|(engine, consumer, commands)| {
-            tokio::spawn(engine::run(
-                engine,
-                consumer,
+        .map(|(shard, events, commands)| {
+            tokio::spawn(engine::run_shard(
+                shard,
+                events,
                 commands,
                 metrics.clone(),
                 shutdown.clone(),
             ))
         })
         .collect();
+    engine_tasks.push(tokio::spawn(engine::run_state(
+        stage,
+        stage_input,
+        handoff_producer,
+        metrics.clone(),
+        shutdown.clone(),
+    )));
     let state = Arc::new(AppState::new(
         handle.clone(),
         Arc::new(settings.limits.session(settings.direct_writes)),

@@ -319,7 +319,7 @@ async fn the_default_state_bound_passes_the_real_order_books() {
 }
 
 /// `max_history_bytes`: 1,000 channels flooded far past the budget hold at
-/// most the budget (engine counter, per shard), each keeps its latest
+/// most the budget (engine counter), each keeps its latest
 /// updates for resume, and a resume that needs a trimmed entry is answered
 /// with a resync snapshot.
 #[tokio::test]

@@ -11,9 +11,11 @@ use std::sync::Arc;
 
 use super::filter::FieldFilter;
 use super::index::SessionId;
-use super::state::{compose, NeedsSnapshot};
+use super::patch::{compose, NeedsSnapshot};
+use crate::outbox::Outbox;
 use crate::record::JsonMap;
-use crate::session::outbox::Outbox;
+
+pub use super::patch::serialized_len;
 
 /// Bytes a pending diff may reach before it is measured against its bound.
 const FIRST_CHECK_BYTES: usize = 1024;
@@ -24,6 +26,11 @@ pub struct Delivery {
     /// Seq of the last snapshot or update sent on this channel: the next
     /// update's `prev`.
     pub last_sent: u64,
+    /// The channel seq this delivery is up to date with: it started from a
+    /// snapshot or replay at this seq, or has seen every update up to it.
+    /// A handed-off update at or below it is already accounted for and is
+    /// skipped (see `ChannelCell::attach`).
+    pub current: u64,
     pub filter: Option<Arc<FieldFilter>>,
     pub throttle: Option<Throttle>,
     pub pending: Option<Pending>,
@@ -59,6 +66,8 @@ pub struct Pending {
     pub patch: JsonMap,
     /// Ingest stamp of the last update merged in (the flushed `ts`).
     pub ts: u64,
+    /// Seq of the last update merged in (the flushed `seq`).
+    pub seq: u64,
     /// Send a snapshot at flush instead of a patch: the patches could not be
     /// composed, or the diff grew past its bound.
     pub snapshot: bool,
@@ -70,10 +79,11 @@ pub struct Pending {
 }
 
 impl Pending {
-    fn new(patch: JsonMap, len: usize, ts: u64) -> Self {
+    fn new(patch: JsonMap, len: usize, ts: u64, seq: u64) -> Self {
         Self {
             patch,
             ts,
+            seq,
             snapshot: false,
             bound: len,
             check_at: FIRST_CHECK_BYTES,
@@ -102,6 +112,7 @@ impl Delivery {
             session,
             outbox,
             last_sent,
+            current: last_sent,
             filter: None,
             throttle: None,
             pending: None,
@@ -126,7 +137,7 @@ impl Delivery {
     }
 
     /// Folds an update's filtered `patch` (serialized length `len`, ingest
-    /// stamp `ts`) into the held diff. `bound` gives the most bytes the diff
+    /// stamp `ts`, seq `seq`) into the held diff. `bound` gives the most bytes the diff
     /// may hold (computed only when needed). Returns true if this started a
     /// held diff, so the caller can schedule it.
     pub fn hold(
@@ -134,13 +145,15 @@ impl Delivery {
         patch: &JsonMap,
         len: usize,
         ts: u64,
+        seq: u64,
         bound: impl FnOnce() -> usize,
     ) -> bool {
         let Some(pending) = &mut self.pending else {
-            self.pending = Some(Pending::new(patch.clone(), len, ts));
+            self.pending = Some(Pending::new(patch.clone(), len, ts, seq));
             return true;
         };
         pending.ts = ts;
+        pending.seq = seq;
         if pending.snapshot {
             return false;
         }
@@ -184,23 +197,6 @@ pub fn pending_limit(state_len: usize) -> usize {
     state_len * 2 + 1024
 }
 
-/// Bytes `map` takes as JSON, without keeping them.
-pub fn serialized_len(map: &JsonMap) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    serde_json::to_writer(&mut count, map).expect("serializing a JSON map");
-    count.0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,14 +229,14 @@ mod tests {
     fn held_updates_compose_keeping_the_latest_values() {
         let mut d = delivery();
         let p = map(json!({"bid": 1, "ask": 2}));
-        assert!(d.hold(&p, 17, 10, || unreachable!()));
-        assert!(!d.hold(&map(json!({"bid": 3, "ask": null})), 21, 11, || 0));
+        assert!(d.hold(&p, 17, 10, 1, || unreachable!()));
+        assert!(!d.hold(&map(json!({"bid": 3, "ask": null})), 21, 11, 2, || 0));
         let pending = d.pending.as_ref().unwrap();
         assert_eq!(
             Value::Object(pending.patch.clone()),
             json!({"bid": 3, "ask": null})
         );
-        assert_eq!(pending.ts, 11);
+        assert_eq!((pending.ts, pending.seq), (11, 2));
         assert!(!pending.snapshot);
         assert_eq!(d.due_ns(), Some(0));
     }
@@ -248,11 +244,11 @@ mod tests {
     #[test]
     fn an_uncomposable_pair_turns_into_a_snapshot() {
         let mut d = delivery();
-        d.hold(&map(json!({"a": 1})), 7, 1, || 0);
-        d.hold(&map(json!({"a": {"b": 1}})), 13, 2, || 0);
+        d.hold(&map(json!({"a": 1})), 7, 1, 1, || 0);
+        d.hold(&map(json!({"a": {"b": 1}})), 13, 2, 2, || 0);
         let pending = d.pending.as_ref().unwrap();
         assert!(pending.snapshot && pending.patch.is_empty());
-        d.hold(&map(json!({"c": 1})), 7, 3, || 0);
+        d.hold(&map(json!({"c": 1})), 7, 3, 3, || 0);
         assert_eq!(d.pending.as_ref().unwrap().ts, 3, "ts still follows");
     }
 
@@ -263,7 +259,7 @@ mod tests {
         for i in 0..200 {
             let patch = map(json!({ format!("key{i}"): i }));
             let len = serialized_len(&patch);
-            d.hold(&patch, len, i, || pending_limit(100));
+            d.hold(&patch, len, i, i, || pending_limit(100));
         }
         assert!(d.pending.as_ref().unwrap().snapshot);
         // The same key over and over: the diff stays small.
@@ -271,7 +267,7 @@ mod tests {
         for i in 0..10_000 {
             let patch = map(json!({"bid": i}));
             let len = serialized_len(&patch);
-            d.hold(&patch, len, i, || pending_limit(100));
+            d.hold(&patch, len, i, i, || pending_limit(100));
         }
         let pending = d.pending.as_ref().unwrap();
         assert!(!pending.snapshot);

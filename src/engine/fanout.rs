@@ -1,19 +1,37 @@
-//! Turning one applied update into frames for its subscribers.
+//! One applied update as the state stage hands it to the fanout shards, and
+//! the frames built from it.
 //!
 //! Subscribers differ in two ways that change their frame: the field filter
-//! (which members `data` keeps) and `prev` (where their chain stands). The
-//! filtered patch is built and serialized once per distinct filter, and each
-//! frame once per distinct (filter, prev). In the usual case (no filter,
-//! chain at `seq - 1`) every subscriber gets the same frame.
+//! (which members `data` keeps) and `prev` (where their chain stands). Each
+//! filtered patch and each frame is built once per process: the first shard
+//! that needs a shape builds it and leaves it on the [`Applied`] for the
+//! others. In the usual case (no filter, chain at `seq - 1`) every
+//! subscriber on every shard gets the same frame. Nothing is built that no
+//! subscriber needs (an update whose subscribers all filter it out encodes
+//! no frame at all).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 
+use super::cell::ChannelCell;
 use super::filter::FieldFilter;
-use crate::record::JsonMap;
+use crate::record::{FeedRecord, JsonMap};
 use crate::wire;
+
+/// What the state stage hands to every fanout shard.
+#[derive(Clone)]
+pub enum Event {
+    /// A record applied to a channel that had subscribers.
+    Update(Arc<Applied>),
+    /// A channel's first record (`first`, seq 1): shards start the sessions
+    /// whose targets cover it (always handed off; creation is rare).
+    Created {
+        cell: Arc<ChannelCell>,
+        first: Arc<FeedRecord>,
+    },
+}
 
 /// An update's patch restricted to one filter.
 pub struct Part {
@@ -21,42 +39,119 @@ pub struct Part {
     pub json: Vec<u8>,
 }
 
-/// The frames of one update, built lazily and shared by reference.
+/// One update, applied once, shared by reference with every shard.
+pub struct Applied {
+    pub cell: Arc<ChannelCell>,
+    pub seq: u64,
+    /// The ingest stamp sent as `ts`.
+    pub ts: u64,
+    /// When the state stage took the record (its monotonic clock).
+    pub taken_ns: u64,
+    record: Arc<FeedRecord>,
+    data_json: Bytes,
+    /// The unfiltered frame with `prev = seq - 1`.
+    in_chain: OnceLock<Bytes>,
+    shapes: Mutex<Shapes>,
+}
+
+/// Filtered patches and frames of other shapes, built on first demand.
+#[derive(Default)]
+struct Shapes {
+    /// By filter id; `None` when the filter keeps nothing of this update.
+    parts: HashMap<u64, Option<Arc<Part>>>,
+    /// By (filter id, prev); id 0 is "no filter".
+    frames: HashMap<(u64, u64), Bytes>,
+}
+
+/// A filter's process-wide identity (0: no filter).
+pub fn filter_id(filter: &Option<Arc<FieldFilter>>) -> u64 {
+    filter.as_ref().map_or(0, |f| f.id())
+}
+
+impl Applied {
+    /// `data_json` is the record's data serialized.
+    pub fn new(
+        cell: Arc<ChannelCell>,
+        seq: u64,
+        record: Arc<FeedRecord>,
+        data_json: Bytes,
+        taken_ns: u64,
+    ) -> Self {
+        Self {
+            cell,
+            seq,
+            ts: record.ingest_ns,
+            taken_ns,
+            record,
+            data_json,
+            in_chain: OnceLock::new(),
+            shapes: Mutex::new(Shapes::default()),
+        }
+    }
+
+    pub fn data(&self) -> &JsonMap {
+        &self.record.data
+    }
+
+    pub fn data_json(&self) -> &[u8] {
+        &self.data_json
+    }
+
+    /// The filtered patch for `filter` (shared), `None` if the update
+    /// touches none of its fields.
+    fn part(&self, filter: &Arc<FieldFilter>) -> Option<Arc<Part>> {
+        let mut shapes = self.shapes.lock().unwrap_or_else(|e| e.into_inner());
+        shapes
+            .parts
+            .entry(filter.id())
+            .or_insert_with(|| {
+                let map = filter.restrict(&self.record.data);
+                (!map.is_empty()).then(|| {
+                    let json = serde_json::to_vec(&map).expect("serializing a JSON map");
+                    Arc::new(Part { map, json })
+                })
+            })
+            .clone()
+    }
+
+    /// The frame for `filter` and `prev`; the flag says whether this call
+    /// encoded it (for the encode-once counter).
+    fn frame(&self, filter: &Option<Arc<FieldFilter>>, json: &[u8], prev: u64) -> (Bytes, bool) {
+        let name = self.cell.name.as_str();
+        if filter.is_none() && prev + 1 == self.seq {
+            let mut built = false;
+            let frame = self.in_chain.get_or_init(|| {
+                built = true;
+                wire::update(name, self.seq, prev, self.ts, &self.data_json)
+            });
+            return (frame.clone(), built);
+        }
+        let mut shapes = self.shapes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(frame) = shapes.frames.get(&(filter_id(filter), prev)) {
+            return (frame.clone(), false);
+        }
+        let frame = wire::update(name, self.seq, prev, self.ts, json);
+        shapes
+            .frames
+            .insert((filter_id(filter), prev), frame.clone());
+        (frame, true)
+    }
+}
+
+/// One shard's view of an [`Applied`] during its fanout: a local memo in
+/// front of the shared shapes, so the shared lock is taken once per shape
+/// per shard, not once per subscriber.
 pub struct UpdateFrames<'a> {
-    channel: &'a str,
-    seq: u64,
-    ts: u64,
-    data: &'a JsonMap,
-    data_json: &'a [u8],
-    in_chain: Option<Bytes>,
-    /// Filtered patches by filter identity; `None` when the filter keeps
-    /// nothing of this update.
-    parts: HashMap<usize, Option<Part>>,
-    /// Frames by (filter identity, prev); identity 0 is "no filter".
-    frames: HashMap<(usize, u64), Bytes>,
+    applied: &'a Applied,
+    parts: HashMap<u64, Option<Arc<Part>>>,
+    frames: HashMap<(u64, u64), Bytes>,
     encoded: usize,
 }
 
-fn identity(filter: &Option<Arc<FieldFilter>>) -> usize {
-    filter.as_ref().map_or(0, |f| Arc::as_ptr(f) as usize)
-}
-
 impl<'a> UpdateFrames<'a> {
-    /// `data_json` is `data` serialized.
-    pub fn new(
-        channel: &'a str,
-        seq: u64,
-        ts: u64,
-        data: &'a JsonMap,
-        data_json: &'a [u8],
-    ) -> Self {
+    pub fn new(applied: &'a Applied) -> Self {
         Self {
-            channel,
-            seq,
-            ts,
-            data,
-            data_json,
-            in_chain: None,
+            applied,
             parts: HashMap::new(),
             frames: HashMap::new(),
             encoded: 0,
@@ -67,18 +162,12 @@ impl<'a> UpdateFrames<'a> {
     /// `None` if the update touches none of its fields (nothing is sent).
     pub fn part(&mut self, filter: &Option<Arc<FieldFilter>>) -> Option<(&JsonMap, usize)> {
         let Some(filter) = filter else {
-            return Some((self.data, self.data_json.len()));
+            return Some((self.applied.data(), self.applied.data_json.len()));
         };
-        let data = self.data;
+        let applied = self.applied;
         self.parts
-            .entry(Arc::as_ptr(filter) as usize)
-            .or_insert_with(|| {
-                let map = filter.restrict(data);
-                (!map.is_empty()).then(|| {
-                    let json = serde_json::to_vec(&map).expect("serializing a JSON map");
-                    Part { map, json }
-                })
-            })
+            .entry(filter.id())
+            .or_insert_with(|| applied.part(filter))
             .as_ref()
             .map(|p| (&p.map, p.json.len()))
     }
@@ -86,35 +175,32 @@ impl<'a> UpdateFrames<'a> {
     /// The frame for a subscriber with `filter` whose previous delivery was
     /// `prev`. Precondition: [`part`](Self::part) returned `Some` for `filter`.
     pub fn frame(&mut self, filter: &Option<Arc<FieldFilter>>, prev: u64) -> Bytes {
-        let (channel, seq, ts) = (self.channel, self.seq, self.ts);
-        let key = identity(filter);
-        if key == 0 && prev + 1 == seq {
-            if let Some(frame) = &self.in_chain {
-                return frame.clone();
-            }
-            let frame = wire::update(channel, seq, prev, ts, self.data_json);
-            self.encoded += 1;
-            self.in_chain = Some(frame.clone());
+        let applied = self.applied;
+        if filter.is_none() && prev + 1 == applied.seq {
+            // The usual shape: shared on the update itself, no memo needed.
+            let (frame, built) = applied.frame(filter, &applied.data_json, prev);
+            self.encoded += usize::from(built);
             return frame;
         }
-        if let Some(frame) = self.frames.get(&(key, prev)) {
+        let key = (filter_id(filter), prev);
+        if let Some(frame) = self.frames.get(&key) {
             return frame.clone();
         }
-        let json: &[u8] = if key == 0 {
-            self.data_json
-        } else {
-            &self.parts[&key]
-                .as_ref()
-                .expect("frame() is only asked for a non-empty part")
-                .json
+        let (frame, built) = match filter {
+            None => applied.frame(filter, &applied.data_json, prev),
+            Some(f) => {
+                let part = self.parts[&f.id()]
+                    .clone()
+                    .expect("frame() is only asked for a non-empty part");
+                applied.frame(filter, &part.json, prev)
+            }
         };
-        let frame = wire::update(channel, seq, prev, ts, json);
-        self.encoded += 1;
-        self.frames.insert((key, prev), frame.clone());
+        self.encoded += usize::from(built);
+        self.frames.insert(key, frame.clone());
         frame
     }
 
-    /// How many distinct frames were encoded (for the encode-once metric).
+    /// How many distinct frames this shard encoded (for the encode-once metric).
     pub fn encoded(&self) -> usize {
         self.encoded
     }
@@ -123,28 +209,46 @@ impl<'a> UpdateFrames<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::channel::ChannelName;
     use crate::engine::filter::FilterInterner;
+    use crate::engine::history::HistoryBudget;
+    use crate::engine::policy::NamespacePolicy;
     use serde_json::json;
 
-    fn map(v: serde_json::Value) -> JsonMap {
-        match v {
-            serde_json::Value::Object(m) => m,
-            _ => panic!("not an object"),
-        }
+    fn applied(data: serde_json::Value, seq: u64) -> Applied {
+        let serde_json::Value::Object(data) = data else {
+            panic!("not an object")
+        };
+        let record = Arc::new(FeedRecord {
+            channel: ChannelName::new("q.A").unwrap(),
+            data,
+            ts: None,
+            ingest_ns: 1,
+        });
+        let cell = ChannelCell::create(
+            0,
+            &record,
+            NamespacePolicy::default(),
+            usize::MAX,
+            &mut HistoryBudget::new(usize::MAX),
+        )
+        .unwrap();
+        let json = Bytes::from(serde_json::to_vec(&record.data).unwrap());
+        Applied::new(Arc::new(cell), seq, record, json, 0)
     }
 
     #[test]
-    fn one_encoding_per_distinct_prev() {
-        let data = JsonMap::new();
-        let mut frames = UpdateFrames::new("a.b", 10, 1, &data, b"{}");
-        let a = frames.frame(&None, 9);
-        let b = frames.frame(&None, 9);
+    fn one_encoding_per_distinct_prev_over_every_shard() {
+        let update = applied(json!({}), 10);
+        let (mut shard_a, mut shard_b) = (UpdateFrames::new(&update), UpdateFrames::new(&update));
+        let a = shard_a.frame(&None, 9);
+        let b = shard_b.frame(&None, 9);
         assert_eq!(a.as_ptr(), b.as_ptr(), "same bytes shared, not re-encoded");
-        let c = frames.frame(&None, 7);
-        let d = frames.frame(&None, 7);
+        let c = shard_a.frame(&None, 7);
+        let d = shard_b.frame(&None, 7);
         assert_eq!(c.as_ptr(), d.as_ptr());
         assert_ne!(a, c);
-        assert_eq!(frames.encoded(), 2);
+        assert_eq!(shard_a.encoded() + shard_b.encoded(), 2);
     }
 
     #[test]
@@ -153,23 +257,23 @@ mod tests {
         let bid = Some(interner.intern(&["bid".to_owned()]));
         let bid_too = Some(interner.intern(&["bid".to_owned()]));
         let other = Some(interner.intern(&["volume".to_owned()]));
-        let data = map(json!({"bid": 1, "ask": 2}));
-        let json = serde_json::to_vec(&data).unwrap();
-        let mut frames = UpdateFrames::new("q.A", 5, 1, &data, &json);
+        let update = applied(json!({"bid": 1, "ask": 2}), 5);
+        let mut frames = UpdateFrames::new(&update);
         assert_eq!(frames.part(&bid).unwrap().1, br#"{"bid":1}"#.len());
         assert!(
             frames.part(&other).is_none(),
             "touches no field: nothing to send"
         );
         let x = frames.frame(&bid, 4);
-        assert!(frames.part(&bid_too).is_some());
-        let y = frames.frame(&bid_too, 4);
+        let mut elsewhere = UpdateFrames::new(&update);
+        assert!(elsewhere.part(&bid_too).is_some());
+        let y = elsewhere.frame(&bid_too, 4);
         assert_eq!(x.as_ptr(), y.as_ptr(), "equal filters share the frame");
         let z = frames.frame(&bid, 2);
         assert_ne!(x, z);
         let full = frames.frame(&None, 4);
         assert!(String::from_utf8_lossy(&full).contains(r#""ask":2"#));
         assert!(!String::from_utf8_lossy(&x).contains("ask"));
-        assert_eq!(frames.encoded(), 3);
+        assert_eq!(frames.encoded() + elsewhere.encoded(), 3);
     }
 }

@@ -1,10 +1,13 @@
 //! Field filters: a subscription's `fields`, applied to top-level members of
 //! snapshots and patches.
 //!
-//! Filters are interned: every subscription asking for the same set of
-//! fields holds the same [`Arc<FieldFilter>`], so fanout can group
-//! subscribers by pointer and filter and encode each update once per
-//! distinct filter rather than once per subscriber.
+//! Filters are interned once for the whole process (one table shared by
+//! every fanout shard, used at subscribe time): every subscription asking
+//! for the same set of fields holds the same [`Arc<FieldFilter>`] with the
+//! same [`id`](FieldFilter::id), so fanout can group subscribers by it and
+//! encode each update once per distinct filter rather than once per
+//! subscriber or per shard. Ids are never reused, so a cache keyed by id
+//! cannot confuse a freed filter with a new one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,10 +17,16 @@ use crate::record::JsonMap;
 /// A set of top-level field names, sorted and without repeats.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct FieldFilter {
+    /// Process-wide identity, never 0 (0 means "no filter") and never reused.
+    id: u64,
     fields: Box<[String]>,
 }
 
 impl FieldFilter {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     pub fn contains(&self, key: &str) -> bool {
         self.fields
             .binary_search_by(|f| f.as_str().cmp(key))
@@ -56,7 +65,12 @@ pub struct FilterInterner {
     filters: HashMap<Box<[String]>, Arc<FieldFilter>>,
     /// Size at which the next sweep of unused filters runs.
     sweep_at: usize,
+    /// Ids handed out so far.
+    last_id: u64,
 }
+
+/// The interner every shard of a process shares.
+pub type SharedFilters = std::sync::Arc<std::sync::Mutex<FilterInterner>>;
 
 impl FilterInterner {
     /// The shared filter for `fields` (any order, repeats allowed).
@@ -74,7 +88,9 @@ impl FilterInterner {
             self.filters.retain(|_, f| Arc::strong_count(f) > 1);
             self.sweep_at = (self.filters.len() * 2).max(64);
         }
+        self.last_id += 1;
         let filter = Arc::new(FieldFilter {
+            id: self.last_id,
             fields: key.clone(),
         });
         self.filters.insert(key, filter.clone());

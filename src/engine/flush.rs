@@ -9,11 +9,12 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{ChannelId, Engine, Mode, SessionId};
-use crate::session::outbox::QueuedFrame;
+use super::shard::Shard;
+use super::{ChannelId, Mode, SessionId};
+use crate::outbox::QueuedFrame;
 use crate::wire;
 
-impl Engine {
+impl Shard {
     /// The earliest instant a held diff falls due (engine monotonic ns).
     pub fn next_due(&self) -> Option<u64> {
         self.timers.next_due()
@@ -27,29 +28,35 @@ impl Engine {
     }
 
     fn flush(&mut self, cid: ChannelId, session: SessionId, now: u64) {
-        let channel = &mut self.channels[cid];
-        let seq = channel.seq;
-        let Some(delivery) = channel.subscribers.iter().find(|d| d.session == session) else {
+        let Some(channel) = self.deliveries.get_mut(&cid) else {
+            return;
+        };
+        let cell = channel.cell.clone();
+        let Some(delivery) = channel.get_mut(session) else {
             return;
         };
         let Some(pending) = &delivery.pending else {
             return;
         };
-        let bytes = if pending.snapshot {
-            let filter = delivery.filter.clone();
-            channel.snapshot_frame(&self.epoch, &filter, false)
+        let (bytes, seq) = if pending.snapshot {
+            // The state as it is now, which may be ahead of the updates
+            // this shard has been handed: those are then skipped as
+            // already included (`current`).
+            let mut state = cell.lock();
+            let frame =
+                state.snapshot_frame(cell.name.as_str(), &self.epoch, &delivery.filter, false);
+            (frame, state.seq)
         } else {
             let json = serde_json::to_vec(&pending.patch).expect("serializing a JSON map");
-            wire::update(
-                channel.name.as_str(),
-                seq,
+            let frame = wire::update(
+                cell.name.as_str(),
+                pending.seq,
                 delivery.last_sent,
                 pending.ts,
                 &json,
-            )
+            );
+            (frame, pending.seq)
         };
-        let mode = channel.mode;
-        let delivery = channel.delivery_mut(session).expect("found just above");
         let len = bytes.len() as u64;
         // Not timed for latency: the wait was asked for by the client (or
         // caused by its own slow reading).
@@ -61,10 +68,11 @@ impl Engine {
         if delivery.outbox.push(frame) {
             delivery.discard_pending();
             delivery.sent(seq, now);
+            delivery.current = delivery.current.max(seq);
             self.stats.frames_queued.fetch_add(1, Ordering::Relaxed);
             self.stats.bytes_queued.fetch_add(len, Ordering::Relaxed);
             self.stats.frames_encoded.fetch_add(1, Ordering::Relaxed);
-        } else if mode == Mode::Stream {
+        } else if cell.mode == Mode::Stream {
             self.close_slow(session);
         } else {
             // Still backed up: keep holding; the refused push asked the
@@ -82,11 +90,10 @@ impl Engine {
             .attached
             .iter()
             .copied()
-            .filter(|&cid| {
-                self.channels[cid]
-                    .subscribers
-                    .iter()
-                    .find(|d| d.session == session)
+            .filter(|cid| {
+                self.deliveries
+                    .get(cid)
+                    .and_then(|c| c.list.iter().find(|d| d.session == session))
                     .is_some_and(|d| d.pending.is_some() && !d.must_wait(now))
             })
             .collect();
@@ -102,10 +109,10 @@ mod tests {
     use std::sync::Arc;
 
     use crate::channel::{ChannelName, Pattern};
+    use crate::engine::SubscribeOptions;
     use crate::engine::{Engine, EngineLimits, EngineStats};
+    use crate::outbox::{Outbox, QueuedFrame};
     use crate::record::{FeedRecord, JsonMap};
-    use crate::session::outbox::{Outbox, QueuedFrame};
-    use crate::session::protocol::SubscribeOptions;
 
     const MS: u64 = 1_000_000;
 
@@ -157,16 +164,20 @@ mod tests {
         for bid in 2..=5 {
             engine.apply(&record(bid), 3 * MS); // held and merged
         }
-        assert_eq!(engine.timers.len(), 10_000);
+        assert_eq!(engine.shards[0].timers.len(), 10_000);
         assert_eq!(
             engine.next_due(),
             Some(102 * MS),
             "one interval after the send"
         );
         engine.flush_due(101 * MS);
-        assert_eq!(engine.timers.len(), 10_000, "nothing is due early");
+        assert_eq!(
+            engine.shards[0].timers.len(),
+            10_000,
+            "nothing is due early"
+        );
         engine.flush_due(102 * MS);
-        assert!(engine.timers.is_empty() && engine.next_due().is_none());
+        assert!(engine.shards[0].timers.is_empty() && engine.next_due().is_none());
         assert_eq!(
             stats
                 .coalesced_diffs

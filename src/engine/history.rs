@@ -6,7 +6,7 @@
 //! holding them costs one shared buffer per update, and a replay without a
 //! field filter reuses the bytes as they are.
 //!
-//! All channels of an engine shard share one [`HistoryBudget`]
+//! All channels share one [`HistoryBudget`], kept by the state stage
 //! (`limits.max_history_bytes`). History is a resume cache, not data: when
 //! an update does not fit, the channel being updated forgets its own oldest
 //! entries (a client resuming from before them gets a resync snapshot,
@@ -43,8 +43,7 @@ impl Entry {
     }
 }
 
-/// Bytes of history held over all channels of one engine shard, and the
-/// most it may hold.
+/// Bytes of history held over all channels, and the most it may hold.
 #[derive(Debug)]
 pub struct HistoryBudget {
     limit: usize,

@@ -1,7 +1,7 @@
 //! Who is subscribed to what: each session's targets (names and patterns),
 //! and the reverse index used when a channel first appears.
 //!
-//! Delivery lists live on the channels themselves (see `Channel::subscribers`)
+//! Delivery lists are kept per channel on each shard (`Shard::deliveries`)
 //! so an update walks exactly its own subscribers; this index is consulted
 //! only on subscribe, unsubscribe and channel creation.
 
@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::filter::FieldFilter;
 use crate::channel::{ChannelName, Pattern};
-use crate::session::outbox::Outbox;
+use crate::outbox::Outbox;
 
 pub type SessionId = u64;
 pub type ChannelId = usize;

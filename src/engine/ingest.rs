@@ -1,26 +1,25 @@
 //! What the engine does at the ingest bounds (docs/architecture.md,
 //! "Ingest limits"): records past `limits.max_channels` or
-//! `limits.max_state_bytes` are dropped, counted and (by one shard, within
-//! a log budget) logged; history is kept within `limits.max_history_bytes`
+//! `limits.max_state_bytes` are dropped, counted and (within a log budget)
+//! logged by the state stage; history is kept within `limits.max_history_bytes`
 //! (see [`history`](super::history)).
 
 use std::sync::atomic::Ordering;
 
-use super::state::StateTooLarge;
-use super::Engine;
+use super::cell::StateTooLarge;
+use super::stage::StateStage;
 use crate::feed::log_budget::{LogBudget, Verdict};
 use crate::record::FeedRecord;
 
 /// Bounds on what feeds can make the engine hold; see `config::Limits`
 /// (`max_state_bytes`, `max_history_bytes`, `reject_log_*`) and
-/// docs/architecture.md, "Ingest limits". Each shard applies them to its
-/// own copy of the channels, and every shard sees the same records in the
-/// same order, so all of them accept and drop the same records.
+/// docs/architecture.md, "Ingest limits". The state stage applies them
+/// once, to the one copy of the channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IngestLimits {
     /// Largest channel state, in bytes of JSON.
     pub max_state_bytes: usize,
-    /// Bytes of resume history over all channels of a shard.
+    /// Bytes of resume history over all channels.
     pub max_history_bytes: usize,
     /// Dropped records logged per interval; the rest are counted only.
     pub log_per_interval: u32,
@@ -65,7 +64,7 @@ impl DropReason {
     }
 }
 
-impl Engine {
+impl StateStage {
     /// Counts (and, within the log budget, logs) a record refused for
     /// `limits.max_state_bytes`; its channel keeps its state and seq.
     pub(super) fn drop_too_large(
@@ -109,11 +108,8 @@ impl Engine {
     }
 
     /// Logs one dropped record through `log` (given the count so far) if
-    /// this shard logs drops and the interval's budget allows.
+    /// the interval's budget allows.
     fn log_drop(&mut self, reason: DropReason, now: u64, log: impl FnOnce(u64)) {
-        if !self.logs_drops {
-            return;
-        }
         let dropped = match reason {
             DropReason::MaxChannels => &self.stats.records_dropped_channel_limit,
             DropReason::MaxStateBytes => &self.stats.records_dropped_state_size,

@@ -1,56 +1,63 @@
-//! The engine: owns every channel's state and seq, and every subscription.
+//! The engine: every channel's state and seq, kept once, and every
+//! subscription, spread over fanout shards.
 //!
-//! One task owns an [`Engine`] ([`task::run`]); feeds reach it through the
-//! ring and sessions through a bounded command queue ([`EngineHandle`]). It
-//! never touches a socket or reads a clock: it turns inputs (and the `now`
-//! the task passes in) into frames pushed onto each session's [`Outbox`], so
-//! it can be tested as plain function calls with a virtual clock.
+//! Two kinds of task (docs/architecture.md, "The data path"): one
+//! [`StateStage`] applies every record once and hands each update that has
+//! subscribers, shared by reference, to N [`Shard`]s over a second ring;
+//! each shard owns the sessions `id mod N` and fans updates out to them
+//! ([`task`]). Sessions reach their shard through a bounded command queue
+//! ([`EngineHandle`]). Neither touches a socket or reads a clock: they turn
+//! inputs (and the `now` the task passes in) into frames pushed onto each
+//! session's outbox, so [`Engine`] can drive both as plain function calls
+//! with a virtual clock.
 //!
-//! Where things live: [`state`] (a channel, merge patches and their
-//! composition), [`index`] (who subscribed to what), [`fanout`] (an update
-//! into shared frames), [`delivery`] (one channel to one session: filter,
-//! throttle, held diff), [`filter`], [`history`] and [`resume`] (`since`),
-//! [`timers`] and [`flush`] (held diffs falling due), [`policy`] (modes and
-//! history per namespace), [`task`] (the task and its command queue),
-//! [`ingest`] and [`size`] (bounds on what feeds make it hold).
+//! Where things live: [`cell`] (one channel: state, seq, history, snapshot
+//! frames) and [`directory`] (every channel), [`patch`] (merge patches and
+//! their composition), [`stage`] (applying records), [`fanout`] (an applied
+//! update and its frames), [`shard`] (sessions and their deliveries),
+//! [`index`] (who subscribed to what), [`delivery`] (one channel to one
+//! session: filter, throttle, held diff), [`filter`], [`history`] and
+//! [`resume`] (`since`), [`timers`] and [`flush`] (held diffs falling due),
+//! [`policy`] (modes and history per namespace), [`task`] (the tasks and
+//! their queues), [`ingest`] and [`size`] (bounds on what feeds make it
+//! hold), [`options`] (what a subscribe asks for).
 
+pub mod cell;
 pub mod delivery;
+pub mod directory;
 pub mod fanout;
 pub mod filter;
 mod flush;
 pub mod history;
 pub mod index;
 pub mod ingest;
+pub mod options;
+pub mod patch;
 pub mod policy;
 mod resume;
+pub mod shard;
 pub mod size;
-pub mod state;
+pub mod stage;
 pub mod task;
 pub mod timers;
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use crate::channel::{ChannelName, Pattern};
-use crate::feed::log_budget::LogBudget;
+use crate::channel::Pattern;
+use crate::outbox::Outbox;
 use crate::record::{FeedRecord, JsonMap};
-use crate::session::outbox::{Outbox, QueuedFrame};
-use crate::session::protocol::SubscribeOptions;
-use crate::wire::{self, CloseCode, ErrorCode};
-use delivery::pending_limit;
-use fanout::UpdateFrames;
-use filter::FilterInterner;
-use history::HistoryBudget;
+pub use directory::Directory;
+pub use fanout::{Applied, Event};
 pub use index::{ChannelId, SessionId};
-use index::{DeliveryOptions, SessionEntry, Target, TargetIndex};
 pub use ingest::{DropReason, IngestLimits};
+pub use options::SubscribeOptions;
 pub use policy::{Mode, NamespacePolicy, Namespaces};
-use state::Channel;
-pub use task::{channel, run, Command, EngineGone, EngineHandle, ShardInputs};
-use timers::Timers;
+pub use shard::Shard;
+pub use stage::StateStage;
+pub use task::{channel, run_shard, run_state, Command, EngineGone, EngineHandle, ShardInputs};
 
 /// Limits the engine enforces; see `config::Limits` for defaults and knobs.
 #[derive(Debug, Clone)]
@@ -86,12 +93,13 @@ pub struct EngineStats {
     pub subscriptions: AtomicU64,
 }
 
-/// The engine's counters at one moment, added up over the shards.
+/// The engine's counters at one moment, added up over the state stage and
+/// the shards.
 ///
-/// Every shard applies every record, so the per-channel counters (updates,
-/// channels, records dropped, history) are the same in each and are taken
-/// from the first (history bytes are per shard: the total held is that
-/// times the shard count); the per-session ones are summed.
+/// The per-channel counters (updates, channels, records dropped, history)
+/// are counted once, by the state stage; the per-session ones by the shard
+/// that owns the session; frames are counted by whoever encoded them. So
+/// every counter is the sum of the [`EngineStats`] it is built from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StatsSnapshot {
     pub updates_applied: u64,
@@ -119,26 +127,25 @@ impl StatsSnapshot {
         }
     }
 
-    pub fn total(shards: &[Arc<EngineStats>]) -> Self {
+    /// The sum over `parts` (the state stage's counters and each shard's).
+    pub fn total(parts: &[Arc<EngineStats>]) -> Self {
         let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
         let sum = |field: fn(&EngineStats) -> &AtomicU64| {
-            shards.iter().map(|s| load(field(s))).sum::<u64>()
+            parts.iter().map(|s| load(field(s))).sum::<u64>()
         };
-        let first =
-            |field: fn(&EngineStats) -> &AtomicU64| shards.first().map_or(0, |s| load(field(s)));
         Self {
-            updates_applied: first(|s| &s.updates_applied),
+            updates_applied: sum(|s| &s.updates_applied),
             frames_queued: sum(|s| &s.frames_queued),
             bytes_queued: sum(|s| &s.bytes_queued),
             frames_encoded: sum(|s| &s.frames_encoded),
             slow_consumer_closes: sum(|s| &s.slow_consumer_closes),
             slow_consumer_holds: sum(|s| &s.slow_consumer_holds),
             coalesced_diffs: sum(|s| &s.coalesced_diffs),
-            records_dropped_channel_limit: first(|s| &s.records_dropped_channel_limit),
-            records_dropped_state_size: first(|s| &s.records_dropped_state_size),
-            history_bytes: first(|s| &s.history_bytes),
-            history_trimmed: first(|s| &s.history_trimmed),
-            channels: first(|s| &s.channels),
+            records_dropped_channel_limit: sum(|s| &s.records_dropped_channel_limit),
+            records_dropped_state_size: sum(|s| &s.records_dropped_state_size),
+            history_bytes: sum(|s| &s.history_bytes),
+            history_trimmed: sum(|s| &s.history_trimmed),
+            channels: sum(|s| &s.channels),
             sessions: sum(|s| &s.sessions),
             subscriptions: sum(|s| &s.subscriptions),
         }
@@ -191,67 +198,92 @@ pub struct ChannelSnapshot {
     pub data: JsonMap,
 }
 
+/// Every channel with its seq, sorted by name (`GET /channels`).
+pub fn channel_list(directory: &Directory) -> Vec<ChannelInfo> {
+    let mut list: Vec<ChannelInfo> = directory
+        .all()
+        .iter()
+        .map(|c| ChannelInfo {
+            name: c.name.to_string(),
+            seq: c.lock().seq,
+        })
+        .collect();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    list
+}
+
+/// One channel's state and seq (`GET /channels/<name>`).
+pub fn snapshot(directory: &Directory, epoch: &str, name: &str) -> Option<ChannelSnapshot> {
+    let cell = directory.get(name)?;
+    let channel = cell.lock();
+    Some(ChannelSnapshot {
+        channel: cell.name.to_string(),
+        seq: channel.seq,
+        epoch: epoch.to_owned(),
+        data: channel.state.clone(),
+    })
+}
+
+/// The whole engine as plain function calls, for tests and benches: one
+/// state stage and `shards` fanout shards wired in-process. Each applied
+/// record's hand-off goes to every shard at once, in order, as the task
+/// wiring does through its ring; a session's calls go to its shard
+/// (`session mod shards`), as its commands do.
 pub struct Engine {
     epoch: Arc<str>,
-    limits: EngineLimits,
-    namespaces: Namespaces,
-    stats: Arc<EngineStats>,
-    channels: Vec<Channel>,
-    by_name: HashMap<ChannelName, ChannelId>,
-    sessions: HashMap<SessionId, SessionEntry>,
-    index: TargetIndex,
-    filters: FilterInterner,
-    timers: Timers,
-    /// Counts subscribes, so the latest one covering a channel wins.
-    generation: u64,
-    ingest: IngestLimits,
-    history: HistoryBudget,
-    /// Whether this shard logs dropped records (one shard does: all drop
-    /// the same ones), and how many it may.
-    logs_drops: bool,
-    drop_log: LogBudget,
+    pub stage: StateStage,
+    pub shards: Vec<Shard>,
 }
 
 impl Engine {
+    /// One state stage and one shard; `stats` counts for both.
     pub fn new(epoch: Arc<str>, limits: EngineLimits, stats: Arc<EngineStats>) -> Self {
+        Self::with_shards(epoch, limits, 1, |_| stats.clone())
+    }
+
+    /// One state stage and `shards` (at least 1) shards; shard `i` counts
+    /// into `stats(i)`, the stage into `stats(shards)`.
+    pub fn with_shards(
+        epoch: Arc<str>,
+        limits: EngineLimits,
+        shards: usize,
+        stats: impl Fn(usize) -> Arc<EngineStats>,
+    ) -> Self {
+        let shards = shards.max(1);
+        let directory = Arc::new(Directory::default());
+        let filters = Arc::new(Mutex::new(filter::FilterInterner::default()));
+        let stage = StateStage::new(limits.clone(), stats(shards), directory.clone());
+        let shards = (0..shards)
+            .map(|i| {
+                Shard::new(
+                    epoch.clone(),
+                    limits.clone(),
+                    stats(i),
+                    directory.clone(),
+                    filters.clone(),
+                )
+            })
+            .collect();
         Self {
             epoch,
-            limits,
-            namespaces: Namespaces::default(),
-            stats,
-            channels: Vec::new(),
-            by_name: HashMap::new(),
-            sessions: HashMap::new(),
-            index: TargetIndex::default(),
-            filters: FilterInterner::default(),
-            timers: Timers::default(),
-            generation: 0,
-            ingest: IngestLimits::default(),
-            history: HistoryBudget::new(IngestLimits::default().max_history_bytes),
-            logs_drops: true,
-            drop_log: IngestLimits::default().log_budget(),
+            stage,
+            shards,
         }
     }
 
-    /// Sets the state, history and log bounds (the defaults otherwise).
-    /// Call before the first record.
+    /// Sets the state, history and log bounds. Call before the first record.
     pub fn with_ingest_limits(mut self, limits: IngestLimits) -> Self {
-        self.ingest = limits;
-        self.history = HistoryBudget::new(limits.max_history_bytes);
-        self.drop_log = limits.log_budget();
+        self.stage = self.stage.with_ingest_limits(limits);
         self
     }
 
-    /// Whether this shard logs the records it drops (counted either way).
-    pub fn logging_drops(mut self, logs: bool) -> Self {
-        self.logs_drops = logs;
-        self
-    }
-
-    /// Sets the per-namespace policies (mode, history depth). Channels that
-    /// already exist keep the policy they were created with.
+    /// Sets the per-namespace policies (mode, history depth).
     pub fn with_namespaces(mut self, namespaces: Namespaces) -> Self {
-        self.namespaces = namespaces;
+        self.shards = std::mem::take(&mut self.shards)
+            .into_iter()
+            .map(|s| s.with_namespaces(namespaces.clone()))
+            .collect();
+        self.stage = self.stage.with_namespaces(namespaces);
         self
     }
 
@@ -259,262 +291,33 @@ impl Engine {
         &self.epoch
     }
 
-    pub fn register(&mut self, session: SessionId, outbox: Arc<Outbox>) {
-        self.sessions.insert(
-            session,
-            SessionEntry {
-                outbox,
-                targets: Vec::new(),
-                attached: HashSet::new(),
-            },
-        );
-        self.stats
-            .sessions
-            .store(self.sessions.len() as u64, Ordering::Relaxed);
+    fn shard(&mut self, session: SessionId) -> &mut Shard {
+        let n = self.shards.len() as u64;
+        &mut self.shards[(session % n) as usize]
     }
 
-    /// Forgets a session and everything it was subscribed to.
-    pub fn deregister(&mut self, session: SessionId) {
-        let Some(entry) = self.sessions.remove(&session) else {
-            return;
-        };
-        for target in &entry.targets {
-            self.index.remove(&target.pattern, session);
-        }
-        for cid in entry.attached {
-            self.remove_delivery(cid, session);
-        }
-        self.stats
-            .sessions
-            .store(self.sessions.len() as u64, Ordering::Relaxed);
-        self.count_subscriptions();
-    }
-
-    /// Takes `session` off `cid`'s list, cancelling any held diff's timer.
-    fn remove_delivery(&mut self, cid: ChannelId, session: SessionId) {
-        let subscribers = &mut self.channels[cid].subscribers;
-        if let Some(pos) = subscribers.iter().position(|d| d.session == session) {
-            let delivery = subscribers.swap_remove(pos);
-            if let Some(due) = delivery.due_ns() {
-                self.timers.disarm(due, cid, session);
-            }
-        }
-    }
-
-    /// Stops delivering `cid` to `session`.
-    fn detach(&mut self, session: SessionId, cid: ChannelId) {
-        if let Some(entry) = self.sessions.get_mut(&session) {
-            if entry.attached.remove(&cid) {
-                self.remove_delivery(cid, session);
-            }
-        }
-    }
-
-    /// What this shard's connections hold back; walks every session and
-    /// subscription, so it is for occasional questions like `/stats`.
-    pub fn backlog(&self) -> Backlog {
-        let mut backlog = Backlog::default();
-        for entry in self.sessions.values() {
-            let bytes = entry.outbox.backlog_bytes() as u64;
-            backlog.queued_bytes += bytes;
-            backlog.largest_queued_bytes = backlog.largest_queued_bytes.max(bytes);
-        }
-        let held = self
-            .channels
-            .iter()
-            .flat_map(|c| &c.subscribers)
-            .filter_map(|d| d.pending.as_ref());
-        for pending in held {
-            let bytes = pending.held_bytes() as u64;
-            backlog.held_diffs += 1;
-            backlog.held_diff_bytes += bytes;
-            backlog.largest_held_diff_bytes = backlog.largest_held_diff_bytes.max(bytes);
-        }
-        backlog
-    }
-
-    fn count_subscriptions(&self) {
-        let total: usize = self.sessions.values().map(|s| s.targets.len()).sum();
-        self.stats
-            .subscriptions
-            .store(total as u64, Ordering::Relaxed);
-    }
-
-    /// Applies one feed record: merge, seq + 1, fan out. `now` is the
-    /// caller's monotonic clock (`Metrics::mono_ns`): it decides what a
-    /// throttled subscription may send, and is stamped on queued frames for
-    /// the latency histograms.
+    /// Applies one record and fans it out on every shard.
     pub fn apply(&mut self, record: &FeedRecord, now: u64) {
-        let cid = match self.by_name.get(&record.channel) {
-            Some(&cid) => cid,
-            None => return self.create_channel(record, now),
-        };
-        let channel = &mut self.channels[cid];
-        let applied = channel.apply(record, self.ingest.max_state_bytes, &mut self.history);
-        let data_json = match applied {
-            Ok(json) => {
-                self.stats.updates_applied.fetch_add(1, Ordering::Relaxed);
-                self.count_history();
-                json
-            }
-            Err(too_large) => return self.drop_too_large(record, too_large, now),
-        };
-        let Some(data_json) = data_json else {
-            return;
-        };
-        let channel = &mut self.channels[cid];
-        if channel.subscribers.is_empty() {
-            return;
-        }
-        let Channel {
-            name,
-            state,
-            seq,
-            mode,
-            subscribers,
-            ..
-        } = channel;
-        let mode = *mode;
-        let seq = *seq;
-        let ts = record.ingest_ns;
-        let mut frames = UpdateFrames::new(name.as_str(), seq, ts, &record.data, &data_json);
-        // Measured at most once per update, and only if a held diff grows big.
-        let mut state_len = None;
-        let mut slow = Vec::new();
-        let (mut queued, mut bytes, mut held) = (0u64, 0u64, 0u64);
-        for delivery in subscribers.iter_mut() {
-            let Some((part, len)) = frames.part(&delivery.filter) else {
-                // Touches none of its fields: nothing to send, and its
-                // `last_sent` stays, so the next `prev` still chains.
-                continue;
-            };
-            if delivery.must_hold(now) {
-                let bound = || {
-                    pending_limit(*state_len.get_or_insert_with(|| delivery::serialized_len(state)))
-                };
-                if delivery.hold(part, len, ts, bound) {
-                    let due = delivery.due_ns().expect("a held diff has a due time");
-                    self.timers.arm(due, cid, delivery.session);
-                }
-                held += 1;
-                continue;
-            }
-            let frame = frames.frame(&delivery.filter, delivery.last_sent);
-            let len = frame.len() as u64;
-            let timed = QueuedFrame {
-                bytes: frame,
-                ingest_ns: ts,
-                queued_ns: now,
-            };
-            if delivery.outbox.push(timed) {
-                delivery.sent(seq, now);
-                queued += 1;
-                bytes += len;
-            } else if mode == Mode::Stream {
-                // Every update or none: a stream subscriber that cannot
-                // keep up is closed (1013) and resumes with `since`.
-                slow.push(delivery.session);
-            } else {
-                // A merge subscriber whose queue is full: hold this update
-                // and every later one in one pending diff per channel, sent
-                // when its socket drains. Memory stays bounded (the queue,
-                // plus one diff per channel that turns into a snapshot past
-                // its bound) and `prev` still chains.
-                let (part, len) = frames
-                    .part(&delivery.filter)
-                    .expect("this update touches the delivery's fields");
-                let bound = || {
-                    pending_limit(*state_len.get_or_insert_with(|| delivery::serialized_len(state)))
-                };
-                delivery.hold(part, len, ts, bound);
-                if let Some(due) = delivery.due_ns() {
-                    self.timers.arm(due, cid, delivery.session);
-                }
-                self.stats
-                    .slow_consumer_holds
-                    .fetch_add(1, Ordering::Relaxed);
-                held += 1;
-            }
-        }
-        let stats = &self.stats;
-        stats.frames_queued.fetch_add(queued, Ordering::Relaxed);
-        stats.bytes_queued.fetch_add(bytes, Ordering::Relaxed);
-        stats.coalesced_diffs.fetch_add(held, Ordering::Relaxed);
-        stats
-            .frames_encoded
-            .fetch_add(frames.encoded() as u64, Ordering::Relaxed);
-        for session in slow {
-            self.close_slow(session);
-        }
+        self.apply_shared(&Arc::new(record.clone()), now);
     }
 
-    /// A channel's first record creates it (seq 1) and starts every matching
-    /// session on it with a snapshot.
-    fn create_channel(&mut self, record: &FeedRecord, now: u64) {
-        if self.channels.len() >= self.limits.max_channels {
-            return self.drop_past_max_channels(record, now);
-        }
-        let policy = self.namespaces.policy(record.channel.namespace());
-        let max_state_bytes = self.ingest.max_state_bytes;
-        let channel = match Channel::create(record, policy, max_state_bytes, &mut self.history) {
-            Ok(channel) => channel,
-            Err(too_large) => return self.drop_too_large(record, too_large, now),
-        };
-        self.stats.updates_applied.fetch_add(1, Ordering::Relaxed);
-        self.count_history();
-        let cid = self.channels.len();
-        self.channels.push(channel);
-        self.by_name.insert(record.channel.clone(), cid);
-        self.stats
-            .channels
-            .store(self.channels.len() as u64, Ordering::Relaxed);
-        for session in self.index.sessions_for(&record.channel) {
-            let options = self
-                .sessions
-                .get(&session)
-                .and_then(|entry| entry.options_for(&record.channel));
-            if let Some(options) = options {
-                self.attach(session, cid, &options, resume::Start::Snapshot, now);
+    /// [`apply`](Self::apply) for a record already shared (no copy).
+    pub fn apply_shared(&mut self, record: &Arc<FeedRecord>, now: u64) {
+        if let Some(event) = self.stage.apply(record, now) {
+            for shard in &mut self.shards {
+                shard.on_event(&event, now);
             }
         }
     }
 
-    /// A session whose queue is full is closed with 1013 rather than
-    /// silently skipped: its client resumes with `since`.
-    ///
-    /// What is already queued still goes out before the close (it is a
-    /// prefix of every chain, and bounded by the queue): a client that reads
-    /// slowly then resumes from further on. Were it dropped, a resume whose
-    /// answers overflow the queue would be dropped and refused again on
-    /// every retry, never making progress.
-    fn close_slow(&mut self, session: SessionId) {
-        if let Some(entry) = self.sessions.get(&session) {
-            tracing::info!(session, "closing slow consumer (outbound queue full)");
-            entry.outbox.close(
-                wire::close(
-                    CloseCode::TryAgainLater,
-                    "slow consumer: outbound queue full",
-                ),
-                false,
-            );
-            self.stats
-                .slow_consumer_closes
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        self.deregister(session);
+    pub fn register(&mut self, session: SessionId, outbox: Arc<Outbox>) {
+        self.shard(session).register(session, outbox);
     }
 
-    /// Queues a reply frame in order with everything else for the session.
-    pub fn reply(&mut self, session: SessionId, frame: Bytes) {
-        if let Some(entry) = self.sessions.get(&session) {
-            if !entry.outbox.push(frame) {
-                self.close_slow(session);
-            }
-        }
+    pub fn deregister(&mut self, session: SessionId) {
+        self.shard(session).deregister(session);
     }
 
-    /// Subscribes `session` to `targets` with `options`, then starts every
-    /// existing channel they cover: a snapshot, or from `since` a replay.
     pub fn subscribe(
         &mut self,
         session: SessionId,
@@ -523,153 +326,72 @@ impl Engine {
         options: SubscribeOptions,
         now: u64,
     ) {
-        let Some(entry) = self.sessions.get(&session) else {
-            return;
-        };
-        let new = targets.iter().filter(|t| !entry.has_target(t)).count();
-        if entry.targets.len() + new > self.limits.max_targets_per_session {
-            let message = format!(
-                "at most {} channels and patterns per connection (limits.max_subscriptions_per_connection)",
-                self.limits.max_targets_per_session
-            );
-            return self.reply(session, wire::error(id, ErrorCode::Limit, &message));
-        }
-        if options.max_hz.is_some() {
-            if let Some(namespace) = self.stream_namespace_named(&targets) {
-                let message = format!(
-                    "max_hz is not available on stream channels (namespace {namespace:?} is stream: every update is delivered)"
-                );
-                return self.reply(session, wire::error(id, ErrorCode::Unsupported, &message));
-            }
-        }
-        self.generation += 1;
-        let delivery_options = Arc::new(DeliveryOptions {
-            filter: options.fields.as_deref().map(|f| self.filters.intern(f)),
-            max_hz: options.max_hz,
-            generation: self.generation,
-        });
-        let entry = self.sessions.get_mut(&session).expect("checked above");
-        let names: Vec<String> = targets.iter().map(|t| t.as_str().to_owned()).collect();
-        let reply = wire::channels_reply("subscribed", id, &names);
-        let mut covered = Vec::new();
-        for target in targets {
-            if target.is_wildcard() {
-                covered.extend(
-                    self.channels
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, c)| target.matches(&c.name))
-                        .map(|(cid, _)| cid),
-                );
-            } else if let Some(&cid) = self.by_name.get(target.as_str()) {
-                covered.push(cid);
-            }
-            // The latest subscribe naming a target sets its options.
-            match entry.targets.iter_mut().find(|t| t.pattern == target) {
-                Some(existing) => existing.options = delivery_options.clone(),
-                None => {
-                    self.index.add(&target, session);
-                    entry.targets.push(Target {
-                        pattern: target,
-                        options: delivery_options.clone(),
-                    });
-                }
-            }
-        }
-        let replied = entry.outbox.push(reply);
-        self.count_subscriptions();
-        if !replied {
-            return self.close_slow(session);
-        }
-        covered.sort_unstable();
-        covered.dedup();
-        let epoch_matches = options.epoch.as_deref() == Some(&*self.epoch);
-        let filter = &delivery_options.filter;
-        let mut plans: Vec<resume::Plan> = covered
-            .into_iter()
-            .map(|cid| {
-                let since = options.since.get(self.channels[cid].name.as_str());
-                let start = resume::Start::from_request(since.copied(), epoch_matches);
-                self.plan(cid, filter, start)
-            })
-            .collect();
-        let outbox = &self.sessions[&session].outbox;
-        let room = outbox.limit_bytes().saturating_sub(outbox.queued_bytes());
-        self.fit(&mut plans, room, filter);
-        for plan in plans {
-            if !self.start(session, plan, &delivery_options, now) {
-                return;
-            }
-        }
-    }
-
-    /// The stream-mode namespace a target names literally, if any. Targets
-    /// whose first segment is a wildcard span namespaces; `max_hz` applies
-    /// to their merge channels only.
-    fn stream_namespace_named<'a>(&self, targets: &'a [Pattern]) -> Option<&'a str> {
-        targets
-            .iter()
-            .filter_map(|t| t.as_str().split('.').next())
-            .filter(|ns| *ns != "*" && *ns != ">")
-            .find(|ns| self.namespaces.policy(ns).mode == Mode::Stream)
+        self.shard(session)
+            .subscribe(session, id, targets, options, now);
     }
 
     pub fn unsubscribe(&mut self, session: SessionId, id: Option<i64>, targets: Vec<Pattern>) {
-        let Some(entry) = self.sessions.get_mut(&session) else {
-            return;
-        };
-        for target in &targets {
-            if let Some(pos) = entry.targets.iter().position(|t| t.pattern == *target) {
-                entry.targets.swap_remove(pos);
-                self.index.remove(target, session);
-            }
+        self.shard(session).unsubscribe(session, id, targets);
+    }
+
+    pub fn reply(&mut self, session: SessionId, frame: Bytes) {
+        self.shard(session).reply(session, frame);
+    }
+
+    pub fn drained(&mut self, session: SessionId, now: u64) {
+        self.shard(session).drained(session, now);
+    }
+
+    /// The earliest instant a held diff falls due on any shard.
+    pub fn next_due(&self) -> Option<u64> {
+        self.shards.iter().filter_map(Shard::next_due).min()
+    }
+
+    /// Sends every held diff due at `now`, on every shard.
+    pub fn flush_due(&mut self, now: u64) {
+        for shard in &mut self.shards {
+            shard.flush_due(now);
         }
-        // A channel stays (with the options it has) while any remaining
-        // target still covers it.
-        let orphaned: Vec<ChannelId> = entry
-            .attached
-            .iter()
-            .copied()
-            .filter(|&cid| {
-                let name = &self.channels[cid].name;
-                !entry.targets.iter().any(|t| t.pattern.matches(name))
-            })
-            .collect();
-        for cid in orphaned {
-            self.detach(session, cid);
+    }
+
+    pub fn backlog(&self) -> Backlog {
+        let mut total = Backlog::default();
+        for shard in &self.shards {
+            total.add(shard.backlog());
         }
-        self.count_subscriptions();
-        let names: Vec<String> = targets.iter().map(|t| t.as_str().to_owned()).collect();
-        self.reply(session, wire::channels_reply("unsubscribed", id, &names));
+        total
     }
 
     pub fn channel_list(&self) -> Vec<ChannelInfo> {
-        let mut list: Vec<ChannelInfo> = self
-            .channels
-            .iter()
-            .map(|c| ChannelInfo {
-                name: c.name.to_string(),
-                seq: c.seq,
-            })
-            .collect();
-        list.sort_by(|a, b| a.name.cmp(&b.name));
-        list
+        channel_list(self.stage.directory())
     }
 
     pub fn snapshot(&self, name: &str) -> Option<ChannelSnapshot> {
-        let channel = &self.channels[*self.by_name.get(name)?];
-        Some(ChannelSnapshot {
-            channel: channel.name.to_string(),
-            seq: channel.seq,
-            epoch: self.epoch.to_string(),
-            data: channel.state.clone(),
-        })
+        snapshot(self.stage.directory(), &self.epoch, name)
     }
+}
 
-    /// Ends every session with `close` (used at shutdown).
-    pub fn close_all(&mut self, close: Bytes) {
-        for entry in self.sessions.values() {
-            entry.outbox.close(close.clone(), false);
+#[cfg(test)]
+mod tests {
+    /// The engine depends on nothing session-side (it pushes to
+    /// `crate::outbox` and takes `SubscribeOptions` of its own), so the
+    /// dependency between the two runs one way.
+    #[test]
+    fn the_engine_does_not_import_the_session_module() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/engine");
+        // Spelled in pieces so that this file does not match itself.
+        let (absolute, relative) = (
+            ["crate", "::session"].concat(),
+            ["super::super", "::session"].concat(),
+        );
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                !text.contains(&absolute) && !text.contains(&relative),
+                "{} imports the session module",
+                path.display()
+            );
         }
     }
 }

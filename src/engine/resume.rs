@@ -11,14 +11,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::delivery::{Delivery, Throttle};
+use super::cell::{ChannelCell, ChannelState};
+use super::delivery::Throttle;
 use super::filter::FieldFilter;
 use super::index::DeliveryOptions;
+use super::patch::merge_patch;
 use super::policy::Mode;
-use super::state::Channel;
-use super::{ChannelId, Engine, SessionId};
-use crate::record::JsonMap;
-use crate::session::outbox::QueuedFrame;
+use super::shard::Shard;
+use super::SessionId;
+use crate::outbox::QueuedFrame;
+use crate::record::{FeedRecord, JsonMap};
 use crate::wire;
 
 /// How a delivery begins.
@@ -46,23 +48,27 @@ impl Start {
 /// What one channel's (re)start sends, worked out before anything is sent
 /// so that a subscribe can check its answers fit the session's queue.
 pub(super) struct Plan {
-    cid: ChannelId,
+    cell: Arc<ChannelCell>,
     frames: Vec<Bytes>,
     bytes: usize,
     last_sent: u64,
+    /// The channel's seq when the frames were read: later updates follow.
+    current: u64,
     /// The frames replay a resume; a resync snapshot could replace them.
     replay: bool,
 }
 
-impl Engine {
-    /// Works out how `cid` starts for a subscriber with `filter`.
+impl Shard {
+    /// Works out how `cell` starts for a subscriber with `filter`. The
+    /// delivery must already be counted on the cell (`ensure_delivery`).
     pub(super) fn plan(
-        &mut self,
-        cid: ChannelId,
+        &self,
+        cell: &Arc<ChannelCell>,
         filter: &Option<Arc<FieldFilter>>,
         start: Start,
     ) -> Plan {
-        let channel = &mut self.channels[cid];
+        let mut channel = cell.lock();
+        let name = cell.name.as_str();
         let replayed = match start {
             Start::Snapshot => None,
             Start::Since {
@@ -72,18 +78,23 @@ impl Engine {
             Start::Since {
                 since,
                 epoch_matches: true,
-            } => replay(channel, since, filter),
+            } => replay(name, &channel, since, filter),
             Start::Since { .. } => None,
         };
         let replay = replayed.as_ref().is_some_and(|(f, _)| !f.is_empty());
         let (frames, last_sent) = replayed.unwrap_or_else(|| {
             // A resume that cannot be honoured is announced as a resync.
             let resync = start != Start::Snapshot;
-            let frame = channel.snapshot_frame(&self.epoch, filter, resync);
+            let frame = channel.snapshot_frame(name, &self.epoch, filter, resync);
             (vec![frame], channel.seq)
         });
+        let current = channel.seq;
+        drop(channel);
+        #[cfg(test)]
+        self.race_hook.run();
         Plan {
-            cid,
+            cell: cell.clone(),
+            current,
             bytes: frames.iter().map(Bytes::len).sum(),
             frames,
             last_sent,
@@ -91,16 +102,50 @@ impl Engine {
         }
     }
 
+    /// How `cell`, just created by `first`, starts for a subscriber whose
+    /// target was waiting for it: from its first state (seq 1), as if the
+    /// shard had seen it created. The state stage may have applied more
+    /// since (the shard reads the cell later than the stage wrote it, and
+    /// did not count as a subscriber yet): those come from history, as a
+    /// resume from seq 1 would; if history no longer holds them all, a
+    /// plain snapshot of the current state.
+    pub(super) fn plan_from_first(
+        &self,
+        cell: &Arc<ChannelCell>,
+        first: &FeedRecord,
+        filter: &Option<Arc<FieldFilter>>,
+    ) -> Plan {
+        let channel = cell.lock();
+        let name = cell.name.as_str();
+        let caught_up = (channel.seq > 1)
+            .then(|| replay(name, &channel, 1, filter))
+            .flatten();
+        let Some((updates, last_sent)) = caught_up else {
+            drop(channel);
+            return self.plan(cell, filter, Start::Snapshot);
+        };
+        let mut state = JsonMap::new();
+        merge_patch(&mut state, &first.data);
+        if let Some(filter) = filter {
+            state = filter.restrict(&state);
+        }
+        let mut frames = vec![wire::snapshot(name, 1, &self.epoch, &state, false)];
+        frames.extend(updates);
+        Plan {
+            cell: cell.clone(),
+            current: channel.seq,
+            bytes: frames.iter().map(Bytes::len).sum(),
+            frames,
+            last_sent,
+            replay: false,
+        }
+    }
+
     /// Makes `plans` fit in `room` (the queue's free bytes) by answering
     /// the biggest replays with resync snapshots instead: a resume that the
     /// queue cannot hold is announced as a resync rather than closed with
     /// 1013, which would only repeat when the client resumes the same way.
-    pub(super) fn fit(
-        &mut self,
-        plans: &mut [Plan],
-        room: usize,
-        filter: &Option<Arc<FieldFilter>>,
-    ) {
+    pub(super) fn fit(&self, plans: &mut [Plan], room: usize, filter: &Option<Arc<FieldFilter>>) {
         let mut total: usize = plans.iter().map(|p| p.bytes).sum();
         while total > room {
             let Some(plan) = plans
@@ -110,12 +155,14 @@ impl Engine {
             else {
                 return;
             };
-            let channel = &mut self.channels[plan.cid];
-            let frame = channel.snapshot_frame(&self.epoch, filter, true);
+            let mut channel = plan.cell.lock();
+            let frame = channel.snapshot_frame(plan.cell.name.as_str(), &self.epoch, filter, true);
             total = total - plan.bytes + frame.len();
             plan.bytes = frame.len();
             plan.frames = vec![frame];
             plan.last_sent = channel.seq;
+            plan.current = channel.seq;
+            drop(channel);
             plan.replay = false;
         }
     }
@@ -145,56 +192,40 @@ impl Engine {
                 return false;
             }
         }
-        let cid = plan.cid;
-        let channel = &mut self.channels[cid];
+        let cell = &plan.cell;
         // `max_hz` never applies to stream channels, even via a pattern.
-        let throttle = match (channel.mode, options.max_hz) {
+        let throttle = match (cell.mode, options.max_hz) {
             (Mode::Merge, Some(hz)) => Some(Throttle::from_hz(hz, now)),
             _ => None,
         };
-        let delivery = if entry.attached.insert(cid) {
-            channel
-                .subscribers
-                .push(Delivery::new(session, outbox, plan.last_sent));
-            channel.subscribers.last_mut().expect("just pushed")
-        } else {
-            let delivery = channel
-                .delivery_mut(session)
-                .expect("an attached channel lists its session");
-            if let Some(due) = delivery.due_ns() {
-                self.timers.disarm(due, cid, session);
-            }
-            delivery.discard_pending();
-            delivery.last_sent = plan.last_sent;
-            delivery
+        let cid = cell.id;
+        // `ensure_delivery` made it before the plan was read.
+        let Some(delivery) = self
+            .deliveries
+            .get_mut(&cid)
+            .and_then(|d| d.get_mut(session))
+        else {
+            return false;
         };
+        if let Some(due) = delivery.due_ns() {
+            self.timers.disarm(due, cid, session);
+        }
+        delivery.discard_pending();
+        delivery.last_sent = plan.last_sent;
+        delivery.current = plan.current;
         delivery.filter = options.filter.clone();
         delivery.throttle = throttle;
         true
     }
-
-    /// Starts `cid` for `session` on its own (a channel that just appeared).
-    pub(super) fn attach(
-        &mut self,
-        session: SessionId,
-        cid: ChannelId,
-        options: &Arc<DeliveryOptions>,
-        start: Start,
-        now: u64,
-    ) {
-        let plan = self.plan(cid, &options.filter, start);
-        self.start(session, plan, options, now);
-    }
 }
-
 /// The updates after `since` as frames, filtered and chained, and the seq
 /// the chain ends at; `None` if history no longer holds them all.
 fn replay(
-    channel: &Channel,
+    name: &str,
+    channel: &ChannelState,
     since: u64,
     filter: &Option<Arc<FieldFilter>>,
 ) -> Option<(Vec<Bytes>, u64)> {
-    let name = channel.name.as_str();
     let mut frames = Vec::new();
     let mut prev = since;
     for entry in channel.history.after(since)? {

@@ -9,7 +9,7 @@
 //! the cost is that of the patch plus the encoding of values it removes or
 //! replaces (each removed value was paid for once, when it was added).
 //! Walking nested objects follows the patch's own nesting, exactly as
-//! `state::merge_patch` does, so it goes no deeper than the merge itself.
+//! `patch::merge_patch` does, so it goes no deeper than the merge itself.
 
 use serde_json::Value;
 
@@ -108,7 +108,7 @@ impl std::io::Write for Count {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::state::merge_patch;
+    use crate::engine::patch::merge_patch;
     use serde_json::json;
 
     fn map(v: Value) -> JsonMap {

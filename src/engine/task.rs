@@ -1,12 +1,12 @@
-//! The engine tasks: each owns one [`Engine`] shard, fed by its own ring
-//! consumer and its own bounded command queue, and owns the clock the engine
-//! is given.
+//! The engine's tasks and how sessions reach them.
 //!
-//! Shards split the sessions (session id modulo the shard count), not the
-//! channels: every shard reads every record from the ring and applies it to
-//! its own copy of the channel states. Seqs are assigned by counting records
-//! per channel, so every shard arrives at the same state and seq; a shard
-//! fans out only to its own sessions. See docs/architecture.md.
+//! One state task owns the [`StateStage`]: it is the only gating consumer
+//! of the feed ring, applies each record once and publishes what the shards
+//! must see into the hand-off ring. One task per fanout [`Shard`] is a
+//! gating consumer of the hand-off ring and owns that shard's command
+//! queue; it owns the clock the shard is given. Shards split the sessions
+//! (session id modulo the shard count), not the channels. See
+//! docs/architecture.md.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,17 +16,21 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{Backlog, ChannelInfo, ChannelSnapshot, Engine, EngineStats, SessionId, StatsSnapshot};
+use super::directory::Directory;
+use super::fanout::Event;
+use super::options::SubscribeOptions;
+use super::shard::Shard;
+use super::stage::StateStage;
+use super::{Backlog, ChannelInfo, ChannelSnapshot, EngineStats, SessionId, StatsSnapshot};
 use crate::channel::Pattern;
 use crate::feed::RingItem;
 use crate::metrics::{Metrics, Stage};
+use crate::outbox::Outbox;
 use crate::record::FeedRecord;
-use crate::ring::{Consumer, TryRecvError};
-use crate::session::outbox::Outbox;
-use crate::session::protocol::SubscribeOptions;
+use crate::ring::{Consumer, Full, Producer, RecvError, TryRecvError};
 use crate::wire::{self, CloseCode};
 
-/// What sessions and the HTTP side ask of the engine.
+/// What sessions and the HTTP side ask of a shard.
 pub enum Command {
     Register {
         session: SessionId,
@@ -57,13 +61,6 @@ pub enum Command {
         session: SessionId,
         frame: Bytes,
     },
-    ListChannels {
-        reply: oneshot::Sender<Vec<ChannelInfo>>,
-    },
-    Snapshot {
-        name: String,
-        reply: oneshot::Sender<Option<ChannelSnapshot>>,
-    },
     /// Asked of every shard, for `/stats`.
     Backlog {
         reply: oneshot::Sender<Backlog>,
@@ -81,15 +78,13 @@ impl Command {
             | Command::Unsubscribe { session, .. }
             | Command::Drained { session }
             | Command::Reply { session, .. } => Some(*session),
-            Command::ListChannels { .. } | Command::Snapshot { .. } | Command::Backlog { .. } => {
-                None
-            }
+            Command::Backlog { .. } => None,
         }
     }
 }
 
-impl Engine {
-    /// Carries out one command; `now` is the engine task's monotonic clock.
+impl Shard {
+    /// Carries out one command; `now` is the shard task's monotonic clock.
     pub fn handle(&mut self, command: Command, now: u64) {
         match command {
             Command::Register { session, outbox } => self.register(session, outbox),
@@ -107,12 +102,6 @@ impl Engine {
             } => self.unsubscribe(session, id, targets),
             Command::Reply { session, frame } => self.reply(session, frame),
             Command::Drained { session } => self.drained(session, now),
-            Command::ListChannels { reply } => {
-                let _ = reply.send(self.channel_list());
-            }
-            Command::Snapshot { name, reply } => {
-                let _ = reply.send(self.snapshot(&name));
-            }
             Command::Backlog { reply } => {
                 let _ = reply.send(self.backlog());
             }
@@ -125,12 +114,15 @@ impl Engine {
 #[error("the engine has stopped")]
 pub struct EngineGone;
 
-/// A cheap, cloneable way to talk to the engine shards: a session's
-/// commands go to the shard that owns it.
+/// A cheap, cloneable way to talk to the engine: a session's commands go to
+/// the shard that owns it; channel questions are answered from the shared
+/// directory without asking any task.
 #[derive(Clone)]
 pub struct EngineHandle {
     shards: Arc<[mpsc::Sender<Command>]>,
-    shard_stats: Arc<[Arc<EngineStats>]>,
+    /// The state stage's counters, then each shard's.
+    stats: Arc<[Arc<EngineStats>]>,
+    directory: Arc<Directory>,
     next_session: Arc<AtomicU64>,
     epoch: Arc<str>,
 }
@@ -150,14 +142,24 @@ impl EngineHandle {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// How many engine shards share the sessions.
+    /// How many fanout shards share the sessions.
     pub fn shards(&self) -> usize {
         self.shards.len()
     }
 
-    /// The engine's counters, added up over the shards.
+    /// The channel directory the state stage fills.
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.directory
+    }
+
+    /// The counters the state stage counts into.
+    pub fn stage_stats(&self) -> Arc<EngineStats> {
+        self.stats[0].clone()
+    }
+
+    /// The engine's counters, added up over the state stage and the shards.
     pub fn stats(&self) -> StatsSnapshot {
-        StatsSnapshot::total(&self.shard_stats)
+        StatsSnapshot::total(&self.stats)
     }
 
     /// Sends a command to the shard it belongs to, waiting while that
@@ -172,10 +174,9 @@ impl EngineHandle {
             .map_err(|_| EngineGone)
     }
 
+    /// Every channel and its seq, read from the directory.
     pub async fn channel_list(&self) -> Result<Vec<ChannelInfo>, EngineGone> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Command::ListChannels { reply }).await?;
-        answer.await.map_err(|_| EngineGone)
+        Ok(super::channel_list(&self.directory))
     }
 
     /// What connections hold back, over every shard.
@@ -192,20 +193,18 @@ impl EngineHandle {
         Ok(total)
     }
 
+    /// One channel's state and seq, read from the directory.
     pub async fn snapshot(&self, name: &str) -> Result<Option<ChannelSnapshot>, EngineGone> {
-        let (reply, answer) = oneshot::channel();
-        let name = name.to_owned();
-        self.send(Command::Snapshot { name, reply }).await?;
-        answer.await.map_err(|_| EngineGone)
+        Ok(super::snapshot(&self.directory, &self.epoch, name))
     }
 }
 
-/// Records applied per turn before the engine looks at its commands again,
-/// so subscribes are not starved by a busy feed.
+/// Records applied (or events handled) per turn before a task looks at
+/// its other inputs again, so neither side is starved by a busy feed.
 const RECORDS_PER_TURN: usize = 256;
 
 /// Creates `shards` (at least 1) command queues of `queue` commands each,
-/// and the handle that routes to them.
+/// the channel directory, and the handle that routes to them.
 pub fn channel(epoch: Arc<str>, shards: usize, queue: usize) -> (EngineHandle, Vec<ShardInputs>) {
     let (senders, inputs): (Vec<_>, Vec<_>) = (0..shards.max(1))
         .map(|_| {
@@ -214,57 +213,141 @@ pub fn channel(epoch: Arc<str>, shards: usize, queue: usize) -> (EngineHandle, V
             (sender, ShardInputs { commands, stats })
         })
         .unzip();
+    let stats = std::iter::once(Arc::new(EngineStats::default()))
+        .chain(inputs.iter().map(|i| i.stats.clone()))
+        .collect();
     let handle = EngineHandle {
         shards: senders.into(),
-        shard_stats: inputs.iter().map(|i| i.stats.clone()).collect(),
+        stats,
+        directory: Arc::new(Directory::default()),
         next_session: Arc::new(AtomicU64::new(1)),
         epoch,
     };
     (handle, inputs)
 }
 
-/// The engine task: applies records from the ring and commands from
-/// sessions, and sends held diffs when they fall due, until `shutdown`;
-/// then closes every session with 1001.
+/// The state task: applies records from the feed ring and hands what the
+/// shards must see to the hand-off ring, until `shutdown` or until every
+/// feed is gone. When the hand-off ring is full (a shard is a whole ring
+/// behind) it waits, and the feeds wait behind it: nothing is dropped.
+pub async fn run_state(
+    mut stage: StateStage,
+    mut feed: Consumer<RingItem>,
+    handoff: Producer<Event>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let mut applied = 0;
+        while applied < RECORDS_PER_TURN {
+            let record = match feed.try_recv() {
+                Ok(record) => record,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Closed) => return,
+                Err(TryRecvError::Lagged(n)) => {
+                    // Cannot happen to a gating consumer; say so loudly if it does.
+                    tracing::error!(missed = n, "state stage lapped by the ring");
+                    continue;
+                }
+            };
+            applied += 1;
+            if let Some(event) = apply_timed(&mut stage, &record, &metrics) {
+                if !hand_off(&handoff, event, &shutdown).await {
+                    return;
+                }
+            }
+        }
+        if applied > 0 {
+            tokio::task::yield_now().await;
+            if shutdown.is_cancelled() {
+                return;
+            }
+            continue;
+        }
+        let record = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            record = feed.recv() => match record {
+                Ok(record) => record,
+                Err(RecvError::Closed) => return,
+                Err(RecvError::Lagged(n)) => {
+                    tracing::error!(missed = n, "state stage lapped by the ring");
+                    continue;
+                }
+            },
+        };
+        if let Some(event) = apply_timed(&mut stage, &record, &metrics) {
+            if !hand_off(&handoff, event, &shutdown).await {
+                return;
+            }
+        }
+    }
+}
+
+/// Publishes `event`, waiting for room if the hand-off ring is full;
+/// false if shutdown came first.
+async fn hand_off(handoff: &Producer<Event>, event: Event, shutdown: &CancellationToken) -> bool {
+    let event = match handoff.try_publish(event) {
+        Ok(_) => return true,
+        Err(Full(event)) => event,
+    };
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => false,
+        _ = handoff.publish(event) => true,
+    }
+}
+
+/// Applies one record and records how long it waited in the feed ring.
+fn apply_timed(
+    stage: &mut StateStage,
+    record: &Arc<FeedRecord>,
+    metrics: &Metrics,
+) -> Option<Event> {
+    let taken = metrics.mono_ns();
+    let waited = crate::clock::unix_nanos().saturating_sub(record.ingest_ns);
+    metrics.with_local(|h| h.record(Stage::RingToEngine, waited));
+    stage.apply(record, taken)
+}
+
+/// A shard task: fans out the updates the state stage hands off, carries
+/// out its sessions' commands, and sends held diffs when they fall due,
+/// until `shutdown`; then closes every session with 1001.
 ///
-/// Held diffs need no task of their own: the engine keeps one ordered set of
-/// due times, and this loop sleeps until the earliest of them (or until a
-/// record or command arrives) and then sweeps everything due.
-pub async fn run(
-    mut engine: Engine,
-    mut ring: Consumer<RingItem>,
+/// Held diffs need no task of their own: the shard keeps one ordered set of
+/// due times, and this loop sleeps until the earliest of them (or until an
+/// event or command arrives) and then sweeps everything due.
+pub async fn run_shard(
+    mut shard: Shard,
+    mut events: Consumer<Event>,
     mut commands: mpsc::Receiver<Command>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let mut ring_open = true;
+    let mut events_open = true;
     loop {
         let mut busy = false;
-        let mut applied = 0;
-        while ring_open && applied < RECORDS_PER_TURN {
-            match ring.try_recv() {
-                Ok(record) => {
-                    apply_timed(&mut engine, &record, &metrics);
-                    applied += 1;
+        let mut handled = 0;
+        while events_open && handled < RECORDS_PER_TURN {
+            match events.try_recv() {
+                Ok(event) => {
+                    fan_out_timed(&mut shard, &event, &metrics);
+                    handled += 1;
                     busy = true;
                 }
                 Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Closed) => ring_open = false,
+                Err(TryRecvError::Closed) => events_open = false,
                 Err(TryRecvError::Lagged(n)) => {
-                    // Cannot happen to a gating consumer; say so loudly if it does.
-                    tracing::error!(missed = n, "engine lapped by the ring");
+                    tracing::error!(missed = n, "engine shard lapped by the hand-off ring");
                 }
             }
         }
         while let Ok(command) = commands.try_recv() {
-            engine.handle(command, metrics.mono_ns());
+            shard.handle(command, metrics.mono_ns());
             busy = true;
         }
-        if engine
-            .next_due()
-            .is_some_and(|due| due <= metrics.mono_ns())
-        {
-            engine.flush_due(metrics.mono_ns());
+        if shard.next_due().is_some_and(|due| due <= metrics.mono_ns()) {
+            shard.flush_due(metrics.mono_ns());
         }
         if busy {
             tokio::task::yield_now().await;
@@ -273,7 +356,7 @@ pub async fn run(
             }
             continue;
         }
-        let wake = engine.next_due().map(|due| {
+        let wake = shard.next_due().map(|due| {
             let after = Duration::from_nanos(due.saturating_sub(metrics.mono_ns()));
             tokio::time::Instant::now() + after
         });
@@ -281,20 +364,20 @@ pub async fn run(
             biased;
             _ = shutdown.cancelled() => break,
             command = commands.recv() => match command {
-                Some(command) => engine.handle(command, metrics.mono_ns()),
+                Some(command) => shard.handle(command, metrics.mono_ns()),
                 None => break,
             },
-            record = ring.recv(), if ring_open => match record {
-                Ok(record) => apply_timed(&mut engine, &record, &metrics),
-                Err(crate::ring::RecvError::Closed) => ring_open = false,
-                Err(crate::ring::RecvError::Lagged(n)) => {
-                    tracing::error!(missed = n, "engine lapped by the ring");
+            event = events.recv(), if events_open => match event {
+                Ok(event) => fan_out_timed(&mut shard, &event, &metrics),
+                Err(RecvError::Closed) => events_open = false,
+                Err(RecvError::Lagged(n)) => {
+                    tracing::error!(missed = n, "engine shard lapped by the hand-off ring");
                 }
             },
-            () = sleep_until(wake), if wake.is_some() => engine.flush_due(metrics.mono_ns()),
+            () = sleep_until(wake), if wake.is_some() => shard.flush_due(metrics.mono_ns()),
         }
     }
-    engine.close_all(wire::close(CloseCode::GoingAway, "server shutting down"));
+    shard.close_all(wire::close(CloseCode::GoingAway, "server shutting down"));
 }
 
 async fn sleep_until(wake: Option<tokio::time::Instant>) {
@@ -304,15 +387,15 @@ async fn sleep_until(wake: Option<tokio::time::Instant>) {
     }
 }
 
-/// Applies one record and records how long it waited and how long its
-/// fanout took.
-fn apply_timed(engine: &mut Engine, record: &FeedRecord, metrics: &Metrics) {
-    let taken = metrics.mono_ns();
-    let waited = crate::clock::unix_nanos().saturating_sub(record.ingest_ns);
-    engine.apply(record, taken);
-    let fanout = metrics.mono_ns() - taken;
-    metrics.with_local(|h| {
-        h.record(Stage::RingToEngine, waited);
-        h.record(Stage::EngineToQueued, fanout);
-    });
+/// Handles one hand-off and, if this shard had subscribers for it, records
+/// how long it took from the state stage taking the record to its frames
+/// sitting in this shard's outboxes.
+fn fan_out_timed(shard: &mut Shard, event: &Event, metrics: &Metrics) {
+    let now = metrics.mono_ns();
+    if shard.on_event(event, now) {
+        if let Event::Update(applied) = event {
+            let took = metrics.mono_ns().saturating_sub(applied.taken_ns);
+            metrics.with_local(|h| h.record(Stage::EngineToQueued, took));
+        }
+    }
 }

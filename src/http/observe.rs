@@ -63,7 +63,7 @@ pub fn prometheus(state: &AppState) -> String {
     gauge(
         &mut out,
         "tickcast_frames_encoded_total",
-        "Update frames encoded, once per shape and engine shard (shared by every subscriber of that shape on the shard).",
+        "Update frames encoded, once per shape for the whole process (shared by every subscriber of that shape on every shard).",
         "counter",
         stats.frames_encoded,
     );
@@ -178,7 +178,7 @@ pub fn prometheus(state: &AppState) -> String {
     gauge(
         &mut out,
         "tickcast_history_bytes",
-        "Bytes of resume history held by one engine shard (each shard holds a copy; bounded by limits.max_history_bytes).",
+        "Bytes of resume history held (one copy for the process; bounded by limits.max_history_bytes).",
         "gauge",
         stats.history_bytes,
     );

@@ -31,7 +31,8 @@
 //!   value `min(gating cursors, tail) + N` that any producer ever computed ("refresh"); any
 //!   such value stays safe forever (see "Joining"), so producers refresh only when they
 //!   reach it: once per `N` claims when consumers keep up, and when the ring looks full.
-//! * `gates` (16 cache-padded cursors): for each gating consumer a sequence it has consumed
+//! * `gates` (one cache-padded cursor per gating consumer the ring was built for, see
+//!   [`Ring::with_consumers`]): for each gating consumer a sequence it has consumed
 //!   everything below (its *published* cursor, at most the next one it will read; see
 //!   "Gating reads"); `FREE` (`u64::MAX`) for an unused entry.
 //! * slot stamps (see `slot.rs`): `(held + N) << 8 | WRITING << 7 | readers`, where `held`
@@ -120,8 +121,9 @@
 //!
 //! When every [`Producer`] is gone, consumers drain what was published, then get
 //! [`RecvError::Closed`]. [`Ring::producer`] on a closed ring reopens it. A dropped gating
-//! consumer releases its cursor at once, so it stops holding producers back. At most
-//! [`MAX_GATING_CONSUMERS`] gating consumers may be alive at a time.
+//! consumer releases its cursor at once, so it stops holding producers back. A ring has as
+//! many gate cursors as it was built for ([`Ring::with_consumers`]; producers scan them all
+//! when they refresh their limit, so the count is sized to the need, not fixed).
 //!
 //! # Example
 //!
@@ -156,8 +158,9 @@ use crossbeam_utils::CachePadded;
 use crate::ring::slot::{Read, Slots};
 use crate::ring::sync::{fence, Arc, AtomicU64, AtomicUsize, Ordering, WaitList};
 
-/// How many gating consumers ([`Ring::consumer`]) may be alive at once.
-pub const MAX_GATING_CONSUMERS: usize = 16;
+/// Gating consumers a ring made by [`Ring::with_capacity`] allows at once; the server
+/// sizes its rings exactly with [`Ring::with_consumers`].
+pub const DEFAULT_GATING_CONSUMERS: usize = 16;
 
 /// An unused entry of `gates`.
 const FREE: u64 = u64::MAX;
@@ -239,22 +242,42 @@ impl<T> Ring<T> {
     /// If `capacity` is not a power of two of at least 2.
     #[must_use]
     pub fn with_capacity(capacity: usize) -> Self {
-        Self::with_release_every(capacity, (capacity / 8).max(1))
+        Self::with_consumers(capacity, DEFAULT_GATING_CONSUMERS)
+    }
+
+    /// Creates a ring of `capacity` slots on which up to `gating` gating consumers may be
+    /// alive at once (any number; each costs one cache line that producers scan when they
+    /// refresh their claim limit, once per `capacity` claims).
+    ///
+    /// # Panics
+    /// If `capacity` is not a power of two of at least 2, or `gating` is 0.
+    #[must_use]
+    pub fn with_consumers(capacity: usize, gating: usize) -> Self {
+        Self::build(capacity, (capacity / 8).max(1), gating)
     }
 
     /// [`Ring::with_capacity`] with an explicit cursor-publishing interval for gating
     /// consumers (tests use small rings with an interval above 1).
+    #[cfg(test)]
     fn with_release_every(capacity: usize, release_every: usize) -> Self {
+        Self::build(capacity, release_every, DEFAULT_GATING_CONSUMERS)
+    }
+
+    fn build(capacity: usize, release_every: usize, gating: usize) -> Self {
         assert!(
             capacity >= 2 && capacity.is_power_of_two(),
             "ring capacity must be a power of two >= 2, got {capacity}"
+        );
+        assert!(
+            gating >= 1,
+            "a ring needs room for at least one gating consumer"
         );
         let capacity = capacity as u64;
         let shared = Shared {
             tail: CachePadded::new(AtomicU64::new(0)),
             // min(no gates, tail 0) + N: claims 0..N overwrite nothing.
             limit: CachePadded::new(AtomicU64::new(capacity)),
-            gates: (0..MAX_GATING_CONSUMERS)
+            gates: (0..gating)
                 .map(|_| CachePadded::new(AtomicU64::new(FREE)))
                 .collect(),
             slots: Slots::new(capacity as usize),
@@ -292,7 +315,7 @@ impl<T> Ring<T> {
     /// overwrite a record it has not consumed, so it never lags.
     ///
     /// # Panics
-    /// If [`MAX_GATING_CONSUMERS`] gating consumers are already alive.
+    /// If as many gating consumers as the ring was built for are already alive.
     #[must_use]
     pub fn consumer(&self) -> Consumer<T> {
         let (gate, start) = self.shared.register_gate();
@@ -347,7 +370,10 @@ impl<T> Shared<T> {
                 return (index, start);
             }
         }
-        panic!("more than {MAX_GATING_CONSUMERS} gating consumers on one ring");
+        panic!(
+            "more than {} gating consumers on one ring (it was built for that many)",
+            self.gates.len()
+        );
     }
 
     /// Recomputes the claim limit; returns `(tail, limit)` as of the RMW on `tail`.

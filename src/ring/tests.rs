@@ -292,9 +292,31 @@ async fn dropping_a_gating_consumer_releases_waiting_producers() {
 #[should_panic(expected = "more than 16 gating consumers")]
 fn too_many_gating_consumers() {
     let ring = Ring::<u64>::with_capacity(2);
-    let _consumers: Vec<_> = (0..=MAX_GATING_CONSUMERS)
+    let _consumers: Vec<_> = (0..=DEFAULT_GATING_CONSUMERS)
         .map(|_| ring.consumer())
         .collect();
+}
+
+/// The gate count is the ring's own: 256 gating consumers on one ring each
+/// receive every record, and a ring built for 3 refuses a fourth.
+#[tokio::test]
+async fn gates_are_sized_at_construction() {
+    let ring = Ring::with_consumers(4, 256);
+    let mut consumers: Vec<_> = (0..256).map(|_| ring.consumer()).collect();
+    let tx = ring.producer();
+    for n in 0..4u64 {
+        tx.try_publish(n).unwrap();
+    }
+    assert!(tx.try_publish(4).is_err(), "every consumer gates");
+    for consumer in &mut consumers {
+        for n in 0..4u64 {
+            assert_eq!(consumer.try_recv(), Ok(n));
+        }
+    }
+    let small = Ring::<u64>::with_consumers(2, 3);
+    let _three: Vec<_> = (0..3).map(|_| small.consumer()).collect();
+    let fourth = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| small.consumer()));
+    assert!(fourth.is_err());
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@
 // Public only for the fuzz targets in fuzz/; not part of the API.
 #[doc(hidden)]
 pub mod frames;
-pub mod outbox;
+pub use crate::outbox;
 pub mod protocol;
 mod reader;
 #[doc(hidden)]

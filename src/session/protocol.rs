@@ -2,8 +2,6 @@
 //! to server"). Every problem becomes a [`ProtocolError`] that is answered
 //! with an `error` reply; the connection stays open.
 
-use std::collections::HashMap;
-
 use serde_json::Value;
 
 use crate::channel::{ChannelName, Pattern};
@@ -30,18 +28,7 @@ pub enum ClientOp {
     },
 }
 
-/// What a subscribe asks for beyond its channels (PROTOCOL.md).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SubscribeOptions {
-    /// Top-level fields to keep; `None` keeps every field.
-    pub fields: Option<Vec<String>>,
-    /// At most this many updates per second per channel (finite, > 0).
-    pub max_hz: Option<f64>,
-    /// Resume positions: channel name -> the last seq the client applied.
-    pub since: HashMap<String, u64>,
-    /// The epoch the `since` positions belong to.
-    pub epoch: Option<String>,
-}
+pub use crate::engine::SubscribeOptions;
 
 /// Why a request was refused, and the `id` to echo if it had a usable one.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,138 +1,12 @@
-//! Channel state: one JSON object per channel, changed only by JSON Merge
-//! Patch (RFC 7396), with a seq that grows by one per applied update; and
-//! [`compose`], which folds two patches into one for coalesced diffs.
+//! JSON Merge Patch (RFC 7396) and the composition of two patches into one.
+//!
+//! The state stage merges every record into its channel's state with
+//! [`merge_patch`]; fanout shards fold held updates into one diff with
+//! [`compose`]. Both live here so that neither side depends on the other.
 
-use std::sync::Arc;
-
-use bytes::Bytes;
 use serde_json::Value;
 
-use super::delivery::Delivery;
-use super::filter::{self, FieldFilter};
-use super::history::{Entry, History, HistoryBudget};
-use super::policy::{Mode, NamespacePolicy};
-use super::size;
-use crate::channel::ChannelName;
-use crate::record::{FeedRecord, JsonMap};
-use crate::wire;
-
-/// Distinct snapshot frames kept per channel between two updates.
-const SNAPSHOT_CACHE: usize = 8;
-
-/// One channel: its state and seq, its recent updates and who receives it.
-pub struct Channel {
-    pub name: ChannelName,
-    pub state: JsonMap,
-    /// Bytes of `state` as JSON, kept up to date by [`size::merged_len`].
-    pub state_len: usize,
-    pub seq: u64,
-    pub mode: Mode,
-    pub history: History,
-    pub subscribers: Vec<Delivery>,
-    /// Snapshot frames for `seq`, by filter and resync flag, shared by
-    /// everyone who subscribes before the next update. The filter is held
-    /// (not just its address) so a freed filter's address cannot be reused.
-    snapshots: Vec<(Option<Arc<FieldFilter>>, bool, Bytes)>,
-}
-
-/// A record refused because the channel's state would grow past
-/// `limits.max_state_bytes`; nothing was changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StateTooLarge {
-    /// What the state would have taken, in bytes of JSON.
-    pub would_be: usize,
-}
-
-impl Channel {
-    /// A channel created by its first record (seq 1), unless that record
-    /// alone makes a state over `max_state_bytes`.
-    pub fn create(
-        record: &FeedRecord,
-        policy: NamespacePolicy,
-        max_state_bytes: usize,
-        history: &mut HistoryBudget,
-    ) -> Result<Self, StateTooLarge> {
-        let mut channel = Self {
-            name: record.channel.clone(),
-            state: JsonMap::new(),
-            state_len: size::EMPTY_OBJECT,
-            seq: 0,
-            mode: policy.mode,
-            history: History::new(policy.history),
-            subscribers: Vec::new(),
-            snapshots: Vec::new(),
-        };
-        channel.apply(record, max_state_bytes, history)?;
-        Ok(channel)
-    }
-
-    /// Merges `record`, advances the seq and remembers the update. Returns
-    /// the patch serialized (for fanout) when anyone needs it. A record that
-    /// would make the state larger than `max_state_bytes` changes nothing
-    /// (no seq is used, so subscribers see no gap).
-    pub fn apply(
-        &mut self,
-        record: &FeedRecord,
-        max_state_bytes: usize,
-        history: &mut HistoryBudget,
-    ) -> Result<Option<Bytes>, StateTooLarge> {
-        let would_be = size::merged_len(&self.state, self.state_len, &record.data);
-        if would_be > max_state_bytes {
-            return Err(StateTooLarge { would_be });
-        }
-        merge_patch(&mut self.state, &record.data);
-        self.state_len = would_be;
-        self.seq += 1;
-        self.snapshots.clear();
-        if self.subscribers.is_empty() && !self.history.keeps_anything() {
-            return Ok(None);
-        }
-        let mut json = serde_json::to_vec(&record.data).expect("serializing a JSON map");
-        // History holds this buffer: no spare capacity (serde_json starts
-        // at 128 bytes), and an exact Vec becomes Bytes without a second
-        // allocation, so what history is charged is close to what it holds.
-        json.shrink_to_fit();
-        let json = Bytes::from(json);
-        let entry = Entry {
-            seq: self.seq,
-            ts: record.ingest_ns,
-            patch: json.clone(),
-        };
-        self.history.push(entry, history);
-        Ok(Some(json))
-    }
-
-    /// The snapshot frame of the current state for `filter`.
-    pub fn snapshot_frame(
-        &mut self,
-        epoch: &str,
-        filter: &Option<Arc<FieldFilter>>,
-        resync: bool,
-    ) -> Bytes {
-        if let Some((_, _, frame)) = self
-            .snapshots
-            .iter()
-            .find(|(f, r, _)| *r == resync && filter::same(f, filter))
-        {
-            return frame.clone();
-        }
-        let frame = match filter {
-            None => wire::snapshot(self.name.as_str(), self.seq, epoch, &self.state, resync),
-            Some(f) => {
-                let data = f.restrict(&self.state);
-                wire::snapshot(self.name.as_str(), self.seq, epoch, &data, resync)
-            }
-        };
-        if self.snapshots.len() < SNAPSHOT_CACHE {
-            self.snapshots.push((filter.clone(), resync, frame.clone()));
-        }
-        frame
-    }
-
-    pub fn delivery_mut(&mut self, session: super::SessionId) -> Option<&mut Delivery> {
-        self.subscribers.iter_mut().find(|d| d.session == session)
-    }
-}
+use crate::record::JsonMap;
 
 /// Applies `patch` to `target` as RFC 7396 section 2 describes: `null`
 /// removes a member, an object merges recursively, anything else replaces.
@@ -207,9 +81,27 @@ pub fn compose(pending: &mut JsonMap, next: &JsonMap) -> Result<(), NeedsSnapsho
     Ok(())
 }
 
+/// Bytes `map` takes as JSON, without keeping them.
+pub fn serialized_len(map: &JsonMap) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, map).expect("serializing a JSON map");
+    count.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire;
     use serde_json::json;
 
     fn map(v: Value) -> JsonMap {
@@ -317,10 +209,7 @@ mod tests {
             compose(&mut pending, &second).expect("objects compose");
             assert_eq!(pending, state);
             let encoded = serde_json::to_vec(&state).unwrap();
-            assert_eq!(
-                encoded.len(),
-                super::super::delivery::serialized_len(&state)
-            );
+            assert_eq!(encoded.len(), serialized_len(&state));
             assert_eq!(
                 json_depth::check(&encoded, usize::MAX),
                 Ok(HIGHEST_LIMIT - 1),

@@ -1,6 +1,10 @@
 //! A session's outbound path: a byte-bounded queue of encoded frames, and a
 //! direct write to the socket when nothing is queued.
 //!
+//! Shared by the engine (which pushes) and the session (whose writer drains
+//! it), so it lives at the crate level: the engine does not depend on the
+//! session module. (`session::outbox` re-exports it.)
+//!
 //! The engine pushes shared [`Bytes`] frames. When the session is idle (no
 //! queued frames, writer not busy) a push writes the frame to the socket
 //! right away with a non-blocking `try_write`: no task wake-up, no second
@@ -22,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use super::watch::Activity;
+use crate::activity::Activity;
 use crate::clock;
 use crate::metrics::{Metrics, Stage};
 

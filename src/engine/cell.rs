@@ -1,0 +1,193 @@
+//! A channel, kept once for the whole process: its state, seq, history and
+//! snapshot frames in one [`ChannelCell`] that the state stage writes and
+//! the fanout shards read.
+//!
+//! The name and mode never change. The rest sits behind one lock, taken by
+//! the state stage for each record of the channel and by a shard when it
+//! starts a delivery (snapshot, resume) or flushes one as a snapshot; both
+//! hold it for a merge or one encoding, never across an await, so it is
+//! uncontended in practice. `attached` counts the deliveries of the channel
+//! over every shard: the state stage hands an update off only if it is not
+//! zero (see [`ChannelCell::attach`] for why that cannot lose an update).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use super::filter::{self, FieldFilter};
+use super::history::{Entry, History, HistoryBudget};
+use super::index::ChannelId;
+use super::patch::merge_patch;
+use super::policy::{Mode, NamespacePolicy};
+use super::size;
+use crate::channel::ChannelName;
+use crate::record::{FeedRecord, JsonMap};
+use crate::wire;
+
+/// Distinct snapshot frames kept per channel between two updates.
+const SNAPSHOT_CACHE: usize = 8;
+
+/// One channel, shared by the state stage and every fanout shard.
+pub struct ChannelCell {
+    /// Index in creation order (the directory's list, timers, deliveries).
+    pub id: ChannelId,
+    pub name: ChannelName,
+    pub mode: Mode,
+    /// Deliveries of this channel over all shards.
+    attached: AtomicUsize,
+    inner: Mutex<ChannelState>,
+}
+
+/// The mutable part of a channel.
+pub struct ChannelState {
+    pub state: JsonMap,
+    /// Bytes of `state` as JSON, kept up to date by [`size::merged_len`].
+    pub state_len: usize,
+    pub seq: u64,
+    pub history: History,
+    /// Snapshot frames for `seq`, by filter and resync flag, shared by
+    /// everyone who subscribes before the next update. The filter is held
+    /// (not just its address) so a freed filter's address cannot be reused.
+    snapshots: Vec<(Option<Arc<FieldFilter>>, bool, Bytes)>,
+}
+
+/// A record refused because the channel's state would grow past
+/// `limits.max_state_bytes`; nothing was changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateTooLarge {
+    /// What the state would have taken, in bytes of JSON.
+    pub would_be: usize,
+}
+
+impl ChannelCell {
+    /// A channel created by its first record (seq 1), unless that record
+    /// alone makes a state over `max_state_bytes`.
+    pub fn create(
+        id: ChannelId,
+        record: &FeedRecord,
+        policy: NamespacePolicy,
+        max_state_bytes: usize,
+        history: &mut HistoryBudget,
+    ) -> Result<Self, StateTooLarge> {
+        let mut state = ChannelState {
+            state: JsonMap::new(),
+            state_len: size::EMPTY_OBJECT,
+            seq: 0,
+            history: History::new(policy.history),
+            snapshots: Vec::new(),
+        };
+        state.apply(record, max_state_bytes, history, false)?;
+        Ok(Self {
+            id,
+            name: record.channel.clone(),
+            mode: policy.mode,
+            attached: AtomicUsize::new(0),
+            inner: Mutex::new(state),
+        })
+    }
+
+    /// The channel's state, seq and history. Never hold the guard across an
+    /// await. A panic while it was held (none is expected) leaves the last
+    /// complete state, which is still served.
+    pub fn lock(&self) -> MutexGuard<'_, ChannelState> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A shard starts a delivery of this channel. It must call this BEFORE
+    /// it takes the lock to read the (state, seq) or history it starts
+    /// from, and then skip every handed-off update whose seq is at or below
+    /// the seq it read. That loses nothing:
+    ///
+    /// The state stage applies update `s` under the lock and reads
+    /// [`attached`](Self::attached) while still holding it. Either the
+    /// shard's lock came after the stage's, and the shard read seq >= `s`
+    /// (the update is in what it started from), or it came before: then the
+    /// increment happened before the shard released the lock, which
+    /// happened before the stage acquired it, so the stage's read sees the
+    /// increment (a read that happens after a write sees it or a later
+    /// value; every later value still includes it until this delivery
+    /// detaches) and hands `s` off. The mutex's release/acquire is the only
+    /// ordering needed, so the counter itself can be relaxed.
+    pub fn attach(&self) {
+        self.attached.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A delivery of this channel ended.
+    pub fn detach(&self) {
+        self.attached.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Deliveries over all shards; the state stage reads it under the lock.
+    pub fn attached(&self) -> usize {
+        self.attached.load(Ordering::Relaxed)
+    }
+}
+
+impl ChannelState {
+    /// Merges `record`, advances the seq and remembers the update. Returns
+    /// the patch serialized when it was needed (for history, or for
+    /// subscribers if `subscribed`). A record that would make the state
+    /// larger than `max_state_bytes` changes nothing (no seq is used, so
+    /// subscribers see no gap).
+    pub fn apply(
+        &mut self,
+        record: &FeedRecord,
+        max_state_bytes: usize,
+        history: &mut HistoryBudget,
+        subscribed: bool,
+    ) -> Result<Option<Bytes>, StateTooLarge> {
+        let would_be = size::merged_len(&self.state, self.state_len, &record.data);
+        if would_be > max_state_bytes {
+            return Err(StateTooLarge { would_be });
+        }
+        merge_patch(&mut self.state, &record.data);
+        self.state_len = would_be;
+        self.seq += 1;
+        self.snapshots.clear();
+        if !subscribed && !self.history.keeps_anything() {
+            return Ok(None);
+        }
+        let mut json = serde_json::to_vec(&record.data).expect("serializing a JSON map");
+        // History holds this buffer: no spare capacity (serde_json starts
+        // at 128 bytes), and an exact Vec becomes Bytes without a second
+        // allocation, so what history is charged is close to what it holds.
+        json.shrink_to_fit();
+        let json = Bytes::from(json);
+        let entry = Entry {
+            seq: self.seq,
+            ts: record.ingest_ns,
+            patch: json.clone(),
+        };
+        self.history.push(entry, history);
+        Ok(Some(json))
+    }
+
+    /// The snapshot frame of the current state of channel `name` for `filter`.
+    pub fn snapshot_frame(
+        &mut self,
+        name: &str,
+        epoch: &str,
+        filter: &Option<Arc<FieldFilter>>,
+        resync: bool,
+    ) -> Bytes {
+        if let Some((_, _, frame)) = self
+            .snapshots
+            .iter()
+            .find(|(f, r, _)| *r == resync && filter::same(f, filter))
+        {
+            return frame.clone();
+        }
+        let frame = match filter {
+            None => wire::snapshot(name, self.seq, epoch, &self.state, resync),
+            Some(f) => {
+                let data = f.restrict(&self.state);
+                wire::snapshot(name, self.seq, epoch, &data, resync)
+            }
+        };
+        if self.snapshots.len() < SNAPSHOT_CACHE {
+            self.snapshots.push((filter.clone(), resync, frame.clone()));
+        }
+        frame
+    }
+}

@@ -1,0 +1,132 @@
+//! The state stage: the one place records are applied.
+//!
+//! It is the only gating consumer of the feed ring. For each record it
+//! finds or creates the channel (within `limits.max_channels`), merges the
+//! patch (within `limits.max_state_bytes`), advances the seq and pushes the
+//! history entry (within `limits.max_history_bytes`), once for the whole
+//! process. Only if the channel has deliveries on some shard does it hand
+//! the update off ([`Event::Update`]); with none, nothing is handed off, so
+//! what an update costs without subscribers does not depend on the number
+//! of shards. Channel creation is always handed off ([`Event::Created`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::cell::ChannelCell;
+use super::directory::Directory;
+use super::fanout::{Applied, Event};
+use super::history::HistoryBudget;
+use super::ingest::IngestLimits;
+use super::policy::Namespaces;
+use super::{EngineLimits, EngineStats};
+use crate::channel::ChannelName;
+use crate::feed::log_budget::LogBudget;
+use crate::record::FeedRecord;
+
+pub struct StateStage {
+    pub(super) limits: EngineLimits,
+    pub(super) namespaces: Namespaces,
+    pub(super) stats: Arc<EngineStats>,
+    directory: Arc<Directory>,
+    /// The stage's own index of the directory, read without a lock on
+    /// every record (the stage is the directory's only writer).
+    by_name: HashMap<ChannelName, Arc<ChannelCell>>,
+    pub(super) ingest: IngestLimits,
+    pub(super) history: HistoryBudget,
+    pub(super) drop_log: LogBudget,
+}
+
+impl StateStage {
+    pub fn new(limits: EngineLimits, stats: Arc<EngineStats>, directory: Arc<Directory>) -> Self {
+        Self {
+            limits,
+            namespaces: Namespaces::default(),
+            stats,
+            directory,
+            by_name: HashMap::new(),
+            ingest: IngestLimits::default(),
+            history: HistoryBudget::new(IngestLimits::default().max_history_bytes),
+            drop_log: IngestLimits::default().log_budget(),
+        }
+    }
+
+    /// Sets the state, history and log bounds (the defaults otherwise).
+    /// Call before the first record.
+    pub fn with_ingest_limits(mut self, limits: IngestLimits) -> Self {
+        self.ingest = limits;
+        self.history = HistoryBudget::new(limits.max_history_bytes);
+        self.drop_log = limits.log_budget();
+        self
+    }
+
+    /// Sets the per-namespace policies (mode, history depth). Channels that
+    /// already exist keep the policy they were created with.
+    pub fn with_namespaces(mut self, namespaces: Namespaces) -> Self {
+        self.namespaces = namespaces;
+        self
+    }
+
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.directory
+    }
+
+    /// Applies one record: merge, seq + 1, history; returns what the fanout
+    /// shards must see, if anything. `now` is the caller's monotonic clock
+    /// (for the drop-log budget and the hand-off's latency stamp).
+    pub fn apply(&mut self, record: &Arc<FeedRecord>, now: u64) -> Option<Event> {
+        let Some(cell) = self.by_name.get(&record.channel).cloned() else {
+            return self.create(record, now);
+        };
+        let mut channel = cell.lock();
+        // Read under the lock, after the merge below would be just as good:
+        // see `ChannelCell::attach` for why this loses no update.
+        let subscribed = cell.attached() > 0;
+        let max_state_bytes = self.ingest.max_state_bytes;
+        let applied = channel.apply(record, max_state_bytes, &mut self.history, subscribed);
+        let seq = channel.seq;
+        drop(channel);
+        let data_json = match applied {
+            Ok(json) => json,
+            Err(too_large) => {
+                self.drop_too_large(record, too_large, now);
+                return None;
+            }
+        };
+        self.stats.updates_applied.fetch_add(1, Ordering::Relaxed);
+        self.count_history();
+        let data_json = data_json.filter(|_| subscribed)?;
+        let applied = Applied::new(cell, seq, record.clone(), data_json, now);
+        Some(Event::Update(Arc::new(applied)))
+    }
+
+    /// A channel's first record creates it (seq 1).
+    fn create(&mut self, record: &Arc<FeedRecord>, now: u64) -> Option<Event> {
+        if self.by_name.len() >= self.limits.max_channels {
+            self.drop_past_max_channels(record, now);
+            return None;
+        }
+        let policy = self.namespaces.policy(record.channel.namespace());
+        let max_state_bytes = self.ingest.max_state_bytes;
+        let id = self.by_name.len();
+        let cell = match ChannelCell::create(id, record, policy, max_state_bytes, &mut self.history)
+        {
+            Ok(cell) => Arc::new(cell),
+            Err(too_large) => {
+                self.drop_too_large(record, too_large, now);
+                return None;
+            }
+        };
+        self.stats.updates_applied.fetch_add(1, Ordering::Relaxed);
+        self.count_history();
+        self.by_name.insert(record.channel.clone(), cell.clone());
+        self.directory.insert(cell.clone());
+        self.stats
+            .channels
+            .store(self.by_name.len() as u64, Ordering::Relaxed);
+        Some(Event::Created {
+            cell,
+            first: record.clone(),
+        })
+    }
+}
