@@ -19,6 +19,7 @@ use serde::Deserialize;
 use crate::engine::{EngineLimits, IngestLimits, Mode, NamespacePolicy, Namespaces};
 use crate::feed::{FeedLimits, FeedSpec, ReplayOptions, Speed};
 use crate::json_depth;
+use crate::session::protocol::RequestLimits;
 use crate::session::SessionLimits;
 
 /// tickcast: market data and live scores pushed to WebSocket clients.
@@ -199,6 +200,9 @@ pub struct Limits {
     /// Most channels in one subscribe or unsubscribe message.
     #[serde(deserialize_with = "check::max_channels_per_request")]
     pub max_channels_per_request: usize,
+    /// Most entries in one subscribe's `fields`.
+    #[serde(deserialize_with = "check::max_fields_per_subscribe")]
+    pub max_fields_per_subscribe: usize,
     /// Most channels the server keeps.
     #[serde(deserialize_with = "check::max_channels")]
     pub max_channels: usize,
@@ -262,6 +266,7 @@ impl Default for Limits {
             outbox_bytes: 4 * 1024 * 1024,
             max_subscriptions_per_connection: 1024,
             max_channels_per_request: 1024,
+            max_fields_per_subscribe: crate::session::protocol::MAX_FIELDS,
             max_channels: 100_000,
             max_connections: 50_000,
             ring_capacity: 1 << 16,
@@ -310,14 +315,17 @@ impl Limits {
     pub fn session(&self, direct_writes: bool) -> SessionLimits {
         SessionLimits {
             max_message_bytes: self.max_message_bytes,
-            max_channels_per_request: self.max_channels_per_request,
+            requests: RequestLimits {
+                max_channels: self.max_channels_per_request,
+                max_fields: self.max_fields_per_subscribe,
+                max_depth: self.max_json_depth,
+            },
             outbox_bytes: self.outbox_bytes,
             write_timeout: Duration::from_millis(self.write_timeout_ms),
             frame_timeout: Duration::from_millis(self.frame_timeout_ms),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             direct_writes,
-            max_json_depth: self.max_json_depth,
         }
     }
 }
@@ -477,6 +485,7 @@ mod check {
         outbox_bytes: usize = "limits.outbox_bytes";
         max_subscriptions_per_connection: usize = "limits.max_subscriptions_per_connection";
         max_channels_per_request: usize = "limits.max_channels_per_request";
+        max_fields_per_subscribe: usize = "limits.max_fields_per_subscribe";
         max_channels: usize = "limits.max_channels";
         max_connections: usize = "limits.max_connections";
         engine_queue: usize = "limits.engine_queue";

@@ -29,7 +29,11 @@ pub fn check(data: &[u8]) {
 
 /// The one place the target calls tickcast's parser.
 fn parse_message(text: &mut [u8], max_channels: usize) -> Result<ClientOp, ProtocolError> {
-    protocol::parse(text, max_channels, tickcast::json_depth::DEFAULT_LIMIT)
+    let limits = protocol::RequestLimits {
+        max_channels,
+        ..protocol::RequestLimits::default()
+    };
+    protocol::parse(text, &limits)
 }
 
 /// The message as serde_json reads it: `None` if it is not JSON (or is

@@ -39,8 +39,8 @@ pub use watch::Watchlist;
 pub struct SessionLimits {
     /// Largest client message; a bigger frame gets close 1009.
     pub max_message_bytes: usize,
-    /// Most channels in one subscribe or unsubscribe.
-    pub max_channels_per_request: usize,
+    /// Bounds on one request: channels, fields, nesting depth.
+    pub requests: protocol::RequestLimits,
     /// Bound of the outbound queue in bytes.
     pub outbox_bytes: usize,
     /// How long the peer may accept no byte before it is given up on.
@@ -54,8 +54,6 @@ pub struct SessionLimits {
     pub handshake_timeout: Duration,
     /// Let the fanout write to idle sockets itself (see `Outbox`).
     pub direct_writes: bool,
-    /// Deepest nesting a client message may have (`limits.max_json_depth`).
-    pub max_json_depth: usize,
 }
 
 /// Most bytes the kernel keeps queued and not yet sent on a session's

@@ -11,6 +11,28 @@ use crate::wire::ErrorCode;
 /// Most entries in a subscribe's `fields`.
 pub const MAX_FIELDS: usize = 64;
 
+/// Bounds on one client request (see `config::Limits` for the knobs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Most names and patterns in one subscribe or unsubscribe
+    /// (`limits.max_channels_per_request`).
+    pub max_channels: usize,
+    /// Most entries in a subscribe's `fields` (`limits.max_fields_per_subscribe`).
+    pub max_fields: usize,
+    /// Deepest `[`/`{` nesting (`limits.max_json_depth`).
+    pub max_depth: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_channels: 1024,
+            max_fields: MAX_FIELDS,
+            max_depth: json_depth::DEFAULT_LIMIT,
+        }
+    }
+}
+
 /// A valid client request.
 #[derive(Debug, PartialEq)]
 pub enum ClientOp {
@@ -48,15 +70,11 @@ impl ProtocolError {
     }
 }
 
-/// Parses one text message. `max_channels` bounds the `channels` array;
-/// `max_depth` bounds nesting and is checked before simd-json sees the text
-/// (see `json_depth`). The buffer is scratch space for simd-json.
-pub fn parse(
-    text: &mut [u8],
-    max_channels: usize,
-    max_depth: usize,
-) -> Result<ClientOp, ProtocolError> {
-    if let Err(too_deep) = json_depth::check(text, max_depth) {
+/// Parses one text message within `limits`; the depth bound is checked
+/// before simd-json sees the text (see `json_depth`). The buffer is scratch
+/// space for simd-json.
+pub fn parse(text: &mut [u8], limits: &RequestLimits) -> Result<ClientOp, ProtocolError> {
+    if let Err(too_deep) = json_depth::check(text, limits.max_depth) {
         return Err(ProtocolError::new(
             None,
             ErrorCode::BadRequest,
@@ -108,8 +126,8 @@ pub fn parse(
     match op {
         "ping" => Ok(ClientOp::Ping { id }),
         "subscribe" => {
-            let targets = targets(id, message.get("channels"), max_channels)?;
-            let options = subscribe_options(id, &message)?;
+            let targets = targets(id, message.get("channels"), limits.max_channels)?;
+            let options = subscribe_options(id, &message, limits.max_fields)?;
             Ok(ClientOp::Subscribe {
                 id,
                 targets,
@@ -117,7 +135,7 @@ pub fn parse(
             })
         }
         "unsubscribe" => {
-            let targets = targets(id, message.get("channels"), max_channels)?;
+            let targets = targets(id, message.get("channels"), limits.max_channels)?;
             Ok(ClientOp::Unsubscribe { id, targets })
         }
         other => Err(bad(format!(
@@ -134,6 +152,7 @@ fn member<'a>(message: &'a serde_json::Map<String, Value>, key: &str) -> Option<
 fn subscribe_options(
     id: Option<i64>,
     message: &serde_json::Map<String, Value>,
+    max_fields: usize,
 ) -> Result<SubscribeOptions, ProtocolError> {
     let bad = |message: &str| ProtocolError::new(id, ErrorCode::BadRequest, message);
     let mut options = SubscribeOptions::default();
@@ -145,11 +164,13 @@ fn subscribe_options(
         if list.is_empty() {
             return Err(bad(not_strings));
         }
-        if list.len() > MAX_FIELDS {
+        if list.len() > max_fields {
             return Err(ProtocolError::new(
                 id,
                 ErrorCode::Limit,
-                format!("at most {MAX_FIELDS} fields per subscribe"),
+                format!(
+                    "at most {max_fields} fields per subscribe (limits.max_fields_per_subscribe)"
+                ),
             ));
         }
         let mut names = Vec::with_capacity(list.len());
@@ -227,7 +248,13 @@ mod tests {
     use super::*;
 
     fn parse_str(s: &str) -> Result<ClientOp, ProtocolError> {
-        parse(&mut s.as_bytes().to_vec(), 4, json_depth::DEFAULT_LIMIT)
+        parse(
+            &mut s.as_bytes().to_vec(),
+            &RequestLimits {
+                max_channels: 4,
+                ..RequestLimits::default()
+            },
+        )
     }
 
     fn code(s: &str) -> (Option<i64>, ErrorCode) {
@@ -325,6 +352,25 @@ mod tests {
     }
 
     #[test]
+    fn the_fields_limit_is_the_configured_one() {
+        let limits = RequestLimits {
+            max_fields: 2,
+            ..RequestLimits::default()
+        };
+        let mut two =
+            br#"{"op":"subscribe","id":1,"channels":["q.A"],"fields":["a","b"]}"#.to_vec();
+        assert!(parse(&mut two, &limits).is_ok());
+        let mut three =
+            br#"{"op":"subscribe","id":1,"channels":["q.A"],"fields":["a","b","c"]}"#.to_vec();
+        let err = parse(&mut three, &limits).unwrap_err();
+        assert_eq!((err.id, err.code), (Some(1), ErrorCode::Limit));
+        assert!(
+            err.message.contains("limits.max_fields_per_subscribe"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
     fn invalid_requests_get_the_right_code_and_keep_the_id() {
         use ErrorCode::*;
         assert_eq!(code("{"), (None, BadRequest));
@@ -373,7 +419,12 @@ mod tests {
         assert!(err.message.contains("limits.max_json_depth"), "{err:?}");
         assert!(err.message.contains(&limit.to_string()), "{err:?}");
         let mut huge = ping_nested(1_000_000).into_bytes();
-        let err = parse(&mut huge, 4, 8).unwrap_err();
+        let limits = RequestLimits {
+            max_channels: 4,
+            max_depth: 8,
+            ..RequestLimits::default()
+        };
+        let err = parse(&mut huge, &limits).unwrap_err();
         assert_eq!(
             (err.code, err.message.contains("8 levels")),
             (ErrorCode::BadRequest, true)

@@ -88,11 +88,7 @@ async fn handle_message(
     engine: &EngineHandle,
     limits: &SessionLimits,
 ) -> Result<(), crate::engine::EngineGone> {
-    let command = match protocol::parse(
-        &mut message,
-        limits.max_channels_per_request,
-        limits.max_json_depth,
-    ) {
+    let command = match protocol::parse(&mut message, &limits.requests) {
         Ok(ClientOp::Subscribe {
             id,
             targets,
