@@ -139,13 +139,13 @@ for name in sorted(os.listdir(out)):
         "rss_max_mb": max(rss) / 1024 if rss else float("nan"),
         "slow_consumer_holds": stats.get("slow_consumer_holds"),
         "coalesced_diffs": stats.get("coalesced_diffs"),
-        "slow_consumer_events": stats.get("slow_consumer_events"),
+        "slow_consumer_closes": stats.get("slow_consumer_closes"),
         "stalled": st,
     })
 
 print(f"\nper run ({out})")
 print(f"{'run':>10} {'p50_us':>9} {'p99_us':>9} {'p99.9_us':>9} {'deliv%':>8} {'gaps':>5} {'rss_MB':>8} "
-      f"{'holds':>6} {'coalesced':>9} {'sc_events':>9}  stalled at the end")
+      f"{'holds':>6} {'coalesced':>9} {'sc_closes':>9}  stalled at the end")
 for case in ("without", "with"):
     for x in runs[case]:
         st = x["stalled"]
@@ -156,7 +156,7 @@ for case in ("without", "with"):
                    f"closed: {closes}, {st['dropped']} dropped, {st['drained_bytes'] / 1e6:.2f} MB unread")
         print(f"{x['run']:>10} {x['p50_us']:>9.1f} {x['p99_us']:>9.1f} {x['p99_9_us']:>9.1f} "
               f"{x['delivered_pct']:>8.3f} {x['gaps']:>5} {x['rss_max_mb']:>8.1f} "
-              f"{str(x['slow_consumer_holds']):>6} {str(x['coalesced_diffs']):>9} {str(x['slow_consumer_events']):>9}  {end}")
+              f"{str(x['slow_consumer_holds']):>6} {str(x['coalesced_diffs']):>9} {str(x['slow_consumer_closes']):>9}  {end}")
 
 def med(case, key):
     vals = [x[key] for x in runs[case] if x[key] is not None]
@@ -181,7 +181,7 @@ print(f"\np99 WITH/WITHOUT: {ratio:.3f} ({'within' if ratio <= 1.10 else 'NOT wi
 growth = summary["cases"]["with"]["rss_max_mb"] - summary["cases"]["without"]["rss_max_mb"]
 summary["rss_growth_mb"] = growth
 print(f"max RSS WITH - WITHOUT: {growth:+.1f} MB (outbox bound per connection: {outbox} bytes = {outbox / 2**20:.2f} MiB)")
-for key in ("slow_consumer_holds", "coalesced_diffs", "slow_consumer_events"):
+for key in ("slow_consumer_holds", "coalesced_diffs", "slow_consumer_closes"):
     vals = {case: [x[key] for x in runs[case]] for case in runs}
     print(f"{key:>21}: without {vals['without']}, with {vals['with']}")
 json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=1)

@@ -6,7 +6,7 @@
 //! merges them), so the hot path never contends. Reads merge every thread's
 //! histograms into one.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -100,31 +100,149 @@ impl StageHistograms {
     }
 }
 
-/// Process-wide figures of one server.
+/// Whether a figure only grows (Prometheus `counter`) or goes up and down
+/// (`gauge`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        }
+    }
+}
+
+/// How one figure is shown: its Prometheus series, its `/stats` key and its
+/// help text. Every figure is described once, beside the field that holds
+/// it (see [`counters!`]); `/metrics`, `/stats` and the tests read these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metric {
+    /// Prometheus family name (`tickcast_..`, `_total` for counters).
+    pub name: &'static str,
+    /// Prometheus labels of this series inside its family, e.g.
+    /// `reason="max_channels"`, or empty.
+    pub labels: &'static str,
+    pub kind: Kind,
+    /// Key in `/stats`; a dot nests it (`accept.errors`).
+    pub json: &'static str,
+    pub help: &'static str,
+}
+
+/// Declares a set of figures once: an atomic struct the code updates, a
+/// plain snapshot of it, and the [`Metric`] describing each field.
+///
+/// ```text
+/// counters! {
+///     /// doc
+///     pub struct Live => Snapshot;
+///     field: Counter "tickcast_name_total" {"label=\"x\""}? at "json.key",
+///         "Help text.";
+/// }
+/// ```
+///
+/// The snapshot gets `METRICS` (in field order), `values()` (the same
+/// order) and `add`; the live struct gets `snapshot()`.
+macro_rules! counters {
+    (
+        $(#[$meta:meta])*
+        pub struct $live:ident => $snapshot:ident;
+        $(
+            $field:ident : $kind:ident $name:literal $({ $labels:literal })? at $json:literal,
+                $help:literal;
+        )*
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Default)]
+        pub struct $live {
+            $( #[doc = $help] pub $field: ::std::sync::atomic::AtomicU64, )*
+        }
+
+        #[doc = concat!("[`", stringify!($live), "`] at one moment.")]
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct $snapshot {
+            $( #[doc = $help] pub $field: u64, )*
+        }
+
+        impl $live {
+            pub fn snapshot(&self) -> $snapshot {
+                $snapshot {
+                    $( $field: self.$field.load(::std::sync::atomic::Ordering::Relaxed), )*
+                }
+            }
+        }
+
+        impl $snapshot {
+            /// How each field is shown, in field order.
+            pub const METRICS: &'static [$crate::metrics::Metric] = &[
+                $( $crate::metrics::Metric {
+                    name: $name,
+                    labels: concat!("" $(, $labels)?),
+                    kind: $crate::metrics::Kind::$kind,
+                    json: $json,
+                    help: $help,
+                }, )*
+            ];
+
+            /// Every field's value, in the order of [`Self::METRICS`].
+            pub fn values(&self) -> Vec<u64> {
+                vec![ $( self.$field, )* ]
+            }
+
+            /// Adds `other`'s figures to these, field by field.
+            pub fn add(&mut self, other: &Self) {
+                $( self.$field += other.$field; )*
+            }
+        }
+    };
+}
+pub(crate) use counters;
+
+counters! {
+    /// What sessions and the listener count, process-wide.
+    pub struct SessionCounters => SessionSnapshot;
+    frames_written: Counter "tickcast_frames_written_total" at "frames_written",
+        "Frames written to sockets.";
+    bytes_written: Counter "tickcast_bytes_out_total" at "bytes_out",
+        "Bytes written to sockets.";
+    write_stalls_closed: Counter "tickcast_write_stalls_closed_total" at "write_stalls_closed",
+        "Connections dropped because the peer accepted no byte for limits.write_timeout_ms.";
+    idle_pings: Counter "tickcast_idle_pings_total" at "idle_pings",
+        "Pings sent to connections that sent nothing for half of limits.idle_timeout_ms.";
+    idle_closed: Counter "tickcast_idle_closed_total" at "idle_closed",
+        "Connections closed (1001) for sending nothing for limits.idle_timeout_ms.";
+    frame_timeouts_closed: Counter "tickcast_frame_timeouts_closed_total" at "frame_timeouts_closed",
+        "Connections closed (1008) for a frame not finished within limits.frame_timeout_ms.";
+    session_panics: Counter "tickcast_session_panics_total" at "session_panics",
+        "Sessions ended by a contained panic (closed with 1011); nothing else is affected.";
+    accept_errors: Counter "tickcast_accept_errors_total" at "accept.errors",
+        "Failed accepts on the HTTP listener, every kind.";
+    accept_fd_exhausted: Counter "tickcast_accept_fd_exhausted_total" at "accept.fd_exhausted",
+        "Failed accepts for want of a file descriptor (EMFILE/ENFILE).";
+    answered_at_fd_limit: Counter "tickcast_answered_at_fd_limit_total" at "accept.answered_at_fd_limit",
+        "Connections answered from the reserved descriptor at the limit, then closed.";
+}
+
+/// Process-wide figures of one server: the stage histograms, and the
+/// [`SessionCounters`] (reached through `Deref`, so callers write
+/// `metrics.idle_pings`).
 pub struct Metrics {
     per_thread: ThreadLocal<Mutex<StageHistograms>>,
     /// Monotonic origin for queue timestamps.
     origin: Instant,
-    pub frames_written: AtomicU64,
-    pub bytes_written: AtomicU64,
-    /// Failed accepts on the HTTP listener, every kind.
-    pub accept_errors: AtomicU64,
-    /// Of those, failed for want of a file descriptor (EMFILE/ENFILE).
-    pub accept_fd_exhausted: AtomicU64,
-    /// Connections answered from the reserved descriptor at the limit.
-    pub answered_at_fd_limit: AtomicU64,
-    /// Connections dropped because the peer accepted no byte for
-    /// `limits.write_timeout_ms`.
-    pub write_stalls_closed: AtomicU64,
-    /// Connections closed after sending nothing for `limits.idle_timeout_ms`.
-    pub idle_closed: AtomicU64,
-    /// Pings sent to connections quiet for half of `limits.idle_timeout_ms`.
-    pub idle_pings: AtomicU64,
-    /// Connections closed for a frame not finished within
-    /// `limits.frame_timeout_ms`.
-    pub frame_timeouts_closed: AtomicU64,
-    /// Sessions ended by a contained panic (see `fault`).
-    pub session_panics: AtomicU64,
+    counters: SessionCounters,
+}
+
+impl std::ops::Deref for Metrics {
+    type Target = SessionCounters;
+
+    fn deref(&self) -> &SessionCounters {
+        &self.counters
+    }
 }
 
 impl Default for Metrics {
@@ -138,16 +256,7 @@ impl Metrics {
         Self {
             per_thread: ThreadLocal::new(),
             origin: Instant::now(),
-            frames_written: AtomicU64::new(0),
-            bytes_written: AtomicU64::new(0),
-            accept_errors: AtomicU64::new(0),
-            accept_fd_exhausted: AtomicU64::new(0),
-            answered_at_fd_limit: AtomicU64::new(0),
-            write_stalls_closed: AtomicU64::new(0),
-            idle_closed: AtomicU64::new(0),
-            idle_pings: AtomicU64::new(0),
-            frame_timeouts_closed: AtomicU64::new(0),
-            session_panics: AtomicU64::new(0),
+            counters: SessionCounters::default(),
         }
     }
 

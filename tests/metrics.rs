@@ -89,3 +89,70 @@ async fn stats_and_metrics_count_every_stage_of_delivered_updates() {
     }
     server.shutdown().await;
 }
+
+/// Every figure of the table is on both pages: a `# TYPE` line of the right
+/// type and a sample on `/metrics`, a number under its key on `/stats`; and
+/// `/metrics` has no family the table does not know. A counter written to
+/// one page and not the other fails here.
+#[tokio::test]
+async fn every_counter_is_on_both_metrics_and_stats() {
+    use std::collections::HashMap;
+    use tickcast::http::observe::{metric_table, FEED_METRICS, OTHER_FAMILIES};
+
+    let (server, feed) = start_with_tcp_feed(|_| {}).await;
+    let mut client = Client::connect(server.addr).await;
+    client.subscribe(1, &["c.>"]).await;
+    let mut producer = Producer::connect(feed).await;
+    producer.publish("c.a", json!({"n": 1})).await;
+    assert_eq!(client.recv().await["type"], "snapshot");
+
+    let (status, text) = http_get(server.addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let types: HashMap<&str, &str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split_once(' ').expect("# TYPE name type"))
+        .collect();
+    let (_, body) = http_get(server.addr, "/stats").await;
+    let stats: Value = serde_json::from_str(&body).unwrap();
+
+    let mut known = Vec::new();
+    for m in metric_table() {
+        assert_eq!(types.get(m.name), Some(&m.kind.as_str()), "{}", m.name);
+        let series = if m.labels.is_empty() {
+            format!("\n{} ", m.name)
+        } else {
+            format!("\n{}{{{}}} ", m.name, m.labels)
+        };
+        assert!(text.contains(&series), "no sample {series:?} in /metrics");
+        let pointer = format!("/{}", m.json.replace('.', "/"));
+        assert!(
+            stats.pointer(&pointer).is_some_and(Value::is_u64),
+            "/stats has no number at {}: {body}",
+            m.json
+        );
+        known.push(m.name);
+    }
+    let feed_stats = &stats["feeds"][0];
+    for f in &FEED_METRICS {
+        let m = &f.metric;
+        assert_eq!(types.get(m.name), Some(&m.kind.as_str()), "{}", m.name);
+        assert!(text.contains(&format!("\n{}{{feed=", m.name)), "{}", m.name);
+        assert!(
+            feed_stats[m.json].is_u64(),
+            "feeds[0] has no {}: {body}",
+            m.json
+        );
+        known.push(m.name);
+    }
+    known.extend(OTHER_FAMILIES);
+    for name in types.keys() {
+        assert!(known.contains(name), "{name} is on /metrics only");
+    }
+    assert_eq!(stats["connections"], 1);
+    assert_eq!(stats["engine_sessions"], 1);
+    assert_eq!(stats["subscriptions"], 1);
+    assert_eq!(stats["channels"], 1);
+    assert!(text.contains("\ntickcast_slow_consumer_closes_total 0\n"));
+    server.shutdown().await;
+}

@@ -364,7 +364,7 @@ async fn hundreds_of_churning_clients_leave_no_trace() {
     let stats = server.stats().await;
     eprintln!(
         "soak: server counted {} slow-consumer closes, {} held diffs, {} coalesced diffs, {} updates in",
-        stats["slow_consumer_events"], stats["slow_consumer_holds"], stats["coalesced_diffs"], stats["updates_in"]
+        stats["slow_consumer_closes"], stats["slow_consumer_holds"], stats["coalesced_diffs"], stats["updates_in"]
     );
     eprintln!("soak: {}", tally.summary());
     assert_no_violations(&churn, "churn");

@@ -20,7 +20,8 @@
 //! [`resume`] (`since`), [`timers`] and [`flush`] (held diffs falling due),
 //! [`policy`] (modes and history per namespace), [`task`] (the tasks and
 //! their queues), [`ingest`] and [`size`] (bounds on what feeds make it
-//! hold), [`options`] (what a subscribe asks for).
+//! hold), [`options`] (what a subscribe asks for), [`stats`] (the
+//! engine's counters).
 
 pub mod cell;
 pub mod delivery;
@@ -38,10 +39,10 @@ mod resume;
 pub mod shard;
 pub mod size;
 pub mod stage;
+mod stats;
 pub mod task;
 pub mod timers;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -57,6 +58,7 @@ pub use options::SubscribeOptions;
 pub use policy::{Mode, NamespacePolicy, Namespaces};
 pub use shard::Shard;
 pub use stage::StateStage;
+pub use stats::{EngineStats, StatsSnapshot};
 pub use task::{channel, run_shard, run_state, Command, EngineGone, EngineHandle, ShardInputs};
 
 /// Limits the engine enforces; see `config::Limits` for defaults and knobs.
@@ -67,89 +69,6 @@ pub struct EngineLimits {
     /// Most channels the server keeps; records for new channels past it are
     /// dropped and counted.
     pub max_channels: usize,
-}
-
-/// Counters the engine updates and /metrics reads.
-#[derive(Debug, Default)]
-pub struct EngineStats {
-    pub updates_applied: AtomicU64,
-    pub frames_queued: AtomicU64,
-    pub bytes_queued: AtomicU64,
-    pub frames_encoded: AtomicU64,
-    pub slow_consumer_closes: AtomicU64,
-    /// Times a merge-channel subscriber's queue was full and its diffs were
-    /// held back until the socket drained (coalescing, no close).
-    pub slow_consumer_holds: AtomicU64,
-    /// Diffs merged into a pending diff (throttling, slow consumers).
-    pub coalesced_diffs: AtomicU64,
-    pub records_dropped_channel_limit: AtomicU64,
-    pub records_dropped_state_size: AtomicU64,
-    /// Bytes of resume history held (patches + per-entry overhead).
-    pub history_bytes: AtomicU64,
-    /// History entries forgotten, or never kept, for `max_history_bytes`.
-    pub history_trimmed: AtomicU64,
-    pub channels: AtomicU64,
-    pub sessions: AtomicU64,
-    pub subscriptions: AtomicU64,
-}
-
-/// The engine's counters at one moment, added up over the state stage and
-/// the shards.
-///
-/// The per-channel counters (updates, channels, records dropped, history)
-/// are counted once, by the state stage; the per-session ones by the shard
-/// that owns the session; frames are counted by whoever encoded them. So
-/// every counter is the sum of the [`EngineStats`] it is built from.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    pub updates_applied: u64,
-    pub frames_queued: u64,
-    pub bytes_queued: u64,
-    pub frames_encoded: u64,
-    pub slow_consumer_closes: u64,
-    pub slow_consumer_holds: u64,
-    pub coalesced_diffs: u64,
-    pub records_dropped_channel_limit: u64,
-    pub records_dropped_state_size: u64,
-    pub history_bytes: u64,
-    pub history_trimmed: u64,
-    pub channels: u64,
-    pub sessions: u64,
-    pub subscriptions: u64,
-}
-
-impl StatsSnapshot {
-    /// Records dropped for `reason`.
-    pub fn records_dropped(&self, reason: DropReason) -> u64 {
-        match reason {
-            DropReason::MaxChannels => self.records_dropped_channel_limit,
-            DropReason::MaxStateBytes => self.records_dropped_state_size,
-        }
-    }
-
-    /// The sum over `parts` (the state stage's counters and each shard's).
-    pub fn total(parts: &[Arc<EngineStats>]) -> Self {
-        let load = |v: &AtomicU64| v.load(Ordering::Relaxed);
-        let sum = |field: fn(&EngineStats) -> &AtomicU64| {
-            parts.iter().map(|s| load(field(s))).sum::<u64>()
-        };
-        Self {
-            updates_applied: sum(|s| &s.updates_applied),
-            frames_queued: sum(|s| &s.frames_queued),
-            bytes_queued: sum(|s| &s.bytes_queued),
-            frames_encoded: sum(|s| &s.frames_encoded),
-            slow_consumer_closes: sum(|s| &s.slow_consumer_closes),
-            slow_consumer_holds: sum(|s| &s.slow_consumer_holds),
-            coalesced_diffs: sum(|s| &s.coalesced_diffs),
-            records_dropped_channel_limit: sum(|s| &s.records_dropped_channel_limit),
-            records_dropped_state_size: sum(|s| &s.records_dropped_state_size),
-            history_bytes: sum(|s| &s.history_bytes),
-            history_trimmed: sum(|s| &s.history_trimmed),
-            channels: sum(|s| &s.channels),
-            sessions: sum(|s| &s.sessions),
-            subscriptions: sum(|s| &s.subscriptions),
-        }
-    }
 }
 
 /// What connections hold because their sockets are behind (for `/stats`).
