@@ -29,6 +29,7 @@ pub mod config;
 pub mod engine;
 pub mod fault;
 pub mod feed;
+pub mod handoff;
 pub mod http;
 pub mod json_depth;
 pub mod metrics;

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::engine::filter::FilterInterner;
-use crate::engine::{self, EngineHandle, Event, Shard, StateStage};
+use crate::engine::{self, EngineHandle, HandoffItem, HandoffProducer, Shard, StateStage};
 use crate::feed::{self, FeedOutput, FeedSpec, FeedStats, RingItem};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
@@ -140,7 +140,7 @@ pub async fn start(
     let stage_input = ring.consumer();
     // Every shard is a gating consumer of the hand-off ring, registered
     // before the state stage publishes, so each one sees every event.
-    let handoff: Ring<Event> = Ring::with_consumers(
+    let handoff: Ring<HandoffItem> = Ring::with_consumers(
         settings.limits.ring_capacity.min(HANDOFF_CAPACITY),
         shard_inputs.len(),
     );
@@ -159,7 +159,10 @@ pub async fn start(
             (shard, handoff.consumer(), inputs.commands)
         })
         .collect();
-    let handoff_producer = handoff.producer();
+    let handoff_producer = HandoffProducer {
+        producer: handoff.producer(),
+        shards: shards.len(),
+    };
     drop(handoff);
 
     let metrics = Arc::new(Metrics::new());

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tickcast::feed::{replay, FeedOutput, FeedStats, ReplayOptions, RingItem, Speed};
-use tickcast::record::{parse_line, JsonMap, LineOutcome, LineReader, RejectReason};
+use tickcast::record::{parse_line, FeedRecord, JsonMap, LineOutcome, LineReader, RejectReason};
 use tickcast::ring::{Consumer, RecvError, Ring};
 use tokio_util::sync::CancellationToken;
 
@@ -116,11 +116,11 @@ async fn the_line_parser_matches_the_expectation() {
     assert_channels(&expect, &channels);
 }
 
-async fn drain(mut consumer: Consumer<RingItem>) -> Vec<RingItem> {
+async fn drain(mut consumer: Consumer<RingItem>) -> Vec<Arc<FeedRecord>> {
     let mut all = Vec::new();
     loop {
         match consumer.recv().await {
-            Ok(record) => all.push(record),
+            Ok(item) => all.push(item.take().expect("an untaken record")),
             Err(RecvError::Closed) => return all,
             Err(RecvError::Lagged(n)) => panic!("a gating consumer lagged by {n}"),
         }

@@ -187,7 +187,17 @@ async fn ten_thousand_bad_lines_log_a_few_short_clean_lines() {
         .expect("read");
     assert_eq!((counts.rejected, counts.accepted), (10_000, 1));
     assert_eq!(stats.rejected_total(), 10_000);
-    assert_eq!(consumer.recv().await.unwrap().channel.as_str(), "ok.last");
+    assert_eq!(
+        consumer
+            .recv()
+            .await
+            .unwrap()
+            .take()
+            .unwrap()
+            .channel
+            .as_str(),
+        "ok.last"
+    );
     assert_eq!(
         stats.rejections_not_logged(),
         10_000 - u64::from(PER_INTERVAL)

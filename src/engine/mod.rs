@@ -59,7 +59,10 @@ pub use policy::{Mode, NamespacePolicy, Namespaces};
 pub use shard::Shard;
 pub use stage::StateStage;
 pub use stats::{EngineStats, StatsSnapshot};
-pub use task::{channel, run_shard, run_state, Command, EngineGone, EngineHandle, ShardInputs};
+pub use task::{
+    channel, run_shard, run_state, Command, EngineGone, EngineHandle, HandoffItem, HandoffProducer,
+    ShardInputs,
+};
 
 /// Limits the engine enforces; see `config::Limits` for defaults and knobs.
 #[derive(Debug, Clone)]
@@ -289,6 +292,9 @@ impl Engine {
         snapshot(self.stage.directory(), &self.epoch, name)
     }
 }
+
+#[cfg(test)]
+mod retention_tests;
 
 #[cfg(test)]
 mod tests {

@@ -24,6 +24,7 @@ use super::stage::StateStage;
 use super::{Backlog, ChannelInfo, ChannelSnapshot, EngineStats, SessionId, StatsSnapshot};
 use crate::channel::Pattern;
 use crate::feed::RingItem;
+use crate::handoff::Handoff;
 use crate::metrics::{Metrics, Stage};
 use crate::outbox::Outbox;
 use crate::record::FeedRecord;
@@ -199,6 +200,16 @@ impl EngineHandle {
     }
 }
 
+/// What the hand-off ring carries: an [`Event`] each shard takes once.
+pub type HandoffItem = Arc<Handoff<Event>>;
+
+/// The state stage's end of the hand-off ring and how many shards (its
+/// gating consumers) take each event.
+pub struct HandoffProducer {
+    pub producer: Producer<HandoffItem>,
+    pub shards: usize,
+}
+
 /// Records applied (or events handled) per turn before a task looks at
 /// its other inputs again, so neither side is starved by a busy feed.
 const RECORDS_PER_TURN: usize = 256;
@@ -233,15 +244,15 @@ pub fn channel(epoch: Arc<str>, shards: usize, queue: usize) -> (EngineHandle, V
 pub async fn run_state(
     mut stage: StateStage,
     mut feed: Consumer<RingItem>,
-    handoff: Producer<Event>,
+    handoff: HandoffProducer,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     loop {
         let mut applied = 0;
         while applied < RECORDS_PER_TURN {
-            let record = match feed.try_recv() {
-                Ok(record) => record,
+            let item = match feed.try_recv() {
+                Ok(item) => item,
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Closed) => return,
                 Err(TryRecvError::Lagged(n)) => {
@@ -251,10 +262,8 @@ pub async fn run_state(
                 }
             };
             applied += 1;
-            if let Some(event) = apply_timed(&mut stage, &record, &metrics) {
-                if !hand_off(&handoff, event, &shutdown).await {
-                    return;
-                }
+            if !apply_and_hand_off(&mut stage, &item, &handoff, &metrics, &shutdown).await {
+                return;
             }
         }
         if applied > 0 {
@@ -264,11 +273,11 @@ pub async fn run_state(
             }
             continue;
         }
-        let record = tokio::select! {
+        let item = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,
-            record = feed.recv() => match record {
-                Ok(record) => record,
+            item = feed.recv() => match item {
+                Ok(item) => item,
                 Err(RecvError::Closed) => return,
                 Err(RecvError::Lagged(n)) => {
                     tracing::error!(missed = n, "state stage lapped by the ring");
@@ -276,25 +285,45 @@ pub async fn run_state(
                 }
             },
         };
-        if let Some(event) = apply_timed(&mut stage, &record, &metrics) {
-            if !hand_off(&handoff, event, &shutdown).await {
-                return;
-            }
+        if !apply_and_hand_off(&mut stage, &item, &handoff, &metrics, &shutdown).await {
+            return;
         }
     }
 }
 
-/// Publishes `event`, waiting for room if the hand-off ring is full;
-/// false if shutdown came first.
-async fn hand_off(handoff: &Producer<Event>, event: Event, shutdown: &CancellationToken) -> bool {
-    let event = match handoff.try_publish(event) {
+/// Takes the record out of its feed-ring shell (the slot keeps only the
+/// empty shell), applies it and hands off what the shards must see; false
+/// if shutdown came first.
+async fn apply_and_hand_off(
+    stage: &mut StateStage,
+    item: &RingItem,
+    handoff: &HandoffProducer,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> bool {
+    let Some(record) = item.take() else {
+        // Only if a second consumer took it first: the ring has one.
+        tracing::error!("a feed record was taken before the state stage");
+        return true;
+    };
+    match apply_timed(stage, &record, metrics) {
+        Some(event) => hand_off(handoff, event, shutdown).await,
+        None => true,
+    }
+}
+
+/// Publishes `event` for every shard, waiting for room if the hand-off
+/// ring is full; false if shutdown came first.
+async fn hand_off(handoff: &HandoffProducer, event: Event, shutdown: &CancellationToken) -> bool {
+    let item = Handoff::new(event, handoff.shards);
+    let item = match handoff.producer.try_publish(item) {
         Ok(_) => return true,
-        Err(Full(event)) => event,
+        Err(Full(item)) => item,
     };
     tokio::select! {
         biased;
         _ = shutdown.cancelled() => false,
-        _ = handoff.publish(event) => true,
+        _ = handoff.producer.publish(item) => true,
     }
 }
 
@@ -319,7 +348,7 @@ fn apply_timed(
 /// event or command arrives) and then sweeps everything due.
 pub async fn run_shard(
     mut shard: Shard,
-    mut events: Consumer<Event>,
+    mut events: Consumer<HandoffItem>,
     mut commands: mpsc::Receiver<Command>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
@@ -330,8 +359,8 @@ pub async fn run_shard(
         let mut handled = 0;
         while events_open && handled < RECORDS_PER_TURN {
             match events.try_recv() {
-                Ok(event) => {
-                    fan_out_timed(&mut shard, &event, &metrics);
+                Ok(item) => {
+                    fan_out_taken(&mut shard, &item, &metrics);
                     handled += 1;
                     busy = true;
                 }
@@ -368,7 +397,7 @@ pub async fn run_shard(
                 None => break,
             },
             event = events.recv(), if events_open => match event {
-                Ok(event) => fan_out_timed(&mut shard, &event, &metrics),
+                Ok(item) => fan_out_taken(&mut shard, &item, &metrics),
                 Err(RecvError::Closed) => events_open = false,
                 Err(RecvError::Lagged(n)) => {
                     tracing::error!(missed = n, "engine shard lapped by the hand-off ring");
@@ -384,6 +413,16 @@ async fn sleep_until(wake: Option<tokio::time::Instant>) {
     match wake {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Takes this shard's share of a hand-off (the last shard to take it
+/// leaves the slot an empty shell, so the ring does not keep the update's
+/// patch and frames alive until it laps) and fans it out.
+fn fan_out_taken(shard: &mut Shard, item: &HandoffItem, metrics: &Metrics) {
+    match item.take() {
+        Some(event) => fan_out_timed(shard, &event, metrics),
+        None => tracing::error!("a hand-off was taken by more consumers than shards"),
     }
 }
 

@@ -31,6 +31,7 @@ use tokio::io::AsyncBufRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock;
+use crate::handoff::Handoff;
 use crate::json_depth;
 use crate::metrics::{Metrics, Stage};
 use crate::record::{
@@ -39,8 +40,10 @@ use crate::record::{
 use crate::ring::Producer;
 use log_budget::{excerpt, LogBudget, Verdict, EXCERPT_BYTES};
 
-/// What the ring carries from feeds to the engine.
-pub type RingItem = Arc<FeedRecord>;
+/// What the ring carries from feeds to the engine: a shell the state stage,
+/// the ring's only gating consumer, takes the record out of, so a slot does
+/// not keep an applied record alive until the ring laps ([`Handoff`]).
+pub type RingItem = Arc<Handoff<Arc<FeedRecord>>>;
 
 /// How fast a replay runs relative to the recording.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -371,7 +374,8 @@ impl FeedOutput {
         let ingest_ns = clock::unix_nanos();
         record.ingest_ns = ingest_ns;
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-        self.producer.publish(Arc::new(record)).await;
+        let item = Handoff::new(Arc::new(record), 1);
+        self.producer.publish(item).await;
         if let Some(metrics) = &self.metrics {
             let took = clock::unix_nanos().saturating_sub(ingest_ns);
             metrics.record(Stage::FeedToRing, took);

@@ -272,7 +272,9 @@ mod tests {
         let record = tokio::time::timeout(DEADLINE, consumer.recv())
             .await
             .expect("a record before the deadline")
-            .expect("ring open");
+            .expect("ring open")
+            .take()
+            .expect("an untaken record");
         let n = record.data["n"].as_u64().expect("n");
         (record.channel.to_string(), n)
     }

@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::*;
 use crate::feed::{FeedStats, RingItem};
-use crate::record::JsonMap;
+use crate::record::{FeedRecord, JsonMap};
 use crate::ring::{Consumer, RecvError, Ring};
 
 const SEC: u64 = 1_000_000_000;
@@ -90,18 +90,18 @@ fn output(capacity: usize) -> (FeedOutput, Consumer<RingItem>, Arc<FeedStats>) {
 }
 
 /// Receives until every producer is gone.
-async fn drain(mut consumer: Consumer<RingItem>) -> Vec<RingItem> {
+async fn drain(mut consumer: Consumer<RingItem>) -> Vec<Arc<FeedRecord>> {
     let mut all = Vec::new();
     loop {
         match consumer.recv().await {
-            Ok(record) => all.push(record),
+            Ok(item) => all.push(item.take().expect("an untaken record")),
             Err(RecvError::Closed) => return all,
             Err(RecvError::Lagged(n)) => panic!("a gating consumer lagged by {n}"),
         }
     }
 }
 
-async fn replay_all(path: &Path, opts: ReplayOptions) -> (io::Result<()>, Vec<RingItem>) {
+async fn replay_all(path: &Path, opts: ReplayOptions) -> (io::Result<()>, Vec<Arc<FeedRecord>>) {
     let (out, consumer, _) = output(64);
     let run = run(path, opts, out, CancellationToken::new());
     let both = async { tokio::join!(run, drain(consumer)) };
@@ -169,7 +169,7 @@ const THREE: &[u8] = b"{\"channel\":\"a.x\",\"data\":{\"n\":1},\"ts\":5}\n\
     {\"channel\":\"a.x\",\"data\":{\"n\":2},\"ts\":6}\n\
     {\"channel\":\"a.y\",\"data\":{\"n\":3}}\n";
 
-fn numbers(records: &[RingItem]) -> Vec<i64> {
+fn numbers(records: &[Arc<FeedRecord>]) -> Vec<i64> {
     records
         .iter()
         .filter_map(|r| r.data["n"].as_i64())
@@ -208,7 +208,14 @@ async fn looped_replay_starts_over_until_shutdown() {
     let mut seen = Vec::new();
     let seven = async {
         while seen.len() < 7 {
-            seen.push(consumer.recv().await.expect("open")); // ts 5, 6: 1 ns apart
+            seen.push(
+                consumer
+                    .recv()
+                    .await
+                    .expect("open")
+                    .take()
+                    .expect("untaken"),
+            ); // ts 5, 6: 1 ns apart
         }
     };
     tokio::time::timeout(DEADLINE, seven)

@@ -260,7 +260,8 @@ async fn run_publishes_until_shutdown() {
     let wanted = LISTINGS.len() + 100;
     let received = tokio::time::timeout(Duration::from_secs(10), async {
         for _ in 0..wanted {
-            let record = consumer.recv().await.expect("ring open");
+            let item = consumer.recv().await.expect("ring open");
+            let record = item.take().expect("an untaken record");
             assert!(record.ingest_ns > 0, "ingest time stamped");
         }
     })
