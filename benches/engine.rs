@@ -31,7 +31,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use futures_util::FutureExt;
 use serde_json::json;
 use tickcast::channel::{ChannelName, Pattern};
-use tickcast::engine::{Engine, EngineLimits, EngineStats, Event, SubscribeOptions};
+use tickcast::engine::{Engine, EngineLimits, EngineStats, HandoffItem, SubscribeOptions};
+use tickcast::handoff::Handoff;
 use tickcast::outbox::{Outbox, QueuedFrame};
 use tickcast::record::{FeedRecord, JsonMap};
 use tickcast::ring::{Consumer, Producer, Ring};
@@ -72,8 +73,9 @@ fn records() -> Vec<Arc<FeedRecord>> {
 /// shards, and a hand-off ring with one gating consumer per shard.
 struct Wired {
     engine: Engine,
-    handoff: Producer<Event>,
-    consumers: Vec<Consumer<Event>>,
+    handoff: Producer<HandoffItem>,
+    consumers: Vec<Consumer<HandoffItem>>,
+    shards: usize,
     outboxes: Vec<Arc<Outbox>>,
     records: Vec<Arc<FeedRecord>>,
     next: usize,
@@ -94,6 +96,7 @@ impl Wired {
         let mut wired = Self {
             engine,
             handoff: ring.producer(),
+            shards,
             consumers,
             outboxes: Vec::new(),
             records: records(),
@@ -126,14 +129,17 @@ impl Wired {
     fn apply(&mut self) {
         let record = self.record();
         if let Some(event) = self.engine.stage.apply(&record, 0) {
-            assert!(self.handoff.try_publish(event).is_ok(), "shards keep up");
+            // Wrapped as the server does, so the last shard frees it.
+            let item = Handoff::new(event, self.shards);
+            assert!(self.handoff.try_publish(item).is_ok(), "shards keep up");
         }
     }
 
     /// Every shard's part: read the hand-off ring and fan out.
     fn fan_out(&mut self) {
         for (shard, consumer) in self.engine.shards.iter_mut().zip(&mut self.consumers) {
-            while let Ok(event) = consumer.try_recv() {
+            while let Ok(item) = consumer.try_recv() {
+                let event = item.take().expect("each shard takes an event once");
                 black_box(shard.on_event(&event, 0));
             }
         }

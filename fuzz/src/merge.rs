@@ -1,4 +1,4 @@
-//! JSON Merge Patch and patch composition (`tickcast::engine::state`).
+//! JSON Merge Patch and patch composition (`tickcast::engine::patch`).
 //!
 //! Input: either JSON text `[target, first, second]` (three objects; the
 //! readable seeds) or any other bytes, read as a recipe for three small
@@ -12,7 +12,7 @@
 //!   cannot express).
 
 use serde_json::{Map, Value};
-use tickcast::engine::state;
+use tickcast::engine::patch;
 
 type JsonMap = Map<String, Value>;
 
@@ -42,7 +42,7 @@ pub fn check(data: &[u8]) {
                 "composed patch differs from the two applied in turn"
             );
         }
-        Err(state::NeedsSnapshot) => assert!(
+        Err(patch::NeedsSnapshot) => assert!(
             needs_snapshot(&first, &second),
             "compose refused patches it could have composed"
         ),
@@ -51,12 +51,12 @@ pub fn check(data: &[u8]) {
 
 /// The one place the target calls `merge_patch`.
 fn merge(target: &mut JsonMap, patch: &JsonMap) {
-    state::merge_patch(target, patch);
+    patch::merge_patch(target, patch);
 }
 
 /// The one place the target calls `compose`.
-fn compose(pending: &mut JsonMap, next: &JsonMap) -> Result<(), state::NeedsSnapshot> {
-    state::compose(pending, next)
+fn compose(pending: &mut JsonMap, next: &JsonMap) -> Result<(), patch::NeedsSnapshot> {
+    patch::compose(pending, next)
 }
 
 /// True if `second` puts an object where `first` left a non-object (or a

@@ -18,10 +18,8 @@ use tokio::process::{Child, Command};
 ///
 /// The memory baseline must not move for reasons other than clients, so
 /// what the server keeps of its feeds is full by the end of the warm-up:
-/// short histories, and a small feed ring (each ring slot keeps its last
-/// record until it is reused: with the default 65,536 slots the resident
-/// memory grows for the first 65,536 records, over ten minutes at this
-/// soak's rates).
+/// short histories, and a small feed ring (its slots' empty shells and
+/// their allocations settle within the warm-up).
 const CONFIG: &str = r#"
 [limits]
 outbox_bytes = 32768
