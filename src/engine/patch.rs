@@ -83,19 +83,7 @@ pub fn compose(pending: &mut JsonMap, next: &JsonMap) -> Result<(), NeedsSnapsho
 
 /// Bytes `map` takes as JSON, without keeping them.
 pub fn serialized_len(map: &JsonMap) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    serde_json::to_writer(&mut count, map).expect("serializing a JSON map");
-    count.0
+    super::size::counted_len(map)
 }
 
 #[cfg(test)]

@@ -32,11 +32,7 @@ pub fn encoded_len(value: &Value) -> usize {
         Value::Bool(true) => 4,
         Value::Bool(false) => 5,
         Value::String(s) => string_len(s),
-        other => {
-            let mut count = Count(0);
-            serde_json::to_writer(&mut count, other).expect("serializing a JSON value");
-            count.0
-        }
+        other => counted_len(other),
     }
 }
 
@@ -90,6 +86,14 @@ fn object_delta(target: Option<&JsonMap>, patch: &JsonMap) -> i128 {
     }
     let commas = |members: i128| (members - 1).max(0);
     delta + commas(after) - commas(before as i128)
+}
+
+/// Bytes of `value` serialized as compact JSON, counted without keeping
+/// them.
+pub fn counted_len<T: serde::Serialize + ?Sized>(value: &T) -> usize {
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).expect("serializing JSON");
+    count.0
 }
 
 /// Counts bytes written, keeping none.
