@@ -200,14 +200,8 @@ pub fn pending_limit(state_len: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::patch::tests::map;
     use serde_json::{json, Value};
-
-    fn map(v: Value) -> JsonMap {
-        match v {
-            Value::Object(m) => m,
-            _ => panic!("not an object"),
-        }
-    }
 
     fn delivery() -> Delivery {
         let mut d = Delivery::new(1, Arc::new(Outbox::new(1 << 20)), 0);

@@ -87,12 +87,13 @@ pub fn serialized_len(map: &JsonMap) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::wire;
     use serde_json::json;
 
-    fn map(v: Value) -> JsonMap {
+    /// A JSON object literal as a map (tests of the engine's modules).
+    pub(crate) fn map(v: Value) -> JsonMap {
         match v {
             Value::Object(m) => m,
             _ => panic!("not an object"),

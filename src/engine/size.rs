@@ -113,14 +113,8 @@ impl std::io::Write for Count {
 mod tests {
     use super::*;
     use crate::engine::patch::merge_patch;
+    use crate::engine::patch::tests::map;
     use serde_json::json;
-
-    fn map(v: Value) -> JsonMap {
-        match v {
-            Value::Object(m) => m,
-            _ => panic!("not an object"),
-        }
-    }
 
     fn len(m: &JsonMap) -> usize {
         serde_json::to_vec(m).unwrap().len()

@@ -118,6 +118,26 @@ async fn connect(addr: SocketAddr, narrow: bool) -> Result<Ws, String> {
     Ok(ws)
 }
 
+/// Connects within 10 s and counts it; a failure is a violation, reported
+/// here (`None`: the client gives up).
+async fn connect_counted(ctx: &Ctx, who: &str, narrow: bool) -> Option<Ws> {
+    match timeout(Duration::from_secs(10), connect(ctx.addr, narrow)).await {
+        Ok(Ok(ws)) => {
+            Tally::bump(&ctx.tally.connects);
+            Some(ws)
+        }
+        Ok(Err(e)) => {
+            ctx.tally.violation(format!("{who}: connect failed: {e}"));
+            None
+        }
+        Err(_) => {
+            ctx.tally
+                .violation(format!("{who}: connect took over 10 s"));
+            None
+        }
+    }
+}
+
 /// How reading a connection ended.
 enum End {
     /// The time asked for passed.
@@ -191,16 +211,9 @@ pub async fn reader(ctx: Arc<Ctx>, n: u64) {
     // Spread the first connects over a second.
     sleep(Duration::from_millis(rng.gen_range(0..1000))).await;
     while !ctx.stop.is_cancelled() {
-        let mut ws = match timeout(Duration::from_secs(10), connect(ctx.addr, false)).await {
-            Ok(Ok(ws)) => ws,
-            Ok(Err(e)) => return ctx.tally.violation(format!("{who}: connect failed: {e}")),
-            Err(_) => {
-                return ctx
-                    .tally
-                    .violation(format!("{who}: connect took over 10 s"))
-            }
+        let Some(mut ws) = connect_counted(&ctx, &who, false).await else {
+            return;
         };
-        Tally::bump(&ctx.tally.connects);
         f.new_connection();
         if rng.gen_bool(0.25) {
             plans = (0..rng.gen_range(1..=2))
@@ -397,16 +410,9 @@ pub async fn stalled(ctx: Arc<Ctx>, n: u64) {
     let targets: Vec<String> = vec!["soak.*".into(), "trades.*".into()];
     sleep(Duration::from_millis(rng.gen_range(0..2000))).await;
     while !ctx.stop.is_cancelled() {
-        let mut ws = match timeout(Duration::from_secs(10), connect(ctx.addr, true)).await {
-            Ok(Ok(ws)) => ws,
-            Ok(Err(e)) => return ctx.tally.violation(format!("{who}: connect failed: {e}")),
-            Err(_) => {
-                return ctx
-                    .tally
-                    .violation(format!("{who}: connect took over 10 s"))
-            }
+        let Some(mut ws) = connect_counted(&ctx, &who, true).await else {
+            return;
         };
-        Tally::bump(&ctx.tally.connects);
         f.new_connection();
         let request = f.subscribe(&targets, None, None, &ctx.tally);
         if ws.send(Message::text(request)).await.is_err() {

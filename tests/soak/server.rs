@@ -79,7 +79,10 @@ impl ChildServer {
             log,
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        // Poll until it answers, within the deadline.
+        let mut poll = tokio::time::interval(Duration::from_millis(20));
         loop {
+            poll.tick().await;
             server.assert_running();
             let healthy = get(addr, "/healthz", Duration::from_secs(1)).await.is_ok();
             if healthy && TcpStream::connect(feed).await.is_ok() {
@@ -90,7 +93,6 @@ impl ChildServer {
                 "tickcast did not come up within 30 s; log: {}",
                 server.log.display()
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
