@@ -30,8 +30,17 @@ cargo build --release -q -p tickcast -p tickcast-loadgen
 mkdir -p "$OUT"
 
 
+# CPU seconds (user + system) a process has used so far, from /proc.
+cpu_seconds() { # PID
+  awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$1/stat"
+}
+
+# Each run records, next to its result, the load average before it started
+# and the CPU seconds of the server and of the loadgen: a comparison is only
+# fair if both servers had the same machine and the loadgen was not the limit.
 loadgen() { # URL FEED LABEL
-  target/release/tickcast-loadgen --url "$1" --publish "tcp:$2" --rate "$RATE" --clients "$CLIENTS" \
+  cut -d' ' -f1-3 /proc/loadavg > "$OUT/$3.load"
+  /usr/bin/time -f "%U %S" -o "$OUT/$3.loadgen-cpu" target/release/tickcast-loadgen --url "$1" --publish "tcp:$2" --rate "$RATE" --clients "$CLIENTS" \
     --channels "$CHANNELS" --per-client "$PER_CLIENT" --pick "$PICK" --channel-prefix bench.c \
     --duration "$DURATION" --no-progress --out "$OUT/$3" > "$OUT/$3.txt" 2>&1 || true
 }
@@ -45,6 +54,7 @@ for i in $(seq 1 "$RUNS"); do
   wait_port "$ws"; wait_port "$feed"
   echo "run $i: tickcast"
   loadgen "ws://127.0.0.1:$ws/ws" "127.0.0.1:$feed" "tickcast-$i"
+  cpu_seconds $pid > "$OUT/tickcast-$i.server-cpu"
   kill $pid; wait $pid 2>/dev/null || true
 
   ws=$(free_port); feed=$(free_port)
@@ -53,6 +63,7 @@ for i in $(seq 1 "$RUNS"); do
   wait_port "$ws"; wait_port "$feed"
   echo "run $i: uws"
   loadgen "ws://127.0.0.1:$ws/ws" "127.0.0.1:$feed" "uws-$i"
+  cpu_seconds $pid > "$OUT/uws-$i.server-cpu"
   kill $pid; wait $pid 2>/dev/null || true
 done
 
@@ -66,6 +77,11 @@ for name in sorted(os.listdir(out)):
         continue
     server = name.rsplit("-", 1)[0]
     r = json.load(open(path))
+    def first_number(suffix, combine=sum):
+        try:
+            return combine(float(x) for x in open(os.path.join(out, name + suffix)).read().split())
+        except (OSError, ValueError):
+            return float("nan")
     lat = r["latency"]["corrected"]
     pub = r.get("publisher") or {}
     rows.setdefault(server, []).append({
@@ -73,8 +89,12 @@ for name in sorted(os.listdir(out)):
         "p50_ms": lat["p50"] / 1000, "p90_ms": lat["p90"] / 1000, "p99_ms": lat["p99"] / 1000,
         "p99_9_ms": lat["p99_9"] / 1000, "max_ms": lat["max"] / 1000,
         "deliveries_per_s": r["deliveries_per_s"], "gaps": r["chains"]["gaps"],
+        "server_cpu_s": first_number(".server-cpu"),
+        "loadgen_cpu_s": first_number(".loadgen-cpu"),
+        "load1": first_number(".load", combine=lambda xs: next(iter(xs))),
     })
-keys = ["delivered_pct", "deliveries_per_s", "p50_ms", "p90_ms", "p99_ms", "p99_9_ms", "max_ms", "gaps"]
+keys = ["delivered_pct", "deliveries_per_s", "p50_ms", "p90_ms", "p99_ms", "p99_9_ms", "max_ms", "gaps",
+        "server_cpu_s", "loadgen_cpu_s", "load1"]
 print(f"\nmedians over runs ({out})")
 print(f"{'server':>10} {'runs':>5} " + " ".join(f"{k:>16}" for k in keys))
 summary = {}
@@ -82,5 +102,9 @@ for server, runs in rows.items():
     med = {k: statistics.median(r[k] for r in runs) for k in keys}
     summary[server] = {"runs": runs, "median": med}
     print(f"{server:>10} {len(runs):>5} " + " ".join(f"{med[k]:>16.2f}" for k in keys))
+print("\nevery run (p99 ms / server CPU s / loadgen CPU s / load average before)")
+for server, runs in rows.items():
+    print(f"{server:>10} " + "  ".join(
+        f"{r['p99_ms']:.2f}/{r['server_cpu_s']:.1f}/{r['loadgen_cpu_s']:.1f}/{r['load1']:.2f}" for r in runs))
 json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=1)
 PY

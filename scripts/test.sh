@@ -64,10 +64,13 @@ if [ "$fuzz_seconds" -gt 0 ]; then
     [ "$t" = frames ] || dict=(-dict=fuzz/json.dict)
     # New inputs go to target/fuzz/corpus (kept between runs, not committed);
     # a crash is written to fuzz/artifacts/TARGET/ and fails the run.
+    # A fixed seed (TICKCAST_FUZZ_SEED) makes CI's short run repeat the same
+    # search, so a red run is a change's fault, not luck; long random runs
+    # are for fuzz/README.md's commands.
     mkdir -p "target/fuzz/corpus/$t"
     echo "-- fuzz $t for ${fuzz_seconds} s"
     "${fuzz[@]}" "$t" "target/fuzz/corpus/$t" "fuzz/seeds/$t" -- \
-      -max_total_time="$fuzz_seconds" -max_len=4096 -timeout=10 -print_final_stats=1 "${dict[@]}"
+      -max_total_time="$fuzz_seconds" -seed="${TICKCAST_FUZZ_SEED:-1}" -max_len=4096 -timeout=10 -print_final_stats=1 "${dict[@]}"
   done
 fi
 

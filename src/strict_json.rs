@@ -26,7 +26,7 @@ pub fn check(text: &[u8]) -> Result<(), String> {
             i += 1;
             while i < text.len() && text[i] != b'"' {
                 match text[i] {
-                    b'\\' => i += 2,
+                    b'\\' => i = escape(text, i)?,
                     c if c < 0x20 => {
                         return Err(format!("raw control byte 0x{c:02x} at byte {}", i + 1));
                     }
@@ -48,6 +48,45 @@ pub fn check(text: &[u8]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Checks the escape whose backslash is at `at` and returns the index just
+/// past it. simd-json reads a lone UTF-16 surrogate (`"\uD888"`) as if it
+/// were text, which serde_json and browsers' JSON.parse-then-encode paths
+/// do not agree on; a string tickcast stores must be valid Unicode.
+fn escape(text: &[u8], at: usize) -> Result<usize, String> {
+    let bad = || Err(format!("invalid escape at byte {}", at + 1));
+    match text.get(at + 1) {
+        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(at + 2),
+        Some(b'u') => {
+            let Some(unit) = hex4(text, at + 2) else {
+                return bad();
+            };
+            match unit {
+                0xD800..=0xDBFF => {
+                    let low = (text.get(at + 6..at + 8) == Some(b"\\u"))
+                        .then(|| hex4(text, at + 8))
+                        .flatten();
+                    match low {
+                        Some(0xDC00..=0xDFFF) => Ok(at + 12),
+                        _ => Err(format!("unpaired UTF-16 surrogate at byte {}", at + 1)),
+                    }
+                }
+                0xDC00..=0xDFFF => Err(format!("unpaired UTF-16 surrogate at byte {}", at + 1)),
+                _ => Ok(at + 6),
+            }
+        }
+        _ => bad(),
+    }
+}
+
+/// The four hex digits at `at` as a number.
+fn hex4(text: &[u8], at: usize) -> Option<u16> {
+    let digits = std::str::from_utf8(text.get(at..at + 4)?).ok()?;
+    if !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u16::from_str_radix(digits, 16).ok()
 }
 
 /// `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`
@@ -94,6 +133,7 @@ mod tests {
             r#"{"channel":"a.b","data":{"x":-0,"y":[true,false,null],"z":"9\"\\&\u0000"},"ts":1617647603424944900}"#,
             " [ 0 , -1.5E+3 , 18446744073709551616 ] \r\n",
             "{\"s\":\"tab\\tand caf\u{e9}\"}",
+            r#"["\uD83D\uDE00 \u00e9 \/ \b\f\n\r\t"]"#,
         ] {
             assert_eq!(check(text.as_bytes()), Ok(()), "{text}");
         }
@@ -115,6 +155,13 @@ mod tests {
             "[+1]",
             "[nul]",
             "[\"a\u{1}b\"]",
+            r#"{"po":"srbscribe","id":1,"channels\uD888":[]}"#,
+            r#"["\uDC00"]"#,
+            r#"["\uD800\u0041"]"#,
+            r#"["\uD800"]"#,
+            r#"["\x41"]"#,
+            r#"["\u12G4"]"#,
+            r#"["\u12"]"#,
         ] {
             assert!(check(text.as_bytes()).is_err(), "{text:?}");
         }
