@@ -80,6 +80,18 @@ async fn start(name: &str, shutdown_timeout_ms: u64) -> Server {
     Server { child, addr, feed }
 }
 
+/// A producer on the server's feed, once the feed (started after the
+/// listener) takes connections.
+async fn producer(server: &Server) -> Producer {
+    let feed = server.feed;
+    let stream = wait_for(
+        || async move { TcpStream::connect(feed).await.ok() },
+        "the tcp feed to take connections",
+    )
+    .await;
+    Producer(stream)
+}
+
 impl Server {
     fn signal(&self, name: &str) {
         let pid = self.child.id().expect("still running").to_string();
@@ -132,7 +144,7 @@ fn hint_of(code: u16, reason: &str) -> Duration {
 #[tokio::test]
 async fn sigterm_closes_every_client_with_its_own_hint_after_what_was_queued() {
     let mut server = start("term", 10_000).await;
-    let mut producer = Producer::connect(server.feed).await;
+    let mut producer = producer(&server).await;
     producer.publish("r.a", json!({"n": 0})).await;
     let addr = server.addr;
     wait_for(
@@ -215,7 +227,7 @@ async fn sigterm_closes_every_client_with_its_own_hint_after_what_was_queued() {
 async fn ctrl_c_exits_within_the_timeout_while_a_client_reads_nothing() {
     const TIMEOUT_MS: u64 = 500;
     let mut server = start("int", TIMEOUT_MS).await;
-    let mut producer = Producer::connect(server.feed).await;
+    let mut producer = producer(&server).await;
     producer.publish("r.a", json!({"n": 0})).await;
     let mut reader = Client::connect(server.addr).await;
     reader.subscribe(1, &["r.a"]).await;
