@@ -204,7 +204,7 @@ impl Admission {
         }
     }
 
-    /// Addresses in the table now (for tests and `/stats`).
+    /// Addresses in the table now.
     pub fn tracked(&self) -> usize {
         let table = self.table.lock().unwrap_or_else(|e| e.into_inner());
         table.entries.len()
