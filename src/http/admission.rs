@@ -26,7 +26,8 @@
 //! table are served as usual.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
+use std::num::NonZeroU64;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -110,7 +111,7 @@ struct Entry {
 
 #[derive(Debug, Default)]
 struct Table {
-    entries: HashMap<IpAddr, Entry>,
+    entries: HashMap<NonZeroU64, Entry>,
     total: Allowance,
     last_sweep: Option<u64>,
 }
@@ -125,13 +126,14 @@ pub struct Admission {
 }
 
 /// An admitted session's place under the per-address limit: give it back
-/// with [`Admission::release`] when the session ends.
+/// with [`Admission::release`] when the session ends. 8 bytes, since every
+/// session holds one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admitted {
-    /// Counted under this key.
-    Counted(IpAddr),
-    /// Exempt: nothing to give back.
-    Exempt,
+pub struct Admitted(Option<NonZeroU64>);
+
+impl Admitted {
+    /// Not counted (an exempt address): nothing to give back.
+    pub const EXEMPT: Admitted = Admitted(None);
 }
 
 impl Admission {
@@ -164,7 +166,7 @@ impl Admission {
             .iter()
             .any(|range| range.contains(client))
         {
-            return Ok(Admitted::Exempt);
+            return Ok(Admitted::EXEMPT);
         }
         let key = counting_key(client);
         let mut guard = self.table.lock().unwrap_or_else(|e| e.into_inner());
@@ -190,12 +192,12 @@ impl Admission {
         // Checked above at the same instant, so this takes.
         let _ = entry.allowance.try_take(&self.per_ip_rate, now);
         entry.open += 1;
-        Ok(Admitted::Counted(key))
+        Ok(Admitted(Some(key)))
     }
 
     /// Gives back an admitted session's place.
     pub fn release(&self, admitted: Admitted) {
-        let Admitted::Counted(key) = admitted else {
+        let Admitted(Some(key)) = admitted else {
             return;
         };
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
@@ -228,15 +230,21 @@ impl Table {
     }
 }
 
-/// The low 64 bits of an IPv6 address: the host's own part of its /64.
-const INTERFACE_BITS: u128 = u64::MAX as u128;
+/// Where IPv4 addresses go among the keys: the top 64 bits of an IPv6
+/// multicast address (ff00::/8), which is never the source of a connection,
+/// so no IPv6 client shares a key with an IPv4 one.
+const V4_KEYS: u64 = 0xff00_0000_0000_0000;
+/// The key of `::/64` (`::1` and the like), which would otherwise be 0.
+const ZERO_PREFIX_KEY: u64 = 0xff00_0001_0000_0000;
 
-/// The address a client is counted under: itself for IPv4, its /64 for IPv6.
-fn counting_key(client: IpAddr) -> IpAddr {
-    match client {
-        IpAddr::V4(_) => client,
-        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !INTERFACE_BITS)),
-    }
+/// What a client is counted under: an IPv4 address itself, an IPv6 one by
+/// its /64 (the top 64 bits), as one non-zero `u64`.
+fn counting_key(client: IpAddr) -> NonZeroU64 {
+    let key = match client.to_canonical() {
+        IpAddr::V4(v4) => V4_KEYS | u64::from(v4.to_bits()),
+        IpAddr::V6(v6) => (v6.to_bits() >> 64) as u64,
+    };
+    NonZeroU64::new(key).unwrap_or(NonZeroU64::new(ZERO_PREFIX_KEY).expect("non-zero"))
 }
 
 #[cfg(test)]
@@ -323,7 +331,7 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(
                 admission.admit_at(ip("127.0.0.1"), SEC),
-                Ok(Admitted::Exempt)
+                Ok(Admitted::EXEMPT)
             );
         }
     }
@@ -357,6 +365,27 @@ mod tests {
         );
         assert!(admission.admit_at(ip("192.0.2.5"), 4 * SEC).is_ok());
         assert_eq!(admission.tracked(), 3);
+    }
+
+    #[test]
+    fn keys_keep_ipv4_apart_from_ipv6() {
+        let keys: std::collections::BTreeSet<_> = [
+            "0.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::2:1",
+            "2001:db8::1",
+            "fe80::1",
+        ]
+        .iter()
+        .map(|a| counting_key(ip(a)))
+        .collect();
+        assert_eq!(keys.len(), 5, "::1 and ::2:1 share ::/64, the rest differ");
+        assert_eq!(
+            counting_key(ip("::ffff:192.0.2.1")),
+            counting_key(ip("192.0.2.1"))
+        );
+        assert_eq!(std::mem::size_of::<Admitted>(), 8);
     }
 
     #[test]

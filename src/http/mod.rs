@@ -248,7 +248,7 @@ fn admit(req: &Request<Incoming>, state: &AppState) -> Result<Admitted, Refusal>
             proxy.client_ip(peer.ip(), req.headers())
         }
         // Only requests served by `serve` reach here, and it always sets it.
-        None => return Ok(Admitted::Exempt),
+        None => return Ok(Admitted::EXEMPT),
     };
     state.admission.admit(client).inspect_err(|refusal| {
         let counter = match refusal {
