@@ -149,8 +149,13 @@ async fn messages_over_the_rate_are_refused_then_the_connection_is_closed() {
         match client.next().await {
             Message::Close(Some(frame)) => break frame,
             Message::Close(None) => panic!("close without a code"),
+            // Refusals (or, on a machine slow enough for the allowance to
+            // refill meanwhile, pongs), then the close.
             Message::Text(text) => {
-                assert!(text.contains("rate_limited"), "only refusals now: {text}");
+                assert!(
+                    text.contains("rate_limited") || text.contains("pong"),
+                    "{text}"
+                );
             }
             other => panic!("unexpected {other:?}"),
         }
