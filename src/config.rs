@@ -18,7 +18,10 @@ use serde::Deserialize;
 
 use crate::engine::{EngineLimits, IngestLimits, Mode, NamespacePolicy, Namespaces};
 use crate::feed::{FeedLimits, FeedSpec, ReplayOptions, Speed};
+use crate::http::admission::AdmissionLimits;
+use crate::http::client_ip::{AddrRange, TrustedProxy};
 use crate::json_depth;
+use crate::session::message_rate::MessageLimit;
 use crate::session::protocol::RequestLimits;
 use crate::session::SessionLimits;
 
@@ -110,6 +113,11 @@ pub struct Config {
     pub direct_writes: bool,
     #[serde(deserialize_with = "check::engine_shards")]
     pub engine_shards: usize,
+    /// The header a trusted reverse proxy puts the client's address in
+    /// (`x-forwarded-for`, `x-real-ip`, ...); empty: none.
+    pub trusted_proxy_header: String,
+    /// Peers (addresses or ranges) whose `trusted_proxy_header` is believed.
+    pub trusted_proxies: Vec<AddrRange>,
     pub limits: Limits,
     /// Policy for every namespace not named in `namespaces`.
     pub namespace_defaults: NamespaceDefaults,
@@ -177,6 +185,8 @@ impl Default for Config {
             stats_interval: 10,
             direct_writes: false,
             engine_shards: 0,
+            trusted_proxy_header: String::new(),
+            trusted_proxies: Vec::new(),
             limits: Limits::default(),
             namespace_defaults: NamespaceDefaults::default(),
             namespaces: BTreeMap::new(),
@@ -257,6 +267,41 @@ pub struct Limits {
     /// request (ms).
     #[serde(deserialize_with = "check::handshake_timeout_ms")]
     pub handshake_timeout_ms: u64,
+    /// Client messages (and pings) a connection may send per second on
+    /// average; more are answered `rate_limited` and not acted on.
+    #[serde(deserialize_with = "check::messages_per_sec")]
+    pub messages_per_sec: u32,
+    /// Messages a connection may send at once, above the rate.
+    #[serde(deserialize_with = "check::message_burst")]
+    pub message_burst: u32,
+    /// How many messages a connection may get ahead of its allowance
+    /// (each refused one counts) before it is closed with 1008.
+    #[serde(deserialize_with = "check::rate_limited_before_close")]
+    pub rate_limited_before_close: u32,
+    /// WebSocket sessions one client address may hold at once; more get 503.
+    #[serde(deserialize_with = "check::max_connections_per_ip")]
+    pub max_connections_per_ip: u32,
+    /// New WebSocket sessions per second per client address (a burst of
+    /// as many at once); more get 503 with Retry-After.
+    #[serde(deserialize_with = "check::new_connections_per_ip_per_sec")]
+    pub new_connections_per_ip_per_sec: u32,
+    /// New WebSocket sessions per second over all clients (a burst of as
+    /// many at once); more get 503 with Retry-After.
+    #[serde(deserialize_with = "check::new_connections_per_sec")]
+    pub new_connections_per_sec: u32,
+    /// Client addresses the per-address limits keep track of at once.
+    #[serde(deserialize_with = "check::max_tracked_ips")]
+    pub max_tracked_ips: usize,
+    /// Client addresses (or ranges) the per-address and new-connection
+    /// limits do not apply to.
+    pub connection_limits_exempt: Vec<AddrRange>,
+    /// On SIGTERM or Ctrl-C, the most time (ms) given to sending every
+    /// client what is queued and its close frame before the process exits.
+    #[serde(deserialize_with = "check::shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
+    /// Each client's close frame on shutdown carries a delay drawn at
+    /// random from 0 to this (ms), after which it should reconnect.
+    pub shutdown_reconnect_spread_ms: u64,
 }
 
 impl Default for Limits {
@@ -282,6 +327,16 @@ impl Default for Limits {
             frame_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             handshake_timeout_ms: 10_000,
+            messages_per_sec: 50,
+            message_burst: 100,
+            rate_limited_before_close: 100,
+            max_connections_per_ip: 500,
+            new_connections_per_ip_per_sec: 50,
+            new_connections_per_sec: 5_000,
+            max_tracked_ips: 65_536,
+            connection_limits_exempt: AddrRange::loopback(),
+            shutdown_timeout_ms: 10_000,
+            shutdown_reconnect_spread_ms: 10_000,
         }
     }
 }
@@ -326,6 +381,23 @@ impl Limits {
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             direct_writes,
+            messages: MessageLimit::new(
+                self.messages_per_sec,
+                self.message_burst,
+                self.rate_limited_before_close,
+            ),
+        }
+    }
+
+    /// The limits on new sessions, with where client addresses come from.
+    pub fn admission(&self, proxy: TrustedProxy) -> AdmissionLimits {
+        AdmissionLimits {
+            max_connections_per_ip: self.max_connections_per_ip,
+            new_connections_per_ip_per_sec: self.new_connections_per_ip_per_sec,
+            new_connections_per_sec: self.new_connections_per_sec,
+            max_tracked_ips: self.max_tracked_ips,
+            exempt: self.connection_limits_exempt.clone(),
+            proxy,
         }
     }
 }
@@ -360,6 +432,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Mode and history depth per namespace.
     pub namespaces: Namespaces,
+    /// Where client addresses come from behind a reverse proxy.
+    pub trusted_proxy: TrustedProxy,
 }
 
 impl Default for Settings {
@@ -367,6 +441,13 @@ impl Default for Settings {
         Config::default()
             .resolve(&ServeArgs::default(), None)
             .expect("the defaults are valid")
+    }
+}
+
+impl Settings {
+    /// The limits on new sessions (`http::admission`).
+    pub fn admission(&self) -> AdmissionLimits {
+        self.limits.admission(self.trusted_proxy.clone())
     }
 }
 
@@ -410,6 +491,9 @@ impl Config {
                 .map_err(|e| ConfigError::Invalid(format!("{}: {e}", place("speed"))))?,
         };
         let namespaces = self.namespace_policies();
+        let trusted_proxy = self
+            .trusted_proxy()
+            .map_err(|e| ConfigError::Invalid(format!("{}: {e}", place("trusted_proxy_header"))))?;
         Ok(Settings {
             listen: args.listen.unwrap_or(self.listen),
             feeds,
@@ -426,7 +510,31 @@ impl Config {
                 .map_err(ConfigError::Invalid)?,
             limits: self.limits,
             namespaces,
+            trusted_proxy,
         })
+    }
+
+    /// The header and the proxies it is believed from: both or neither.
+    fn trusted_proxy(&self) -> Result<TrustedProxy, String> {
+        let name = self.trusted_proxy_header.trim();
+        match (name.is_empty(), self.trusted_proxies.is_empty()) {
+            (true, true) => Ok(TrustedProxy::default()),
+            (false, true) => Err(format!(
+                "{name:?} would never be believed: list your proxies' addresses in \
+                 trusted_proxies (e.g. [\"127.0.0.1\"])"
+            )),
+            (true, false) => Err("trusted_proxies is set but trusted_proxy_header is empty: \
+                 name the header your proxies set (e.g. \"x-forwarded-for\")"
+                .to_owned()),
+            (false, false) => {
+                let header = hyper::header::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| format!("{name:?} is not a valid header name"))?;
+                Ok(TrustedProxy {
+                    header: Some(header),
+                    proxies: self.trusted_proxies.clone(),
+                })
+            }
+        }
     }
 
     fn namespace_policies(&self) -> Namespaces {
@@ -499,6 +607,14 @@ mod check {
         frame_timeout_ms: u64 = "limits.frame_timeout_ms";
         idle_timeout_ms: u64 = "limits.idle_timeout_ms";
         handshake_timeout_ms: u64 = "limits.handshake_timeout_ms";
+        messages_per_sec: u32 = "limits.messages_per_sec";
+        message_burst: u32 = "limits.message_burst";
+        rate_limited_before_close: u32 = "limits.rate_limited_before_close";
+        max_connections_per_ip: u32 = "limits.max_connections_per_ip";
+        new_connections_per_ip_per_sec: u32 = "limits.new_connections_per_ip_per_sec";
+        new_connections_per_sec: u32 = "limits.new_connections_per_sec";
+        max_tracked_ips: usize = "limits.max_tracked_ips";
+        shutdown_timeout_ms: u64 = "limits.shutdown_timeout_ms";
     }
 
     pub fn engine_shards<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
@@ -635,6 +751,68 @@ mod tests {
         );
         assert_eq!(parsed.namespace_defaults, defaults.namespace_defaults);
         assert_eq!(parsed.namespaces, defaults.namespaces);
+        let (p, d) = (&parsed.limits, &defaults.limits);
+        assert_eq!(
+            p.session(false).messages,
+            d.session(false).messages,
+            "messages_per_sec, message_burst, rate_limited_before_close"
+        );
+        assert_eq!(
+            (
+                p.max_connections_per_ip,
+                p.new_connections_per_ip_per_sec,
+                p.new_connections_per_sec,
+                p.max_tracked_ips,
+                &p.connection_limits_exempt,
+            ),
+            (
+                d.max_connections_per_ip,
+                d.new_connections_per_ip_per_sec,
+                d.new_connections_per_sec,
+                d.max_tracked_ips,
+                &d.connection_limits_exempt,
+            )
+        );
+        assert_eq!(
+            (p.shutdown_timeout_ms, p.shutdown_reconnect_spread_ms),
+            (d.shutdown_timeout_ms, d.shutdown_reconnect_spread_ms)
+        );
+        assert_eq!(parsed.trusted_proxy_header, defaults.trusted_proxy_header);
+        assert_eq!(parsed.trusted_proxies, defaults.trusted_proxies);
+    }
+
+    /// The forwarding header is believed only from listed proxies, and one
+    /// key without the other is refused rather than silently useless.
+    #[test]
+    fn the_trusted_proxy_needs_both_keys() {
+        let resolve = |text: &str| {
+            toml::from_str::<Config>(text)
+                .map_err(|e| e.to_string())?
+                .resolve(&ServeArgs::default(), None)
+                .map_err(|e| e.to_string())
+        };
+        let settings = resolve(
+            "trusted_proxy_header = \"X-Forwarded-For\"\ntrusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]\n",
+        )
+        .unwrap();
+        let proxy = settings.trusted_proxy;
+        assert_eq!(proxy.header.unwrap().as_str(), "x-forwarded-for");
+        assert_eq!(proxy.proxies.len(), 2);
+        let default = resolve("").unwrap().trusted_proxy;
+        assert!(default.header.is_none() && default.proxies.is_empty());
+        let err = resolve("trusted_proxy_header = \"x-forwarded-for\"\n").unwrap_err();
+        assert!(err.contains("trusted_proxies"), "{err}");
+        let err = resolve("trusted_proxies = [\"127.0.0.1\"]\n").unwrap_err();
+        assert!(err.contains("trusted_proxy_header"), "{err}");
+        let err =
+            resolve("trusted_proxy_header = \"bad header\"\ntrusted_proxies = [\"127.0.0.1\"]\n")
+                .unwrap_err();
+        assert!(err.contains("not a valid header name"), "{err}");
+        let err = resolve("trusted_proxies = [\"10.0.0.0/99\"]\n").unwrap_err();
+        assert!(
+            err.contains("10.0.0.0/99") && err.contains("line 1"),
+            "{err}"
+        );
     }
 
     /// `tickcast --flag` means `tickcast serve --flag`; a subcommand and
@@ -782,6 +960,31 @@ mod tests {
             (
                 "[limits]\nidle_timeout_ms = 0\n",
                 "limits.idle_timeout_ms",
+                2,
+            ),
+            (
+                "[limits]\nmessages_per_sec = 0\n",
+                "limits.messages_per_sec",
+                2,
+            ),
+            (
+                "[limits]\nmax_connections_per_ip = 0\n",
+                "limits.max_connections_per_ip",
+                2,
+            ),
+            (
+                "[limits]\nnew_connections_per_sec = 0\n",
+                "limits.new_connections_per_sec",
+                2,
+            ),
+            (
+                "[limits]\nshutdown_timeout_ms = 0\n",
+                "limits.shutdown_timeout_ms",
+                2,
+            ),
+            (
+                "[limits]\nconnection_limits_exempt = [\"localhost\"]\n",
+                "localhost",
                 2,
             ),
         ];

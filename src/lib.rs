@@ -19,6 +19,8 @@
 //!
 //! [`json_depth`] bounds how deep client messages and feed lines may nest
 //! before anything parses them. [`config`] holds every flag and limit; [`server`] wires the parts together.
+//! [`rate`] is the one-timestamp token bucket behind the rate limits;
+//! [`shutdown`] stops the server so that clients come back spread out.
 
 #![deny(unsafe_code)]
 
@@ -34,10 +36,12 @@ pub mod http;
 pub mod json_depth;
 pub mod metrics;
 pub mod outbox;
+pub mod rate;
 pub mod record;
 pub mod ring;
 pub mod server;
 pub mod session;
+pub mod shutdown;
 pub mod strict_json;
 pub mod wire;
 

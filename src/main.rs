@@ -1,7 +1,9 @@
 //! The `tickcast` command: flags -> settings, logging, bind, serve until
-//! Ctrl-C or SIGTERM.
+//! Ctrl-C or SIGTERM (then stop as `tickcast::shutdown` describes; a
+//! second signal exits at once).
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
@@ -43,7 +45,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(serve(settings))
+    let code = runtime.block_on(serve(settings));
+    // The server has stopped, or given up on sessions still going after
+    // limits.shutdown_timeout_ms: drop whatever is left without waiting
+    // (a blocking read of a feed file, a client that never read).
+    runtime.shutdown_timeout(Duration::ZERO);
+    code
 }
 
 async fn serve(settings: config::Settings) -> ExitCode {
@@ -59,6 +66,7 @@ async fn serve(settings: config::Settings) -> ExitCode {
     };
     let shutdown = CancellationToken::new();
     let feeds: Vec<String> = settings.feeds.iter().map(|f| f.to_string()).collect();
+    let shutdown_timeout = Duration::from_millis(settings.limits.shutdown_timeout_ms);
     let server = match tickcast::start(listener, settings, shutdown.clone()).await {
         Ok(server) => server,
         Err(e) => {
@@ -71,32 +79,16 @@ async fn serve(settings: config::Settings) -> ExitCode {
     println!("  socket ws://{}/ws", server.addr);
     println!("  Ctrl-C to stop");
     tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down: closing sessions with 1001");
+        tickcast::shutdown::signal().await;
+        tracing::info!(
+            "shutting down: no new connections; clients get what is queued, then close 1001 \
+             with a reconnect delay; exiting within {shutdown_timeout:?} (a second signal exits now)"
+        );
         shutdown.cancel();
+        tickcast::shutdown::signal().await;
+        eprintln!("tickcast: second signal, exiting now");
+        std::process::exit(130);
     });
     server.wait().await;
     ExitCode::SUCCESS
-}
-
-/// Ctrl-C or SIGTERM.
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -225,6 +225,18 @@ counters! {
         "Failed accepts for want of a file descriptor (EMFILE/ENFILE).";
     answered_at_fd_limit: Counter "tickcast_answered_at_fd_limit_total" at "accept.answered_at_fd_limit",
         "Connections answered from the reserved descriptor at the limit, then closed.";
+    messages_rate_limited: Counter "tickcast_messages_rate_limited_total" at "messages_rate_limited",
+        "Client messages refused (error rate_limited, not acted on) for going over limits.messages_per_sec.";
+    rate_limit_closed: Counter "tickcast_rate_limit_closed_total" at "rate_limit_closed",
+        "Connections closed (1008) for getting limits.rate_limited_before_close messages ahead of their message rate.";
+    refused_per_ip: Counter "tickcast_connections_refused_total" { "reason=\"per_ip\"" } at "refused.per_ip",
+        "WebSocket upgrades refused with 503 before the upgrade, by the limit that refused them.";
+    refused_per_ip_rate: Counter "tickcast_connections_refused_total" { "reason=\"per_ip_rate\"" } at "refused.per_ip_rate",
+        "WebSocket upgrades refused with 503 before the upgrade, by the limit that refused them.";
+    refused_total_rate: Counter "tickcast_connections_refused_total" { "reason=\"total_rate\"" } at "refused.total_rate",
+        "WebSocket upgrades refused with 503 before the upgrade, by the limit that refused them.";
+    refused_ip_table_full: Counter "tickcast_connections_refused_total" { "reason=\"ip_table_full\"" } at "refused.ip_table_full",
+        "WebSocket upgrades refused with 503 before the upgrade, by the limit that refused them.";
 }
 
 /// Process-wide figures of one server: the stage histograms, and the

@@ -12,18 +12,17 @@ use crate::config::Settings;
 use crate::engine::filter::FilterInterner;
 use crate::engine::{self, EngineHandle, HandoffItem, HandoffProducer, Shard, StateStage};
 use crate::feed::{self, FeedOutput, FeedSpec, FeedStats, RingItem};
+use crate::http::admission::Admission;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::ring::Ring;
+use crate::shutdown::RestartNotice;
 
 /// Most events the hand-off ring (state stage -> shards) holds. Its slots
 /// keep their last event (an `Arc` of an update with its frames) until
 /// overwritten, so it is kept smaller than the feed ring; the feed ring in
 /// front of the state stage absorbs bursts.
 const HANDOFF_CAPACITY: usize = 4096;
-
-/// How long shutdown waits for sessions to send their close frames.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +58,8 @@ pub struct RunningServer {
 
 impl RunningServer {
     /// Stops accepting, stops the feeds, closes every session with 1001
-    /// and waits (bounded) for them to finish.
+    /// and a reconnect delay, and waits for them to finish, at most
+    /// `limits.shutdown_timeout_ms` (see `crate::shutdown`).
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         let _ = self.done.await;
@@ -145,6 +145,9 @@ pub async fn start(
         shard_inputs.len(),
     );
     let filters = Arc::new(std::sync::Mutex::new(FilterInterner::default()));
+    let restart = RestartNotice::new(Duration::from_millis(
+        settings.limits.shutdown_reconnect_spread_ms,
+    ));
     let shards: Vec<_> = shard_inputs
         .into_iter()
         .map(|inputs| {
@@ -155,7 +158,8 @@ pub async fn start(
                 handle.directory().clone(),
                 filters.clone(),
             )
-            .with_namespaces(settings.namespaces.clone());
+            .with_namespaces(settings.namespaces.clone())
+            .with_restart_notice(restart);
             (shard, handoff.consumer(), inputs.commands)
         })
         .collect();
@@ -185,6 +189,9 @@ pub async fn start(
     }
     drop(ring);
 
+    // The engine stops only once the listener is closed (below), so no
+    // client is told to reconnect while new connections are still taken.
+    let engine_stop = CancellationToken::new();
     let mut engine_tasks: Vec<_> = shards
         .into_iter()
         .map(|(shard, events, commands)| {
@@ -193,7 +200,7 @@ pub async fn start(
                 events,
                 commands,
                 metrics.clone(),
-                shutdown.clone(),
+                engine_stop.clone(),
             ))
         })
         .collect();
@@ -202,15 +209,18 @@ pub async fn start(
         stage_input,
         handoff_producer,
         metrics.clone(),
-        shutdown.clone(),
+        engine_stop.clone(),
     )));
-    let state = Arc::new(AppState::new(
-        handle.clone(),
-        Arc::new(settings.limits.session(settings.direct_writes)),
-        feeds.clone(),
-        settings.limits.max_connections,
-        metrics,
-    ));
+    let state = Arc::new(
+        AppState::new(
+            handle.clone(),
+            Arc::new(settings.limits.session(settings.direct_writes)),
+            feeds.clone(),
+            settings.limits.max_connections,
+            metrics,
+        )
+        .with_admission(Admission::new(settings.admission())),
+    );
     if let Some(every) = settings.stats_interval {
         tokio::spawn(http::observe::log_stats(
             state.clone(),
@@ -220,20 +230,29 @@ pub async fn start(
     }
     let http_state = state.clone();
     let token = shutdown.clone();
+    let shutdown_timeout = Duration::from_millis(settings.limits.shutdown_timeout_ms);
     let done = tokio::spawn(async move {
+        // Returns once `shutdown` fires, having dropped the listener.
         http::serve(listener, http_state.clone(), token).await;
-        for task in feed_tasks {
-            let _ = task.await;
-        }
-        for task in engine_tasks {
-            let _ = task.await;
-        }
-        http_state.sessions.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, http_state.sessions.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("some sessions did not close within {SHUTDOWN_GRACE:?}");
+        let deadline = tokio::time::Instant::now() + shutdown_timeout;
+        engine_stop.cancel();
+        let sessions = &http_state.sessions;
+        let stopped = async {
+            for task in feed_tasks {
+                let _ = task.await;
+            }
+            // Each shard queues its sessions' close frames as it stops.
+            for task in engine_tasks {
+                let _ = task.await;
+            }
+            sessions.close();
+            sessions.wait().await;
+        };
+        if tokio::time::timeout_at(deadline, stopped).await.is_err() {
+            tracing::warn!(
+                "{} sessions had not finished within limits.shutdown_timeout_ms ({shutdown_timeout:?}); stopping without them",
+                sessions.len()
+            );
         }
     });
     Ok(RunningServer {

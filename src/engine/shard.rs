@@ -29,6 +29,7 @@ use super::{Backlog, ChannelId, EngineLimits, EngineStats, SessionId};
 use crate::channel::Pattern;
 use crate::outbox::{Outbox, QueuedFrame};
 use crate::record::FeedRecord;
+use crate::shutdown::RestartNotice;
 use crate::wire::{self, CloseCode, ErrorCode};
 
 /// The deliveries of one channel on one shard.
@@ -57,6 +58,8 @@ pub struct Shard {
     pub(super) timers: Timers,
     /// Counts subscribes, so the latest one covering a channel wins.
     generation: u64,
+    /// The close frames sent at shutdown.
+    restart: RestartNotice,
     /// Runs right after a subscribe has read a cell: lets a test apply a
     /// record at the worst moment of the subscribe race.
     #[cfg(test)]
@@ -101,9 +104,16 @@ impl Shard {
             deliveries: HashMap::new(),
             timers: Timers::default(),
             generation: 0,
+            restart: RestartNotice::default(),
             #[cfg(test)]
             race_hook: RaceHook::default(),
         }
+    }
+
+    /// How sessions are told to come back after a shutdown.
+    pub fn with_restart_notice(mut self, restart: RestartNotice) -> Self {
+        self.restart = restart;
+        self
     }
 
     /// The per-namespace policies (for refusing `max_hz` on stream namespaces).
@@ -514,10 +524,15 @@ impl Shard {
         self.reply(session, wire::channels_reply("unsubscribed", id, &names));
     }
 
-    /// Ends every session with `close` (used at shutdown).
-    pub fn close_all(&mut self, close: Bytes) {
+    /// Ends every session at shutdown: what is queued goes out first, then
+    /// close 1001 with a reconnect delay of the session's own
+    /// ([`RestartNotice`]).
+    pub fn close_all(&mut self) {
+        let mut rng = rand::thread_rng();
         for entry in self.sessions.values() {
-            entry.outbox.close(close.clone(), false);
+            entry
+                .outbox
+                .close(self.restart.close_frame(&mut rng), false);
         }
     }
 }

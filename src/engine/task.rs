@@ -29,7 +29,6 @@ use crate::metrics::{Metrics, Stage};
 use crate::outbox::Outbox;
 use crate::record::FeedRecord;
 use crate::ring::{Consumer, Full, Producer, RecvError, TryRecvError};
-use crate::wire::{self, CloseCode};
 
 /// What sessions and the HTTP side ask of a shard.
 pub enum Command {
@@ -341,7 +340,8 @@ fn apply_timed(
 
 /// A shard task: fans out the updates the state stage hands off, carries
 /// out its sessions' commands, and sends held diffs when they fall due,
-/// until `shutdown`; then closes every session with 1001.
+/// until `shutdown`; then closes every session with 1001 and a reconnect
+/// delay (`crate::shutdown`).
 ///
 /// Held diffs need no task of their own: the shard keeps one ordered set of
 /// due times, and this loop sleeps until the earliest of them (or until an
@@ -406,7 +406,7 @@ pub async fn run_shard(
             () = sleep_until(wake), if wake.is_some() => shard.flush_due(metrics.mono_ns()),
         }
     }
-    shard.close_all(wire::close(CloseCode::GoingAway, "server shutting down"));
+    shard.close_all();
 }
 
 async fn sleep_until(wake: Option<tokio::time::Instant>) {

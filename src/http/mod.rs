@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{CACHE_CONTROL, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -19,8 +19,11 @@ use crate::engine::EngineHandle;
 use crate::feed::{FeedStats, FeedStatus};
 use crate::metrics::Metrics;
 use crate::session::{self, SessionLimits, Watchlist};
+use admission::{Admission, Admitted, Refusal};
 
 pub mod accept;
+pub mod admission;
+pub mod client_ip;
 pub mod observe;
 
 /// The live page served at `/`.
@@ -37,6 +40,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Every session's read timeouts, checked by one sweeper task.
     pub watchlist: Arc<Watchlist>,
+    /// Per-address and total limits on new sessions (`admission`).
+    pub admission: Admission,
     live_sessions: AtomicUsize,
 }
 
@@ -57,8 +62,17 @@ impl AppState {
             max_connections,
             metrics,
             sessions: TaskTracker::new(),
+            admission: Admission::new(
+                crate::config::Limits::default().admission(Default::default()),
+            ),
             live_sessions: AtomicUsize::new(0),
         }
+    }
+
+    /// Replaces the default admission limits.
+    pub fn with_admission(mut self, admission: Admission) -> Self {
+        self.admission = admission;
+        self
     }
 
     pub fn live_sessions(&self) -> usize {
@@ -81,8 +95,10 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let handshake_timeout = state.session_limits.handshake_timeout;
-            let service = hyper::service::service_fn(move |req| {
+            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 let state = state.clone();
+                // For the per-address limits (see `admit`).
+                req.extensions_mut().insert(PeerAddr(peer));
                 async move { Ok::<_, Infallible>(route(req, &state).await) }
             });
             // The header timeout also bounds a connection that never sends
@@ -171,10 +187,15 @@ fn upgrade(req: &mut Request<Incoming>, state: &Arc<AppState>) -> Response<Body>
             "this is the WebSocket endpoint: connect with a WebSocket client\n",
         );
     }
+    let admitted = match admit(req, state) {
+        Ok(admitted) => admitted,
+        Err(refusal) => return refused(refusal, state.admission.limits()),
+    };
     // Reserve a slot first so concurrent upgrades cannot overshoot the limit.
     let live = state.live_sessions.fetch_add(1, Ordering::Relaxed);
     if live >= state.max_connections {
         state.live_sessions.fetch_sub(1, Ordering::Relaxed);
+        state.admission.release(admitted);
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many connections (limits.max_connections)\n",
@@ -184,13 +205,14 @@ fn upgrade(req: &mut Request<Incoming>, state: &Arc<AppState>) -> Response<Body>
         Ok(pair) => pair,
         Err(e) => {
             state.live_sessions.fetch_sub(1, Ordering::Relaxed);
+            state.admission.release(admitted);
             return text(
                 StatusCode::BAD_REQUEST,
                 &format!("bad upgrade request: {e}\n"),
             );
         }
     };
-    let slot = ConnectionSlot(state.clone());
+    let slot = ConnectionSlot(state.clone(), admitted);
     state.sessions.spawn(session::run(
         upgrade,
         state.engine.clone(),
@@ -202,13 +224,52 @@ fn upgrade(req: &mut Request<Incoming>, state: &Arc<AppState>) -> Response<Body>
     response.map(|_| Full::new(Bytes::new()))
 }
 
-/// One of the `max_connections` places, given back when the session ends.
-struct ConnectionSlot(Arc<AppState>);
+/// One of the `max_connections` places, and the client's place under the
+/// per-address limit, given back when the session ends.
+struct ConnectionSlot(Arc<AppState>, Admitted);
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.live_sessions.fetch_sub(1, Ordering::Relaxed);
+        self.0.admission.release(self.1);
     }
+}
+
+/// The TCP peer of the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+struct PeerAddr(std::net::SocketAddr);
+
+/// The per-address and total limits on new sessions (`admission`), for the
+/// client address `client_ip` finds; a refusal is counted here.
+fn admit(req: &Request<Incoming>, state: &AppState) -> Result<Admitted, Refusal> {
+    let client = match req.extensions().get::<PeerAddr>() {
+        Some(PeerAddr(peer)) => {
+            let proxy = &state.admission.limits().proxy;
+            proxy.client_ip(peer.ip(), req.headers())
+        }
+        // Only requests served by `serve` reach here, and it always sets it.
+        None => return Ok(Admitted::EXEMPT),
+    };
+    state.admission.admit(client).inspect_err(|refusal| {
+        let counter = match refusal {
+            Refusal::PerIp => &state.metrics.refused_per_ip,
+            Refusal::PerIpRate { .. } => &state.metrics.refused_per_ip_rate,
+            Refusal::TotalRate { .. } => &state.metrics.refused_total_rate,
+            Refusal::TableFull => &state.metrics.refused_ip_table_full,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%client, ?refusal, "websocket upgrade refused");
+    })
+}
+
+/// The 503 for a refused upgrade: which limit, and when to come back.
+fn refused(refusal: Refusal, limits: &admission::AdmissionLimits) -> Response<Body> {
+    let retry_after = refusal.retry_after_secs(&mut rand::thread_rng());
+    let mut response = text(StatusCode::SERVICE_UNAVAILABLE, &refusal.explain(limits));
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(retry_after));
+    response
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Body> {

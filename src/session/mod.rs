@@ -11,6 +11,7 @@
 // Public only for the fuzz targets in fuzz/; not part of the API.
 #[doc(hidden)]
 pub mod frames;
+pub mod message_rate;
 pub use crate::outbox;
 pub mod protocol;
 mod reader;
@@ -54,6 +55,8 @@ pub struct SessionLimits {
     pub handshake_timeout: Duration,
     /// Let the fanout write to idle sockets itself (see `Outbox`).
     pub direct_writes: bool,
+    /// How fast a client may send messages (`message_rate`).
+    pub messages: message_rate::MessageLimit,
 }
 
 /// Most bytes the kernel keeps queued and not yet sent on a session's
@@ -193,7 +196,7 @@ async fn drive(
         // Read timeouts are the sweeper's (no timer in this task); it
         // forgets the session once the last other owner of its outbox has.
         watchlist.watch(session, outbox.clone());
-        let reader = reader::read_loop(frames, session, engine, &outbox, limits);
+        let reader = reader::read_loop(frames, session, engine, &outbox, limits, metrics);
         let drained = writer::Drained { engine, session };
         let writer = writer::write_loop(&write, &outbox, limits.write_timeout, metrics, &drained);
         tokio::pin!(reader, writer);

@@ -1,10 +1,12 @@
 //! The read half: client frames in, engine commands out.
 
 use super::frames::{FrameError, FrameReader, OpCode, ReadSocket};
+use super::message_rate::{self, MessageBudget, Verdict};
 use super::outbox::Outbox;
 use super::protocol::{self, ClientOp};
 use super::SessionLimits;
 use crate::engine::{Command, EngineHandle, SessionId};
+use crate::metrics::Metrics;
 use crate::wire::{self, CloseCode, ErrorCode};
 
 /// Reads frames until the client closes, the connection fails, or a frame
@@ -15,9 +17,11 @@ pub async fn read_loop<S: ReadSocket>(
     engine: &EngineHandle,
     outbox: &Outbox,
     limits: &SessionLimits,
+    metrics: &Metrics,
 ) {
     // Text split over continuation frames, bounded like a single frame.
     let mut partial: Option<Vec<u8>> = None;
+    let mut budget = MessageBudget::default();
     loop {
         let frame = match frames.read_frame(outbox.activity()).await {
             Ok(frame) => frame,
@@ -27,6 +31,26 @@ pub async fn read_loop<S: ReadSocket>(
             // A whole frame is in; the frame timeout runs on only to the
             // end of a fragmented message.
             outbox.activity().frame_done();
+        }
+        // limits.messages_per_sec: a refused message is answered and dropped.
+        if message_rate::completes_a_message(frame.opcode, frame.fin, partial.is_some()) {
+            match message_rate::check(&mut budget, &limits.messages, outbox, metrics) {
+                Verdict::Act => {}
+                Verdict::Close => return,
+                Verdict::Refuse => {
+                    // Boxed: rare, and kept out of every idle session's task.
+                    let answer = message_rate::answer_refused(session, engine, &limits.messages);
+                    if Box::pin(answer).await.is_err() {
+                        return;
+                    }
+                    if frame.opcode == OpCode::Continuation {
+                        // The end of a fragmented message: drop all of it.
+                        partial = None;
+                        outbox.activity().frame_done();
+                    }
+                    continue;
+                }
+            }
         }
         let message = match (frame.opcode, frame.fin) {
             (OpCode::Text, true) if partial.is_none() => frame.payload.to_vec(),
