@@ -28,6 +28,8 @@ pub struct Activity {
     pub(crate) frame_started_ms: AtomicU64,
     /// The `last_heard_ms` a ping was sent for: one ping per quiet spell.
     pub(crate) pinged_for_ms: AtomicU64,
+    /// When the connection's token expires (close 1008); 0 when it has none.
+    pub(crate) token_expires_ms: AtomicU64,
 }
 
 impl Default for Activity {
@@ -36,6 +38,7 @@ impl Default for Activity {
             last_heard_ms: AtomicU64::new(now_ms()),
             frame_started_ms: AtomicU64::new(0),
             pinged_for_ms: AtomicU64::new(0),
+            token_expires_ms: AtomicU64::new(0),
         }
     }
 }
@@ -59,6 +62,15 @@ impl Activity {
             Ordering::Relaxed,
             Ordering::Relaxed,
         );
+    }
+
+    /// The connection's token expires at `unix_secs` (its `exp`); a
+    /// refreshed token moves the deadline.
+    pub fn expire_token_at(&self, unix_secs: u64) {
+        let unix_now_ms = crate::clock::unix_nanos() / 1_000_000;
+        let left_ms = unix_secs.saturating_mul(1000).saturating_sub(unix_now_ms);
+        let deadline = now_ms().saturating_add(left_ms);
+        self.token_expires_ms.store(deadline, Ordering::Relaxed);
     }
 
     /// No frame or message is in progress.

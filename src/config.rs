@@ -11,11 +11,13 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
+use crate::auth::{Access, Auth, OriginPolicy, PublishKey, SubscribeRules, TokenVerifier};
 use crate::engine::{EngineLimits, IngestLimits, Mode, NamespacePolicy, Namespaces};
 use crate::feed::{FeedLimits, FeedSpec, ReplayOptions, Speed};
 use crate::json_depth;
@@ -45,6 +47,8 @@ impl Cli {
     }
 }
 
+// Made once at start-up: the size of `Serve` costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Subcommand)]
 pub enum CliCommand {
     /// Serve channels over WebSocket (the default when no command is given).
@@ -88,6 +92,34 @@ pub struct ServeArgs {
     /// Log filter, e.g. `info`, `debug`, `tickcast=debug` [default: info; env RUST_LOG].
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
+    /// Secret (at least 32 bytes) that HS256 tokens are signed with. With a
+    /// secret or a public key, every namespace needs a token unless the config
+    /// makes it public. Prefer the environment variable: flags show in `ps`.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "TICKCAST_JWT_SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+    /// A PEM public key (RSA or EC) that RS256/PS256/ES256 tokens are checked
+    /// with, for issuers that keep the private key elsewhere.
+    #[arg(long, value_name = "PATH", env = "TICKCAST_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// A browser origin that may open WebSockets, like `https://app.example.com`,
+    /// or `*` for any; repeat for several. Without one, only pages served from
+    /// this server's own host may (clients that send no Origin always may).
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
+    /// Key (at least 16 bytes) that `tcp:` producers send as their first line,
+    /// `{"auth":"KEY"}`. Needed for a tcp feed on a non-loopback address.
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "TICKCAST_PUBLISH_KEY",
+        hide_env_values = true
+    )]
+    pub publish_key: Option<String>,
 }
 
 /// The default configuration file; also the documentation of every key.
@@ -116,6 +148,34 @@ pub struct Config {
     /// Per-namespace policy; a key left out comes from `namespace_defaults`.
     #[serde(deserialize_with = "check::namespaces")]
     pub namespaces: BTreeMap<String, NamespaceConfig>,
+    /// `[auth]`: token keys, allowed origins, the publish key.
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`. Every key is optional; flags and environment variables win.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256 secret (`--jwt-secret`, `TICKCAST_JWT_SECRET`).
+    pub jwt_secret: Option<String>,
+    /// PEM public key file for RS/PS/ES tokens (`--jwt-public-key`).
+    pub jwt_public_key: Option<PathBuf>,
+    /// Browser origins that may open WebSockets (`--allowed-origin`).
+    pub allowed_origins: Vec<String>,
+    /// Key `tcp:` producers send first (`--publish-key`, `TICKCAST_PUBLISH_KEY`).
+    pub publish_key: Option<String>,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    // The secrets are never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| ".."))
+            .field("jwt_public_key", &self.jwt_public_key)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("publish_key", &self.publish_key.as_ref().map(|_| ".."))
+            .finish()
+    }
 }
 
 /// `[namespace_defaults]`.
@@ -125,6 +185,9 @@ pub struct NamespaceDefaults {
     pub mode: Mode,
     #[serde(deserialize_with = "check::history")]
     pub history: usize,
+    /// Who may subscribe; unset means "token" when a token key is
+    /// configured, else "public".
+    pub subscribe: Option<Access>,
 }
 
 impl Default for NamespaceDefaults {
@@ -133,6 +196,7 @@ impl Default for NamespaceDefaults {
         Self {
             mode: policy.mode,
             history: policy.history,
+            subscribe: None,
         }
     }
 }
@@ -144,6 +208,7 @@ pub struct NamespaceConfig {
     pub mode: Option<Mode>,
     #[serde(default, deserialize_with = "check::some_history")]
     pub history: Option<usize>,
+    pub subscribe: Option<Access>,
 }
 
 /// Most fanout shards one may ask for. Shards hold only their sessions'
@@ -180,6 +245,7 @@ impl Default for Config {
             limits: Limits::default(),
             namespace_defaults: NamespaceDefaults::default(),
             namespaces: BTreeMap::new(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -257,6 +323,10 @@ pub struct Limits {
     /// request (ms).
     #[serde(deserialize_with = "check::handshake_timeout_ms")]
     pub handshake_timeout_ms: u64,
+    /// Most patterns a token's `channels` claim may hold; a token with more
+    /// is refused (each subscribe is checked against all of them).
+    #[serde(deserialize_with = "check::max_token_channels")]
+    pub max_token_channels: usize,
 }
 
 impl Default for Limits {
@@ -282,6 +352,7 @@ impl Default for Limits {
             frame_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             handshake_timeout_ms: 10_000,
+            max_token_channels: 256,
         }
     }
 }
@@ -326,6 +397,7 @@ impl Limits {
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             direct_writes,
+            auth: Auth::open(),
         }
     }
 }
@@ -360,6 +432,10 @@ pub struct Settings {
     pub limits: Limits,
     /// Mode and history depth per namespace.
     pub namespaces: Namespaces,
+    /// Token keys, who may subscribe where, allowed origins.
+    pub auth: Arc<Auth>,
+    /// The key `tcp:` producers must send first, if one is configured.
+    pub publish_key: Option<PublishKey>,
 }
 
 impl Default for Settings {
@@ -410,6 +486,7 @@ impl Config {
                 .map_err(|e| ConfigError::Invalid(format!("{}: {e}", place("speed"))))?,
         };
         let namespaces = self.namespace_policies();
+        let (auth, publish_key) = self.auth_settings(args, &feeds)?;
         Ok(Settings {
             listen: args.listen.unwrap_or(self.listen),
             feeds,
@@ -426,7 +503,69 @@ impl Config {
                 .map_err(ConfigError::Invalid)?,
             limits: self.limits,
             namespaces,
+            auth,
+            publish_key,
         })
+    }
+
+    /// `[auth]`, the flags and each namespace's `subscribe`, checked
+    /// together: a token namespace needs a key to check tokens with, a
+    /// `tcp:` feed beyond loopback a publish key.
+    fn auth_settings(
+        &self,
+        args: &ServeArgs,
+        feeds: &[FeedSpec],
+    ) -> Result<(Arc<Auth>, Option<PublishKey>), ConfigError> {
+        let invalid = |what: &str, e: String| ConfigError::Invalid(format!("{what}: {e}"));
+        let mut tokens = None;
+        let max_channels = self.limits.max_token_channels;
+        if let Some(secret) = args.jwt_secret.as_ref().or(self.auth.jwt_secret.as_ref()) {
+            let verifier = TokenVerifier::new(max_channels).with_secret(secret.as_bytes());
+            tokens = Some(verifier.map_err(|e| invalid("--jwt-secret / [auth] jwt_secret", e))?);
+        }
+        if let Some(path) = args
+            .jwt_public_key
+            .as_ref()
+            .or(self.auth.jwt_public_key.as_ref())
+        {
+            let verifier = tokens.unwrap_or_else(|| TokenVerifier::new(max_channels));
+            tokens = Some(
+                verifier
+                    .with_public_key_file(path)
+                    .map_err(ConfigError::Invalid)?,
+            );
+        }
+        let default = match self.namespace_defaults.subscribe {
+            Some(access) => access,
+            None if tokens.is_some() => Access::Token,
+            None => Access::Public,
+        };
+        let named = self
+            .namespaces
+            .iter()
+            .filter_map(|(name, ns)| Some((name.clone(), ns.subscribe?)))
+            .collect();
+        let origins = if args.allowed_origins.is_empty() {
+            &self.auth.allowed_origins
+        } else {
+            &args.allowed_origins
+        };
+        let auth = Auth {
+            tokens,
+            subscribe: SubscribeRules { default, named },
+            origins: OriginPolicy::new(origins)
+                .map_err(|e| invalid("--allowed-origin / [auth] allowed_origins", e))?,
+        };
+        let publish_key = match args.publish_key.as_ref().or(self.auth.publish_key.as_ref()) {
+            Some(key) => Some(
+                PublishKey::new(key)
+                    .map_err(|e| invalid("--publish-key / [auth] publish_key", e))?,
+            ),
+            None => None,
+        };
+        crate::auth::check_startup(&auth, feeds, publish_key.as_ref())
+            .map_err(ConfigError::Invalid)?;
+        Ok((Arc::new(auth), publish_key))
     }
 
     fn namespace_policies(&self) -> Namespaces {
@@ -499,6 +638,7 @@ mod check {
         frame_timeout_ms: u64 = "limits.frame_timeout_ms";
         idle_timeout_ms: u64 = "limits.idle_timeout_ms";
         handshake_timeout_ms: u64 = "limits.handshake_timeout_ms";
+        max_token_channels: usize = "limits.max_token_channels";
     }
 
     pub fn engine_shards<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
@@ -635,6 +775,92 @@ mod tests {
         );
         assert_eq!(parsed.namespace_defaults, defaults.namespace_defaults);
         assert_eq!(parsed.namespaces, defaults.namespaces);
+        assert_eq!(
+            parsed.limits.max_token_channels,
+            defaults.limits.max_token_channels
+        );
+        assert_eq!(parsed.auth.allowed_origins, defaults.auth.allowed_origins);
+        assert!(parsed.auth.jwt_secret.is_none() && parsed.auth.publish_key.is_none());
+    }
+
+    #[test]
+    fn auth_keys_resolve_together() {
+        // No key: every namespace public, as in the demo.
+        let open = Settings::default();
+        assert!(open.auth.tokens.is_none() && open.publish_key.is_none());
+        assert_eq!(open.auth.subscribe.default, Access::Public);
+        // A secret makes "token" the default; a namespace may stay public.
+        let text = "[auth]\njwt_secret = \"0123456789abcdef0123456789abcdef\"\n\
+                    [namespaces.demo]\nsubscribe = \"public\"\n";
+        let file: Config = toml::from_str(text).unwrap();
+        assert!(
+            !format!("{file:?}").contains("0123456789abcdef"),
+            "secrets are never printed"
+        );
+        let settings = file.resolve(&ServeArgs::default(), None).unwrap();
+        assert!(settings.auth.tokens.is_some());
+        assert_eq!(settings.auth.subscribe.of("quotes"), Access::Token);
+        assert_eq!(settings.auth.subscribe.of("demo"), Access::Public);
+        // Flags, and what they are checked for.
+        let args = ServeArgs {
+            allowed_origins: vec!["https://app.example".into()],
+            publish_key: Some("k".repeat(16)),
+            feeds: vec!["tcp:0.0.0.0:9100".parse().unwrap()],
+            ..ServeArgs::default()
+        };
+        let settings = Config::default().resolve(&args, None).unwrap();
+        assert!(
+            settings.publish_key.is_some(),
+            "a key lets a tcp feed off loopback"
+        );
+        assert!(settings
+            .auth
+            .origins
+            .check(Some(b"https://app.example"), Some(b"x"))
+            .is_ok());
+        for (args, key) in [
+            (
+                ServeArgs {
+                    jwt_secret: Some("short".into()),
+                    ..ServeArgs::default()
+                },
+                "--jwt-secret",
+            ),
+            (
+                ServeArgs {
+                    publish_key: Some("short".into()),
+                    ..ServeArgs::default()
+                },
+                "--publish-key",
+            ),
+            (
+                ServeArgs {
+                    allowed_origins: vec!["app.example".into()],
+                    ..ServeArgs::default()
+                },
+                "--allowed-origin",
+            ),
+            (
+                ServeArgs {
+                    jwt_public_key: Some("/no/such/key.pem".into()),
+                    ..ServeArgs::default()
+                },
+                "/no/such/key.pem",
+            ),
+        ] {
+            let err = Config::default()
+                .resolve(&args, None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{key} missing from: {err}");
+        }
+        let err = toml::from_str::<Config>("[auth]\njwt_secert = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("jwt_secert") && err.contains("line 2"),
+            "{err}"
+        );
     }
 
     /// `tickcast --flag` means `tickcast serve --flag`; a subcommand and

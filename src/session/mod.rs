@@ -27,6 +27,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
+use crate::auth::Grant;
 use crate::engine::{Command, EngineHandle, SessionId};
 use crate::metrics::Metrics;
 use crate::wire::{self, CloseCode};
@@ -54,6 +55,8 @@ pub struct SessionLimits {
     pub handshake_timeout: Duration,
     /// Let the fanout write to idle sockets itself (see `Outbox`).
     pub direct_writes: bool,
+    /// Who may subscribe where, and how a refreshed token is checked.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 /// Most bytes the kernel keeps queued and not yet sent on a session's
@@ -71,13 +74,15 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Runs a session on an upgraded connection until either side closes.
 /// `slot` (the connection's place under `max_connections`) is dropped when
 /// the session ends; taking it here rather than in a wrapping block keeps
-/// one copy of the arguments in the task, not two.
+/// one copy of the arguments in the task, not two. `grant` is what the
+/// handshake's token allows (`None`: no token, public namespaces only).
 pub async fn run(
     upgrade: fastwebsockets::upgrade::UpgradeFut,
     engine: EngineHandle,
     limits: Arc<SessionLimits>,
     metrics: Arc<Metrics>,
     watchlist: Arc<Watchlist>,
+    grant: Option<Arc<Grant>>,
     slot: impl Send,
 ) {
     let _slot = slot;
@@ -98,6 +103,7 @@ pub async fn run(
         &limits,
         &metrics,
         &watchlist,
+        grant,
     );
     // A panic while serving this session ends this session only (its
     // `OnPanic` guard has told the client and the engine).
@@ -166,6 +172,7 @@ async fn drive(
     limits: &SessionLimits,
     metrics: &Arc<Metrics>,
     watchlist: &Arc<Watchlist>,
+    grant: Option<Arc<Grant>>,
 ) {
     let session = engine.new_session_id();
     let outbox = Arc::new(Outbox::new(limits.outbox_bytes));
@@ -193,7 +200,7 @@ async fn drive(
         // Read timeouts are the sweeper's (no timer in this task); it
         // forgets the session once the last other owner of its outbox has.
         watchlist.watch(session, outbox.clone());
-        let reader = reader::read_loop(frames, session, engine, &outbox, limits);
+        let reader = reader::read_loop(frames, session, engine, &outbox, limits, grant);
         let drained = writer::Drained { engine, session };
         let writer = writer::write_loop(&write, &outbox, limits.write_timeout, metrics, &drained);
         tokio::pin!(reader, writer);
@@ -248,7 +255,7 @@ mod tests {
         let (_, upgrade) = fastwebsockets::upgrade::upgrade(&mut request).unwrap();
         let metrics = Arc::new(Metrics::new());
         let watchlist = Arc::new(Watchlist::new(&limits, metrics.clone()));
-        let session = run(upgrade, engine, limits, metrics, watchlist, ());
+        let session = run(upgrade, engine, limits, metrics, watchlist, None, ());
         let size = std::mem::size_of_val(&session);
         assert!(
             size <= SESSION_FUTURE_BUDGET,

@@ -1,9 +1,14 @@
 //! The read half: client frames in, engine commands out.
 
+use std::sync::Arc;
+
+use bytes::Bytes;
+
 use super::frames::{FrameError, FrameReader, OpCode, ReadSocket};
 use super::outbox::Outbox;
 use super::protocol::{self, ClientOp};
 use super::SessionLimits;
+use crate::auth::{Grant, TokenError};
 use crate::engine::{Command, EngineHandle, SessionId};
 use crate::wire::{self, CloseCode, ErrorCode};
 
@@ -15,7 +20,12 @@ pub async fn read_loop<S: ReadSocket>(
     engine: &EngineHandle,
     outbox: &Outbox,
     limits: &SessionLimits,
+    mut grant: Option<Arc<Grant>>,
 ) {
+    if let Some(grant) = &grant {
+        // The sweeper closes the connection with 1008 at the token's exp.
+        outbox.activity().expire_token_at(grant.expires_at());
+    }
     // Text split over continuation frames, bounded like a single frame.
     let mut partial: Option<Vec<u8>> = None;
     loop {
@@ -73,7 +83,7 @@ pub async fn read_loop<S: ReadSocket>(
             outbox.close(close, false);
             return;
         }
-        if handle_message(message, session, engine, limits)
+        if handle_message(message, session, engine, limits, outbox, &mut grant)
             .await
             .is_err()
         {
@@ -87,23 +97,36 @@ async fn handle_message(
     session: SessionId,
     engine: &EngineHandle,
     limits: &SessionLimits,
+    outbox: &Outbox,
+    grant: &mut Option<Arc<Grant>>,
 ) -> Result<(), crate::engine::EngineGone> {
     let command = match protocol::parse(&mut message, &limits.requests) {
         Ok(ClientOp::Subscribe {
             id,
             targets,
             options,
-        }) => {
-            for target in &targets {
-                crate::fault::inject(target.as_str(), "a session");
-            }
-            Command::Subscribe {
+        }) => match limits.auth.check_subscribe(grant.as_deref(), &targets) {
+            // Refused whole, like any error: nothing is subscribed.
+            Err(why) => Command::Reply {
                 session,
-                id,
-                targets,
-                options,
+                frame: wire::error(id, ErrorCode::Forbidden, &why),
+            },
+            Ok(()) => {
+                for target in &targets {
+                    crate::fault::inject(target.as_str(), "a session");
+                }
+                Command::Subscribe {
+                    session,
+                    id,
+                    targets,
+                    options,
+                }
             }
-        }
+        },
+        Ok(ClientOp::Auth { id, token }) => Command::Reply {
+            session,
+            frame: refresh(id, &token, limits, outbox, grant),
+        },
         Ok(ClientOp::Unsubscribe { id, targets }) => Command::Unsubscribe {
             session,
             id,
@@ -121,6 +144,32 @@ async fn handle_message(
     // Boxed: the send future (with the command) is large and rare, and a
     // state of this future lives in every idle connection's task.
     Box::pin(engine.send(command)).await
+}
+
+/// `{"op":"auth"}`: a valid token's grant replaces the connection's and its
+/// `exp` becomes the connection's deadline; a bad one changes nothing (the
+/// connection keeps its grant and deadline) and is answered `forbidden`.
+fn refresh(
+    id: Option<i64>,
+    token: &str,
+    limits: &SessionLimits,
+    outbox: &Outbox,
+    grant: &mut Option<Arc<Grant>>,
+) -> Bytes {
+    match limits.auth.refresh(token) {
+        Ok(fresh) => {
+            outbox.activity().expire_token_at(fresh.expires_at());
+            let reply = crate::auth::authed_reply(id, &fresh);
+            *grant = Some(Arc::new(fresh));
+            reply
+        }
+        Err(TokenError::NotConfigured) => wire::error(
+            id,
+            ErrorCode::Unsupported,
+            &TokenError::NotConfigured.to_string(),
+        ),
+        Err(e) => wire::error(id, ErrorCode::Forbidden, &e.to_string()),
+    }
 }
 
 /// Echoes a valid client close (RFC 6455 section 5.5.1; the writer sends it
