@@ -16,7 +16,9 @@
 //! beyond its grant with `forbidden`; the session sweeper
 //! (`session::watch`) closes a connection with 1008 when its token expires
 //! unless the client has sent a fresh one (`{"op":"auth"}`). A session
-//! keeps only an `Option<Arc<Grant>>` and one timestamp.
+//! keeps its grant (`Option<Arc<Grant>>` behind a mutex) and one deadline
+//! in its outbox's `Activity`, not in its task: no timer, and nothing in
+//! the idle connection's future but the hand-over at start.
 
 pub mod access;
 pub mod grant;

@@ -176,6 +176,10 @@ async fn drive(
 ) {
     let session = engine.new_session_id();
     let outbox = Arc::new(Outbox::new(limits.outbox_bytes));
+    if let Some(grant) = grant {
+        // Checked on each subscribe; the sweeper closes with 1008 at exp.
+        outbox.activity().set_grant(grant);
+    }
     if limits.direct_writes {
         outbox.attach_socket(write.clone(), metrics.clone());
     }
@@ -200,7 +204,7 @@ async fn drive(
         // Read timeouts are the sweeper's (no timer in this task); it
         // forgets the session once the last other owner of its outbox has.
         watchlist.watch(session, outbox.clone());
-        let reader = reader::read_loop(frames, session, engine, &outbox, limits, grant);
+        let reader = reader::read_loop(frames, session, engine, &outbox, limits);
         let drained = writer::Drained { engine, session };
         let writer = writer::write_loop(&write, &outbox, limits.write_timeout, metrics, &drained);
         tokio::pin!(reader, writer);

@@ -20,12 +20,7 @@ pub async fn read_loop<S: ReadSocket>(
     engine: &EngineHandle,
     outbox: &Outbox,
     limits: &SessionLimits,
-    mut grant: Option<Arc<Grant>>,
 ) {
-    if let Some(grant) = &grant {
-        // The sweeper closes the connection with 1008 at the token's exp.
-        outbox.activity().expire_token_at(grant.expires_at());
-    }
     // Text split over continuation frames, bounded like a single frame.
     let mut partial: Option<Vec<u8>> = None;
     loop {
@@ -83,29 +78,32 @@ pub async fn read_loop<S: ReadSocket>(
             outbox.close(close, false);
             return;
         }
-        if handle_message(message, session, engine, limits, outbox, &mut grant)
-            .await
-            .is_err()
-        {
+        let command = command_for(message, session, limits, outbox);
+        // Boxed: the send future (with the command) is large and rare, and
+        // a state of this future lives in every idle connection's task.
+        if Box::pin(engine.send(command)).await.is_err() {
             return;
         }
     }
 }
 
-async fn handle_message(
+/// What one client message asks of the engine (a reply, for an error).
+/// Not async: nothing of it stays in the connection's task.
+fn command_for(
     mut message: Vec<u8>,
     session: SessionId,
-    engine: &EngineHandle,
     limits: &SessionLimits,
     outbox: &Outbox,
-    grant: &mut Option<Arc<Grant>>,
-) -> Result<(), crate::engine::EngineGone> {
-    let command = match protocol::parse(&mut message, &limits.requests) {
+) -> Command {
+    match protocol::parse(&mut message, &limits.requests) {
         Ok(ClientOp::Subscribe {
             id,
             targets,
             options,
-        }) => match limits.auth.check_subscribe(grant.as_deref(), &targets) {
+        }) => match limits
+            .auth
+            .check_subscribe(grant_of(outbox, limits).as_deref(), &targets)
+        {
             // Refused whole, like any error: nothing is subscribed.
             Err(why) => Command::Reply {
                 session,
@@ -125,7 +123,7 @@ async fn handle_message(
         },
         Ok(ClientOp::Auth { id, token }) => Command::Reply {
             session,
-            frame: refresh(id, &token, limits, outbox, grant),
+            frame: refresh(id, &token, limits, outbox),
         },
         Ok(ClientOp::Unsubscribe { id, targets }) => Command::Unsubscribe {
             session,
@@ -140,27 +138,23 @@ async fn handle_message(
             session,
             frame: wire::error(e.id, e.code, &e.message),
         },
-    };
-    // Boxed: the send future (with the command) is large and rare, and a
-    // state of this future lives in every idle connection's task.
-    Box::pin(engine.send(command)).await
+    }
+}
+
+/// The connection's grant, where grants exist (a server with a token key).
+fn grant_of(outbox: &Outbox, limits: &SessionLimits) -> Option<Arc<Grant>> {
+    limits.auth.tokens.as_ref()?;
+    outbox.activity().grant()
 }
 
 /// `{"op":"auth"}`: a valid token's grant replaces the connection's and its
 /// `exp` becomes the connection's deadline; a bad one changes nothing (the
 /// connection keeps its grant and deadline) and is answered `forbidden`.
-fn refresh(
-    id: Option<i64>,
-    token: &str,
-    limits: &SessionLimits,
-    outbox: &Outbox,
-    grant: &mut Option<Arc<Grant>>,
-) -> Bytes {
+fn refresh(id: Option<i64>, token: &str, limits: &SessionLimits, outbox: &Outbox) -> Bytes {
     match limits.auth.refresh(token) {
         Ok(fresh) => {
-            outbox.activity().expire_token_at(fresh.expires_at());
             let reply = crate::auth::authed_reply(id, &fresh);
-            *grant = Some(Arc::new(fresh));
+            outbox.activity().set_grant(Arc::new(fresh));
             reply
         }
         Err(TokenError::NotConfigured) => wire::error(
