@@ -1,11 +1,14 @@
 //! What a session's reader and writer stamp as they go, for the one
-//! sweeper (`session::watch`) that enforces the read-side timeouts. Kept in
-//! each connection's outbox, which the engine shares; so it lives here,
-//! beside the outbox, not in the session module.
+//! sweeper (`session::watch`) that enforces the read-side timeouts, and
+//! what the connection's token allows. Kept in each connection's outbox,
+//! which the engine shares; so it lives here, beside the outbox, not in the
+//! session module.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
+
+use crate::auth::Grant;
 
 /// Milliseconds on a process-wide monotonic clock, from 1 (0 means "not
 /// set" in the stamps below).
@@ -28,6 +31,13 @@ pub struct Activity {
     pub(crate) frame_started_ms: AtomicU64,
     /// The `last_heard_ms` a ping was sent for: one ping per quiet spell.
     pub(crate) pinged_for_ms: AtomicU64,
+    /// When the connection's token expires (close 1008); 0 when it has none.
+    pub(crate) token_expires_ms: AtomicU64,
+    /// What the connection's token allows; `None` without a token (public
+    /// namespaces only). Here rather than in the session's task: the task
+    /// of an idle connection is most of its memory, and this is read only
+    /// on a subscribe and written only on `{"op":"auth"}`.
+    grant: Mutex<Option<Arc<Grant>>>,
 }
 
 impl Default for Activity {
@@ -36,6 +46,8 @@ impl Default for Activity {
             last_heard_ms: AtomicU64::new(now_ms()),
             frame_started_ms: AtomicU64::new(0),
             pinged_for_ms: AtomicU64::new(0),
+            token_expires_ms: AtomicU64::new(0),
+            grant: Mutex::new(None),
         }
     }
 }
@@ -59,6 +71,28 @@ impl Activity {
             Ordering::Relaxed,
             Ordering::Relaxed,
         );
+    }
+
+    /// The connection's token is now `grant`: it allows what its claim
+    /// says, and the connection is closed at its `exp` unless another
+    /// replaces it first.
+    pub fn set_grant(&self, grant: Arc<Grant>) {
+        self.expire_token_at(grant.expires_at());
+        *self.grant.lock().unwrap_or_else(|e| e.into_inner()) = Some(grant);
+    }
+
+    /// What the connection's token allows, if it has one.
+    pub fn grant(&self) -> Option<Arc<Grant>> {
+        self.grant.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The connection's token expires at `unix_secs` (its `exp`); a
+    /// refreshed token moves the deadline.
+    pub(crate) fn expire_token_at(&self, unix_secs: u64) {
+        let unix_now_ms = crate::clock::unix_nanos() / 1_000_000;
+        let left_ms = unix_secs.saturating_mul(1000).saturating_sub(unix_now_ms);
+        let deadline = now_ms().saturating_add(left_ms);
+        self.token_expires_ms.store(deadline, Ordering::Relaxed);
     }
 
     /// No frame or message is in progress.

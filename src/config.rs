@@ -11,11 +11,13 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
+use crate::auth::{Access, Auth, OriginPolicy, PublishKey, SubscribeRules, TokenVerifier};
 use crate::engine::{EngineLimits, IngestLimits, Mode, NamespacePolicy, Namespaces};
 use crate::feed::{FeedLimits, FeedSpec, ReplayOptions, Speed};
 use crate::http::admission::AdmissionLimits;
@@ -48,6 +50,8 @@ impl Cli {
     }
 }
 
+// Made once at start-up: the size of `Serve` costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Subcommand)]
 pub enum CliCommand {
     /// Serve channels over WebSocket (the default when no command is given).
@@ -91,6 +95,34 @@ pub struct ServeArgs {
     /// Log filter, e.g. `info`, `debug`, `tickcast=debug` [default: info; env RUST_LOG].
     #[arg(long, value_name = "FILTER")]
     pub log: Option<String>,
+    /// Secret (at least 32 bytes) that HS256 tokens are signed with. With a
+    /// secret or a public key, every namespace needs a token unless the config
+    /// makes it public. Prefer the environment variable: flags show in `ps`.
+    #[arg(
+        long,
+        value_name = "SECRET",
+        env = "TICKCAST_JWT_SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+    /// A PEM public key (RSA or EC) that RS256/PS256/ES256 tokens are checked
+    /// with, for issuers that keep the private key elsewhere.
+    #[arg(long, value_name = "PATH", env = "TICKCAST_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// A browser origin that may open WebSockets, like `https://app.example.com`,
+    /// or `*` for any; repeat for several. Without one, only pages served from
+    /// this server's own host may (clients that send no Origin always may).
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    pub allowed_origins: Vec<String>,
+    /// Key (at least 16 bytes) that `tcp:` producers send as their first line,
+    /// `{"auth":"KEY"}`. Needed for a tcp feed on a non-loopback address.
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "TICKCAST_PUBLISH_KEY",
+        hide_env_values = true
+    )]
+    pub publish_key: Option<String>,
 }
 
 /// The default configuration file; also the documentation of every key.
@@ -124,6 +156,34 @@ pub struct Config {
     /// Per-namespace policy; a key left out comes from `namespace_defaults`.
     #[serde(deserialize_with = "check::namespaces")]
     pub namespaces: BTreeMap<String, NamespaceConfig>,
+    /// `[auth]`: token keys, allowed origins, the publish key.
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`. Every key is optional; flags and environment variables win.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256 secret (`--jwt-secret`, `TICKCAST_JWT_SECRET`).
+    pub jwt_secret: Option<String>,
+    /// PEM public key file for RS/PS/ES tokens (`--jwt-public-key`).
+    pub jwt_public_key: Option<PathBuf>,
+    /// Browser origins that may open WebSockets (`--allowed-origin`).
+    pub allowed_origins: Vec<String>,
+    /// Key `tcp:` producers send first (`--publish-key`, `TICKCAST_PUBLISH_KEY`).
+    pub publish_key: Option<String>,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    // The secrets are never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| ".."))
+            .field("jwt_public_key", &self.jwt_public_key)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("publish_key", &self.publish_key.as_ref().map(|_| ".."))
+            .finish()
+    }
 }
 
 /// `[namespace_defaults]`.
@@ -133,6 +193,9 @@ pub struct NamespaceDefaults {
     pub mode: Mode,
     #[serde(deserialize_with = "check::history")]
     pub history: usize,
+    /// Who may subscribe; unset means "token" when a token key is
+    /// configured, else "public".
+    pub subscribe: Option<Access>,
 }
 
 impl Default for NamespaceDefaults {
@@ -141,6 +204,7 @@ impl Default for NamespaceDefaults {
         Self {
             mode: policy.mode,
             history: policy.history,
+            subscribe: None,
         }
     }
 }
@@ -152,6 +216,7 @@ pub struct NamespaceConfig {
     pub mode: Option<Mode>,
     #[serde(default, deserialize_with = "check::some_history")]
     pub history: Option<usize>,
+    pub subscribe: Option<Access>,
 }
 
 /// Most fanout shards one may ask for. Shards hold only their sessions'
@@ -190,6 +255,7 @@ impl Default for Config {
             limits: Limits::default(),
             namespace_defaults: NamespaceDefaults::default(),
             namespaces: BTreeMap::new(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -302,6 +368,10 @@ pub struct Limits {
     /// Each client's close frame on shutdown carries a delay drawn at
     /// random from 0 to this (ms), after which it should reconnect.
     pub shutdown_reconnect_spread_ms: u64,
+    /// Most patterns a token's `channels` claim may hold; a token with more
+    /// is refused (each subscribe is checked against all of them).
+    #[serde(deserialize_with = "check::max_token_channels")]
+    pub max_token_channels: usize,
 }
 
 impl Default for Limits {
@@ -337,6 +407,7 @@ impl Default for Limits {
             connection_limits_exempt: AddrRange::loopback(),
             shutdown_timeout_ms: 10_000,
             shutdown_reconnect_spread_ms: 10_000,
+            max_token_channels: 256,
         }
     }
 }
@@ -381,6 +452,7 @@ impl Limits {
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             direct_writes,
+            auth: Auth::open(),
             messages: MessageLimit::new(
                 self.messages_per_sec,
                 self.message_burst,
@@ -434,6 +506,10 @@ pub struct Settings {
     pub namespaces: Namespaces,
     /// Where client addresses come from behind a reverse proxy.
     pub trusted_proxy: TrustedProxy,
+    /// Token keys, who may subscribe where, allowed origins.
+    pub auth: Arc<Auth>,
+    /// The key `tcp:` producers must send first, if one is configured.
+    pub publish_key: Option<PublishKey>,
 }
 
 impl Default for Settings {
@@ -494,6 +570,7 @@ impl Config {
         let trusted_proxy = self
             .trusted_proxy()
             .map_err(|e| ConfigError::Invalid(format!("{}: {e}", place("trusted_proxy_header"))))?;
+        let (auth, publish_key) = self.auth_settings(args, &feeds)?;
         Ok(Settings {
             listen: args.listen.unwrap_or(self.listen),
             feeds,
@@ -510,6 +587,8 @@ impl Config {
                 .map_err(ConfigError::Invalid)?,
             limits: self.limits,
             namespaces,
+            auth,
+            publish_key,
             trusted_proxy,
         })
     }
@@ -535,6 +614,66 @@ impl Config {
                 })
             }
         }
+    }
+
+    /// `[auth]`, the flags and each namespace's `subscribe`, checked
+    /// together: a token namespace needs a key to check tokens with, a
+    /// `tcp:` feed beyond loopback a publish key.
+    fn auth_settings(
+        &self,
+        args: &ServeArgs,
+        feeds: &[FeedSpec],
+    ) -> Result<(Arc<Auth>, Option<PublishKey>), ConfigError> {
+        let invalid = |what: &str, e: String| ConfigError::Invalid(format!("{what}: {e}"));
+        let mut tokens = None;
+        let max_channels = self.limits.max_token_channels;
+        if let Some(secret) = args.jwt_secret.as_ref().or(self.auth.jwt_secret.as_ref()) {
+            let verifier = TokenVerifier::new(max_channels).with_secret(secret.as_bytes());
+            tokens = Some(verifier.map_err(|e| invalid("--jwt-secret / [auth] jwt_secret", e))?);
+        }
+        if let Some(path) = args
+            .jwt_public_key
+            .as_ref()
+            .or(self.auth.jwt_public_key.as_ref())
+        {
+            let verifier = tokens.unwrap_or_else(|| TokenVerifier::new(max_channels));
+            tokens = Some(
+                verifier
+                    .with_public_key_file(path)
+                    .map_err(ConfigError::Invalid)?,
+            );
+        }
+        let default = match self.namespace_defaults.subscribe {
+            Some(access) => access,
+            None if tokens.is_some() => Access::Token,
+            None => Access::Public,
+        };
+        let named = self
+            .namespaces
+            .iter()
+            .filter_map(|(name, ns)| Some((name.clone(), ns.subscribe?)))
+            .collect();
+        let origins = if args.allowed_origins.is_empty() {
+            &self.auth.allowed_origins
+        } else {
+            &args.allowed_origins
+        };
+        let auth = Auth {
+            tokens,
+            subscribe: SubscribeRules { default, named },
+            origins: OriginPolicy::new(origins)
+                .map_err(|e| invalid("--allowed-origin / [auth] allowed_origins", e))?,
+        };
+        let publish_key = match args.publish_key.as_ref().or(self.auth.publish_key.as_ref()) {
+            Some(key) => Some(
+                PublishKey::new(key)
+                    .map_err(|e| invalid("--publish-key / [auth] publish_key", e))?,
+            ),
+            None => None,
+        };
+        crate::auth::check_startup(&auth, feeds, publish_key.as_ref())
+            .map_err(ConfigError::Invalid)?;
+        Ok((Arc::new(auth), publish_key))
     }
 
     fn namespace_policies(&self) -> Namespaces {
@@ -615,6 +754,7 @@ mod check {
         new_connections_per_sec: u32 = "limits.new_connections_per_sec";
         max_tracked_ips: usize = "limits.max_tracked_ips";
         shutdown_timeout_ms: u64 = "limits.shutdown_timeout_ms";
+        max_token_channels: usize = "limits.max_token_channels";
     }
 
     pub fn engine_shards<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
@@ -751,6 +891,12 @@ mod tests {
         );
         assert_eq!(parsed.namespace_defaults, defaults.namespace_defaults);
         assert_eq!(parsed.namespaces, defaults.namespaces);
+        assert_eq!(
+            parsed.limits.max_token_channels,
+            defaults.limits.max_token_channels
+        );
+        assert_eq!(parsed.auth.allowed_origins, defaults.auth.allowed_origins);
+        assert!(parsed.auth.jwt_secret.is_none() && parsed.auth.publish_key.is_none());
         let (p, d) = (&parsed.limits, &defaults.limits);
         assert_eq!(
             p.session(false).messages,
@@ -811,6 +957,86 @@ mod tests {
         let err = resolve("trusted_proxies = [\"10.0.0.0/99\"]\n").unwrap_err();
         assert!(
             err.contains("10.0.0.0/99") && err.contains("line 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn auth_keys_resolve_together() {
+        // No key: every namespace public, as in the demo.
+        let open = Settings::default();
+        assert!(open.auth.tokens.is_none() && open.publish_key.is_none());
+        assert_eq!(open.auth.subscribe.default, Access::Public);
+        // A secret makes "token" the default; a namespace may stay public.
+        let text = "[auth]\njwt_secret = \"0123456789abcdef0123456789abcdef\"\n\
+                    [namespaces.demo]\nsubscribe = \"public\"\n";
+        let file: Config = toml::from_str(text).unwrap();
+        assert!(
+            !format!("{file:?}").contains("0123456789abcdef"),
+            "secrets are never printed"
+        );
+        let settings = file.resolve(&ServeArgs::default(), None).unwrap();
+        assert!(settings.auth.tokens.is_some());
+        assert_eq!(settings.auth.subscribe.of("quotes"), Access::Token);
+        assert_eq!(settings.auth.subscribe.of("demo"), Access::Public);
+        // Flags, and what they are checked for.
+        let args = ServeArgs {
+            allowed_origins: vec!["https://app.example".into()],
+            publish_key: Some("k".repeat(16)),
+            feeds: vec!["tcp:0.0.0.0:9100".parse().unwrap()],
+            ..ServeArgs::default()
+        };
+        let settings = Config::default().resolve(&args, None).unwrap();
+        assert!(
+            settings.publish_key.is_some(),
+            "a key lets a tcp feed off loopback"
+        );
+        assert!(settings
+            .auth
+            .origins
+            .check(Some(b"https://app.example"), Some(b"x"))
+            .is_ok());
+        for (args, key) in [
+            (
+                ServeArgs {
+                    jwt_secret: Some("short".into()),
+                    ..ServeArgs::default()
+                },
+                "--jwt-secret",
+            ),
+            (
+                ServeArgs {
+                    publish_key: Some("short".into()),
+                    ..ServeArgs::default()
+                },
+                "--publish-key",
+            ),
+            (
+                ServeArgs {
+                    allowed_origins: vec!["app.example".into()],
+                    ..ServeArgs::default()
+                },
+                "--allowed-origin",
+            ),
+            (
+                ServeArgs {
+                    jwt_public_key: Some("/no/such/key.pem".into()),
+                    ..ServeArgs::default()
+                },
+                "/no/such/key.pem",
+            ),
+        ] {
+            let err = Config::default()
+                .resolve(&args, None)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{key} missing from: {err}");
+        }
+        let err = toml::from_str::<Config>("[auth]\njwt_secert = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("jwt_secert") && err.contains("line 2"),
             "{err}"
         );
     }

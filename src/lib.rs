@@ -17,6 +17,9 @@
 //!    messages into engine commands.
 //! 5. [`http`] serves `/ws`, `/channels`, `/healthz` and the live page.
 //!
+//! [`auth`] decides who may do what: tokens and Origin at the handshake,
+//! the token's grant on each subscribe, the publish key on `tcp:` feeds.
+//!
 //! [`json_depth`] bounds how deep client messages and feed lines may nest
 //! before anything parses them. [`config`] holds every flag and limit; [`server`] wires the parts together.
 //! [`rate`] is the one-timestamp token bucket behind the rate limits;
@@ -25,6 +28,7 @@
 #![deny(unsafe_code)]
 
 pub mod activity;
+pub mod auth;
 pub mod channel;
 pub mod clock;
 pub mod config;

@@ -217,6 +217,12 @@ counters! {
         "Connections closed (1001) for sending nothing for limits.idle_timeout_ms.";
     frame_timeouts_closed: Counter "tickcast_frame_timeouts_closed_total" at "frame_timeouts_closed",
         "Connections closed (1008) for a frame not finished within limits.frame_timeout_ms.";
+    tokens_expired_closed: Counter "tickcast_tokens_expired_closed_total" at "tokens_expired_closed",
+        "Connections closed (1008) when their token expired without a fresh one.";
+    auth_refused: Counter "tickcast_auth_refused_total" at "auth_refused",
+        "WebSocket handshakes refused with 401: token missing, invalid or expired.";
+    origin_refused: Counter "tickcast_origin_refused_total" at "origin_refused",
+        "WebSocket handshakes refused with 403: Origin not allowed.";
     session_panics: Counter "tickcast_session_panics_total" at "session_panics",
         "Sessions ended by a contained panic (closed with 1011); nothing else is affected.";
     accept_errors: Counter "tickcast_accept_errors_total" at "accept.errors",

@@ -44,6 +44,9 @@ pub enum StartError {
     },
     #[error("cannot read the listener's address: {0}")]
     Listener(std::io::Error),
+    /// A rule the settings cannot keep (see `auth::check_startup`).
+    #[error("{0}")]
+    Unguarded(String),
 }
 
 /// A server that is running; dropping it does not stop it: call `shutdown`.
@@ -121,6 +124,16 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<RunningServer, StartError> {
     let addr = listener.local_addr().map_err(StartError::Listener)?;
+    crate::auth::check_startup(
+        &settings.auth,
+        &settings.feeds,
+        settings.publish_key.as_ref(),
+    )
+    .map_err(StartError::Unguarded)?;
+    if settings.auth.tokens.is_none() && !addr.ip().to_canonical().is_loopback() {
+        tracing::warn!(%addr, "serving beyond loopback with no token key: every channel is public \
+            (see docs/security.md, \"Authentication\")");
+    }
     check_feeds(&settings.feeds).await?;
     // The state stage is the feed ring's only gating consumer.
     let ring: Ring<RingItem> = Ring::with_consumers(settings.limits.ring_capacity, 1);
@@ -178,7 +191,8 @@ pub async fn start(
         let output = FeedOutput::new(ring.producer(), stats.clone())
             .with_metrics(metrics.clone())
             .with_max_json_depth(settings.limits.max_json_depth)
-            .with_limits(settings.limits.feed());
+            .with_limits(settings.limits.feed())
+            .with_publish_key(settings.publish_key.clone());
         feed_tasks.push(feed::spawn(
             spec.clone(),
             settings.replay,
@@ -211,10 +225,12 @@ pub async fn start(
         metrics.clone(),
         engine_stop.clone(),
     )));
+    let mut session_limits = settings.limits.session(settings.direct_writes);
+    session_limits.auth = settings.auth.clone();
     let state = Arc::new(
         AppState::new(
             handle.clone(),
-            Arc::new(settings.limits.session(settings.direct_writes)),
+            Arc::new(session_limits),
             feeds.clone(),
             settings.limits.max_connections,
             metrics,

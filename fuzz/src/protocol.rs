@@ -51,6 +51,7 @@ fn accepted(data: &[u8], op: &ClientOp, reference: Option<Result<Value, ()>>, ma
         ClientOp::Ping { id } => ("ping", *id, None),
         ClientOp::Subscribe { id, targets, .. } => ("subscribe", *id, Some(targets)),
         ClientOp::Unsubscribe { id, targets } => ("unsubscribe", *id, Some(targets)),
+        ClientOp::Auth { id, .. } => ("auth", *id, None),
     };
     if let Some(targets) = targets {
         assert!(

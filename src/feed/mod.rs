@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncBufRead;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::PublishKey;
 use crate::clock;
 use crate::handoff::Handoff;
 use crate::json_depth;
@@ -205,6 +206,8 @@ pub struct FeedStats {
     producers_refused: AtomicU64,
     /// Producer connections closed after `limits.producer_idle_timeout_ms`.
     producers_idle_closed: AtomicU64,
+    /// Producer connections closed for a missing or wrong publish key.
+    producers_unauthorized: AtomicU64,
     /// Rejected lines counted but not logged (the log budget was spent).
     rejections_not_logged: AtomicU64,
     /// Panics contained in this feed (its task or one producer connection).
@@ -224,6 +227,7 @@ impl FeedStats {
             producers: AtomicU64::new(0),
             producers_refused: AtomicU64::new(0),
             producers_idle_closed: AtomicU64::new(0),
+            producers_unauthorized: AtomicU64::new(0),
             rejections_not_logged: AtomicU64::new(0),
             panics: AtomicU64::new(0),
             recent_rejections: Mutex::new(VecDeque::new()),
@@ -254,6 +258,10 @@ impl FeedStats {
 
     pub fn producers_idle_closed(&self) -> u64 {
         self.producers_idle_closed.load(Ordering::Relaxed)
+    }
+
+    pub fn producers_unauthorized(&self) -> u64 {
+        self.producers_unauthorized.load(Ordering::Relaxed)
     }
 
     /// Rejected lines that were counted but not logged.
@@ -319,6 +327,8 @@ pub struct FeedOutput {
     reject_log: Arc<Mutex<LogBudget>>,
     /// Where the log budget's clock starts.
     started: Instant,
+    /// The key producers of a listening feed must send first, if any.
+    publish_key: Option<PublishKey>,
 }
 
 impl FeedOutput {
@@ -332,7 +342,18 @@ impl FeedOutput {
             limits,
             reject_log: Arc::new(Mutex::new(limits.log_budget())),
             started: Instant::now(),
+            publish_key: None,
         }
+    }
+
+    /// Producers of a listening feed must send `key` first (`tcp`).
+    pub fn with_publish_key(mut self, key: Option<PublishKey>) -> Self {
+        self.publish_key = key;
+        self
+    }
+
+    pub fn publish_key(&self) -> Option<&PublishKey> {
+        self.publish_key.as_ref()
     }
 
     /// Refuses lines nested deeper than `depth` (`limits.max_json_depth`).

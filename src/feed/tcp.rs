@@ -18,6 +18,13 @@
 //! - Each served connection buffers at most one line (1 MiB,
 //!   `record::MAX_LINE_BYTES`), so memory stays bounded.
 //!
+//! With a publish key configured (`--publish-key`), a producer's first
+//! line must be `{"auth":"KEY"}`; one that sends anything else, or another
+//! key, is sent an `{"error":...}` line and closed before any of its
+//! records is taken. Line numbers in rejections then count from the line
+//! after the auth line. Without a key the feed must listen on loopback
+//! (start-up refuses anything else; see `auth::publish`).
+//!
 //! Bind to port 0 to get a free port; the bound address is logged and kept in
 //! [`FeedStats::local_addr`](super::FeedStats::local_addr).
 
@@ -34,9 +41,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::log_budget::Verdict;
+use super::log_budget::{LogBudget, Verdict};
 use super::{FeedOutput, FeedStats};
-use crate::record::FeedRecord;
+use crate::auth::publish::{AuthLineError, MAX_AUTH_LINE};
+use crate::auth::PublishKey;
+use crate::record::{FeedRecord, LineReader, RawLine};
 
 /// Pause after a failed `accept` (typically: out of file descriptors), so
 /// the loop does not spin while the condition lasts.
@@ -82,8 +91,7 @@ async fn serve(
     // Refusals in progress are bounded too: past this, a connection is
     // simply closed (a flood of connects must not become a flood of tasks).
     let refusals = Arc::new(Semaphore::new(max_producers));
-    let refusal_log = Arc::new(Mutex::new(out.limits().log_budget()));
-    let started = Instant::now();
+    let refusal_log = Arc::new(RefusalLog::new(out.limits().log_budget()));
     let producers = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -105,7 +113,8 @@ async fn serve(
         match slots.clone().try_acquire_owned() {
             Ok(slot) => {
                 let stats = out.stats().clone();
-                let task = produce(stream, out.clone(), shutdown.clone(), slot);
+                let refusals = refusal_log.clone();
+                let task = produce(stream, out.clone(), shutdown.clone(), slot, refusals);
                 // A panic ends this producer's connection only.
                 let contained = async move {
                     if let Err(panic) = crate::fault::contain(task).await {
@@ -118,11 +127,7 @@ async fn serve(
                 out.stats()
                     .producers_refused
                     .fetch_add(1, Ordering::Relaxed);
-                let now_ns = started.elapsed().as_nanos() as u64;
-                let verdict = refusal_log
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .admit(now_ns);
+                let verdict = refusal_log.admit();
                 log_refusal(&feed, &peer, max_producers, verdict);
                 if let Ok(permit) = refusals.clone().try_acquire_owned() {
                     producers.spawn(refuse(stream, max_producers, permit).instrument(span));
@@ -141,6 +146,29 @@ async fn serve(
             "producer connections still busy after shutdown; leaving them");
     }
     Ok(())
+}
+
+/// The log budget shared by every refusal of one feed (too many
+/// producers, no or a wrong publish key): a flood of connects cannot flood
+/// the log.
+struct RefusalLog {
+    budget: Mutex<LogBudget>,
+    started: Instant,
+}
+
+impl RefusalLog {
+    fn new(budget: LogBudget) -> Self {
+        Self {
+            budget: Mutex::new(budget),
+            started: Instant::now(),
+        }
+    }
+
+    fn admit(&self) -> Verdict {
+        let now_ns = self.started.elapsed().as_nanos() as u64;
+        let mut budget = self.budget.lock().unwrap_or_else(|e| e.into_inner());
+        budget.admit(now_ns)
+    }
 }
 
 fn log_refusal(feed: &str, peer: &SocketAddr, max_producers: usize, verdict: Verdict) {
@@ -185,14 +213,33 @@ async fn produce(
     out: FeedOutput,
     shutdown: CancellationToken,
     slot: OwnedSemaphorePermit,
+    refusal_log: Arc<RefusalLog>,
 ) {
     let _connected = Connected::count(out.stats().clone(), slot);
     let stats = out.stats().clone();
     tracing::info!("producer connected");
     let idle = out.limits().producer_idle_timeout;
+    let mut input = BufReader::new(&mut stream);
+    if let Some(key) = out.publish_key() {
+        let checked = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            checked = tokio::time::timeout(idle, authenticate(&mut input, key)) => checked,
+        };
+        let refused = match checked {
+            Ok(Ok(())) => None,
+            Ok(Err(Some(why))) => Some(why),
+            // The producer left, or sent no complete line in time.
+            Ok(Err(None)) | Err(_) => Some(AuthLineError::NotAnAuthLine),
+        };
+        if let Some(why) = refused {
+            drop(input);
+            return refuse_unauthorized(stream, why, &stats, &refusal_log).await;
+        }
+    }
     let no_pacing = |_: &FeedRecord| std::future::ready(());
     let result = out
-        .ingest_lines_with_timeout(BufReader::new(&mut stream), &shutdown, no_pacing, idle)
+        .ingest_lines_with_timeout(input, &shutdown, no_pacing, idle)
         .await;
     match result {
         Ok(c) => tracing::info!(
@@ -217,6 +264,51 @@ async fn produce(
         }
         Err(e) => tracing::warn!("producer connection failed: {e}"),
     }
+}
+
+/// Reads the producer's first line and checks the key in it. `Err(None)`:
+/// the connection ended or failed first.
+async fn authenticate(
+    input: &mut BufReader<&mut TcpStream>,
+    key: &PublishKey,
+) -> Result<(), Option<AuthLineError>> {
+    // At most MAX_AUTH_LINE bytes are kept, whatever the producer sends.
+    let mut lines = LineReader::with_max_line(input, MAX_AUTH_LINE);
+    match lines.next_line().await {
+        Ok(Some((_, RawLine::Bytes(line)))) => key.accepts_line(line).map_err(Some),
+        Ok(Some((_, RawLine::TooLong))) => Err(Some(AuthLineError::NotAnAuthLine)),
+        Ok(None) | Err(_) => Err(None),
+    }
+}
+
+/// Tells a producer without the right key why, logs it (within the feed's
+/// refusal log budget) and closes, bounded by [`REFUSAL_LINGER`].
+async fn refuse_unauthorized(
+    mut stream: TcpStream,
+    why: AuthLineError,
+    stats: &FeedStats,
+    refusal_log: &RefusalLog,
+) {
+    stats.producers_unauthorized.fetch_add(1, Ordering::Relaxed);
+    match refusal_log.admit() {
+        Verdict::Log { suppressed_before } => tracing::warn!(
+            refused_unlogged_before = suppressed_before,
+            "producer refused: {why}"
+        ),
+        Verdict::Suppress { first: true } => {
+            tracing::warn!("more producers refused; counting them without logging (see /metrics)")
+        }
+        Verdict::Suppress { first: false } => {}
+    }
+    let line = why.reply_line();
+    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
+        stream.write_all(line.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        io::Result::Ok(())
+    })
+    .await;
 }
 
 /// Counts an open producer connection and holds its slot while it lives.

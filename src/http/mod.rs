@@ -8,13 +8,17 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{
+    HeaderValue, CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{self, Grant, TokenError};
+use crate::channel::ChannelName;
 use crate::engine::EngineHandle;
 use crate::feed::{FeedStats, FeedStatus};
 use crate::metrics::Metrics;
@@ -140,18 +144,29 @@ async fn route(mut req: Request<Incoming>, state: &Arc<AppState>) -> Response<Bo
             .body(Full::new(Bytes::from(observe::prometheus(state))))
             .expect("static response"),
         "/stats" => json(StatusCode::OK, &observe::stats_json(state).await),
-        "/channels" => match state.engine.channel_list().await {
-            Ok(list) => json(StatusCode::OK, &serde_json::json!({ "channels": list })),
-            Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+        "/channels" => match (reader_grant(&req, state), state.engine.channel_list().await) {
+            (Err(refused), _) => *refused,
+            (Ok(grant), Ok(mut list)) => {
+                // Channels of token namespaces only for a token covering them.
+                let auth = &state.session_limits.auth;
+                list.retain(|info| {
+                    ChannelName::new(&info.name).is_ok_and(|n| auth.may_read(grant.as_ref(), &n))
+                });
+                json(StatusCode::OK, &serde_json::json!({ "channels": list }))
+            }
+            (Ok(_), Err(_)) => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
         },
         _ => match path.strip_prefix("/channels/") {
-            Some(name) => match state.engine.snapshot(name).await {
-                Ok(Some(snapshot)) => json(StatusCode::OK, &snapshot),
-                Ok(None) => json(
-                    StatusCode::NOT_FOUND,
-                    &serde_json::json!({ "error": format!("no channel named {name:?}; GET /channels lists them") }),
-                ),
-                Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+            Some(name) => match may_read_channel(&req, state, name) {
+                Err(refused) => *refused,
+                Ok(()) => match state.engine.snapshot(name).await {
+                    Ok(Some(snapshot)) => json(StatusCode::OK, &snapshot),
+                    Ok(None) => json(
+                        StatusCode::NOT_FOUND,
+                        &serde_json::json!({ "error": format!("no channel named {name:?}; GET /channels lists them") }),
+                    ),
+                    Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+                },
             },
             None => text(
                 StatusCode::NOT_FOUND,
@@ -187,9 +202,30 @@ fn upgrade(req: &mut Request<Incoming>, state: &Arc<AppState>) -> Response<Body>
             "this is the WebSocket endpoint: connect with a WebSocket client\n",
         );
     }
+    // Who may connect, before anything is spent on the connection: the
+    // Origin (free to check), then the per-address limits (so a flood of
+    // guessed tokens is slowed like any other), then the token.
+    let auth = &state.session_limits.auth;
+    let headers = req.headers();
+    let origin = headers.get(ORIGIN).map(|v| v.as_bytes());
+    if let Err(refused) = auth
+        .origins
+        .check(origin, headers.get(HOST).map(|v| v.as_bytes()))
+    {
+        state.metrics.origin_refused.fetch_add(1, Ordering::Relaxed);
+        return text(StatusCode::FORBIDDEN, &format!("{refused}\n"));
+    }
     let admitted = match admit(req, state) {
         Ok(admitted) => admitted,
         Err(refusal) => return refused(refusal, state.admission.limits()),
+    };
+    let grant = match auth.admit(auth::token_from_request(req)) {
+        Ok(grant) => grant.map(Arc::new),
+        Err(refused) => {
+            state.admission.release(admitted);
+            state.metrics.auth_refused.fetch_add(1, Ordering::Relaxed);
+            return unauthorized(&refused);
+        }
     };
     // Reserve a slot first so concurrent upgrades cannot overshoot the limit.
     let live = state.live_sessions.fetch_add(1, Ordering::Relaxed);
@@ -219,9 +255,69 @@ fn upgrade(req: &mut Request<Incoming>, state: &Arc<AppState>) -> Response<Body>
         state.session_limits.clone(),
         state.metrics.clone(),
         state.watchlist.clone(),
+        grant,
         slot,
     ));
     response.map(|_| Full::new(Bytes::new()))
+}
+
+/// 401 with the reason in the body and in `WWW-Authenticate` (RFC 6750).
+fn unauthorized(why: &TokenError) -> Response<Body> {
+    let mut response = text(StatusCode::UNAUTHORIZED, &format!("{why}\n"));
+    let error = match why {
+        TokenError::Missing => "Bearer".to_owned(),
+        other => format!(
+            "Bearer error=\"invalid_token\", error_description=\"{}\"",
+            other.to_string().replace(['"', '\\'], "'")
+        ),
+    };
+    if let Ok(value) = hyper::header::HeaderValue::from_str(&error) {
+        response.headers_mut().insert(WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+/// The grant of the token a plain HTTP request carries, where one matters
+/// (some namespace needs tokens): `Err` is the 401 for a bad token.
+fn reader_grant(
+    req: &Request<Incoming>,
+    state: &AppState,
+) -> Result<Option<Grant>, Box<Response<Body>>> {
+    let auth = &state.session_limits.auth;
+    if !auth.subscribe.any_need_tokens() {
+        return Ok(None);
+    }
+    match auth::token_from_request(req) {
+        None => Ok(None),
+        Some(token) => auth
+            .refresh(token)
+            .map(Some)
+            .map_err(|e| Box::new(unauthorized(&e))),
+    }
+}
+
+/// `GET /channels/<name>` of a token namespace: 401 without a valid token,
+/// 403 with one that does not cover the channel.
+fn may_read_channel(
+    req: &Request<Incoming>,
+    state: &AppState,
+    name: &str,
+) -> Result<(), Box<Response<Body>>> {
+    let Ok(name) = ChannelName::new(name) else {
+        return Ok(()); // Not a channel: the lookup answers 404.
+    };
+    let grant = reader_grant(req, state)?;
+    let auth = &state.session_limits.auth;
+    if auth.may_read(grant.as_ref(), &name) {
+        return Ok(());
+    }
+    Err(Box::new(match grant {
+        None => unauthorized(&TokenError::Missing),
+        Some(_) => text(
+            StatusCode::FORBIDDEN,
+            &format!("{name}: not covered by the token's channels claim\n"),
+        ),
+    }))
 }
 
 /// One of the `max_connections` places, and the client's place under the

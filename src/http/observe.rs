@@ -96,7 +96,7 @@ const fn feed_metric(
     }
 }
 
-pub const FEED_METRICS: [FeedMetric; 5] = [
+pub const FEED_METRICS: [FeedMetric; 6] = [
     feed_metric(
         "tickcast_feed_producers",
         Kind::Gauge,
@@ -117,6 +117,13 @@ pub const FEED_METRICS: [FeedMetric; 5] = [
         "producers_idle_closed",
         "Producer connections closed after limits.producer_idle_timeout_ms without a complete line.",
         FeedStats::producers_idle_closed,
+    ),
+    feed_metric(
+        "tickcast_feed_producers_unauthorized_total",
+        Kind::Counter,
+        "producers_unauthorized",
+        "Producer connections closed for a missing or wrong publish key.",
+        FeedStats::producers_unauthorized,
     ),
     feed_metric(
         "tickcast_feed_rejections_not_logged_total",

@@ -28,6 +28,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
+use crate::auth::Grant;
 use crate::engine::{Command, EngineHandle, SessionId};
 use crate::metrics::Metrics;
 use crate::wire::{self, CloseCode};
@@ -57,6 +58,8 @@ pub struct SessionLimits {
     pub direct_writes: bool,
     /// How fast a client may send messages (`message_rate`).
     pub messages: message_rate::MessageLimit,
+    /// Who may subscribe where, and how a refreshed token is checked.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 /// Most bytes the kernel keeps queued and not yet sent on a session's
@@ -74,13 +77,15 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Runs a session on an upgraded connection until either side closes.
 /// `slot` (the connection's place under `max_connections`) is dropped when
 /// the session ends; taking it here rather than in a wrapping block keeps
-/// one copy of the arguments in the task, not two.
+/// one copy of the arguments in the task, not two. `grant` is what the
+/// handshake's token allows (`None`: no token, public namespaces only).
 pub async fn run(
     upgrade: fastwebsockets::upgrade::UpgradeFut,
     engine: EngineHandle,
     limits: Arc<SessionLimits>,
     metrics: Arc<Metrics>,
     watchlist: Arc<Watchlist>,
+    grant: Option<Arc<Grant>>,
     slot: impl Send,
 ) {
     let _slot = slot;
@@ -101,6 +106,7 @@ pub async fn run(
         &limits,
         &metrics,
         &watchlist,
+        grant,
     );
     // A panic while serving this session ends this session only (its
     // `OnPanic` guard has told the client and the engine).
@@ -169,9 +175,14 @@ async fn drive(
     limits: &SessionLimits,
     metrics: &Arc<Metrics>,
     watchlist: &Arc<Watchlist>,
+    grant: Option<Arc<Grant>>,
 ) {
     let session = engine.new_session_id();
     let outbox = Arc::new(Outbox::new(limits.outbox_bytes));
+    if let Some(grant) = grant {
+        // Checked on each subscribe; the sweeper closes with 1008 at exp.
+        outbox.activity().set_grant(grant);
+    }
     if limits.direct_writes {
         outbox.attach_socket(write.clone(), metrics.clone());
     }
@@ -251,7 +262,7 @@ mod tests {
         let (_, upgrade) = fastwebsockets::upgrade::upgrade(&mut request).unwrap();
         let metrics = Arc::new(Metrics::new());
         let watchlist = Arc::new(Watchlist::new(&limits, metrics.clone()));
-        let session = run(upgrade, engine, limits, metrics, watchlist, ());
+        let session = run(upgrade, engine, limits, metrics, watchlist, None, ());
         let size = std::mem::size_of_val(&session);
         assert!(
             size <= SESSION_FUTURE_BUDGET,

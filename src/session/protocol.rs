@@ -48,6 +48,11 @@ pub enum ClientOp {
     Ping {
         id: Option<i64>,
     },
+    /// A fresh token for the connection (before the current one expires).
+    Auth {
+        id: Option<i64>,
+        token: String,
+    },
 }
 
 pub use crate::engine::SubscribeOptions;
@@ -121,7 +126,11 @@ pub fn parse(text: &mut [u8], limits: &RequestLimits) -> Result<ClientOp, Protoc
     let bad = |message: String| ProtocolError::new(id, ErrorCode::BadRequest, message);
     let op = match message.get("op") {
         Some(Value::String(op)) => op.as_str(),
-        _ => return Err(bad("missing op: use subscribe, unsubscribe or ping".into())),
+        _ => {
+            return Err(bad(
+                "missing op: use subscribe, unsubscribe, ping or auth".into()
+            ))
+        }
     };
     match op {
         "ping" => Ok(ClientOp::Ping { id }),
@@ -138,8 +147,15 @@ pub fn parse(text: &mut [u8], limits: &RequestLimits) -> Result<ClientOp, Protoc
             let targets = targets(id, message.get("channels"), limits.max_channels)?;
             Ok(ClientOp::Unsubscribe { id, targets })
         }
+        "auth" => match message.get("token") {
+            Some(Value::String(token)) if !token.is_empty() => Ok(ClientOp::Auth {
+                id,
+                token: token.clone(),
+            }),
+            _ => Err(bad("auth needs a token: a JWT as a non-empty string".into())),
+        },
         other => Err(bad(format!(
-            "unknown op {other:?}: use subscribe, unsubscribe or ping"
+            "unknown op {other:?}: use subscribe, unsubscribe, ping or auth"
         ))),
     }
 }
@@ -283,6 +299,13 @@ mod tests {
             parse_str(r#"{"op":"ping","x":[1]}"#),
             Ok(ClientOp::Ping { id: None })
         );
+        assert_eq!(
+            parse_str(r#"{"op":"auth","id":4,"token":"a.b.c"}"#),
+            Ok(ClientOp::Auth {
+                id: Some(4),
+                token: "a.b.c".into()
+            })
+        );
         let Ok(ClientOp::Subscribe {
             id,
             targets,
@@ -378,6 +401,11 @@ mod tests {
         assert_eq!(code(r#"{"op":"ping","id":"x"}"#), (None, BadRequest));
         assert_eq!(code(r#"{"id":2}"#), (Some(2), BadRequest));
         assert_eq!(code(r#"{"op":"dance","id":2}"#), (Some(2), BadRequest));
+        assert_eq!(code(r#"{"op":"auth","id":2}"#), (Some(2), BadRequest));
+        assert_eq!(
+            code(r#"{"op":"auth","id":2,"token":7}"#),
+            (Some(2), BadRequest)
+        );
         assert_eq!(code(r#"{"op":"subscribe","id":2}"#), (Some(2), BadRequest));
         assert_eq!(
             code(r#"{"op":"subscribe","id":2,"channels":[]}"#),

@@ -1,10 +1,15 @@
 //! The read half: client frames in, engine commands out.
 
+use std::sync::Arc;
+
+use bytes::Bytes;
+
 use super::frames::{FrameError, FrameReader, OpCode, ReadSocket};
 use super::message_rate::{self, MessageBudget, Verdict};
 use super::outbox::Outbox;
 use super::protocol::{self, ClientOp};
 use super::SessionLimits;
+use crate::auth::{Grant, TokenError};
 use crate::engine::{Command, EngineHandle, SessionId};
 use crate::metrics::Metrics;
 use crate::wire::{self, CloseCode, ErrorCode};
@@ -97,37 +102,53 @@ pub async fn read_loop<S: ReadSocket>(
             outbox.close(close, false);
             return;
         }
-        if handle_message(message, session, engine, limits)
-            .await
-            .is_err()
-        {
+        let command = command_for(message, session, limits, outbox);
+        // Boxed: the send future (with the command) is large and rare, and
+        // a state of this future lives in every idle connection's task.
+        if Box::pin(engine.send(command)).await.is_err() {
             return;
         }
     }
 }
 
-async fn handle_message(
+/// What one client message asks of the engine (a reply, for an error).
+/// Not async: nothing of it stays in the connection's task.
+fn command_for(
     mut message: Vec<u8>,
     session: SessionId,
-    engine: &EngineHandle,
     limits: &SessionLimits,
-) -> Result<(), crate::engine::EngineGone> {
-    let command = match protocol::parse(&mut message, &limits.requests) {
+    outbox: &Outbox,
+) -> Command {
+    match protocol::parse(&mut message, &limits.requests) {
         Ok(ClientOp::Subscribe {
             id,
             targets,
             options,
-        }) => {
-            for target in &targets {
-                crate::fault::inject(target.as_str(), "a session");
-            }
-            Command::Subscribe {
+        }) => match limits
+            .auth
+            .check_subscribe(grant_of(outbox, limits).as_deref(), &targets)
+        {
+            // Refused whole, like any error: nothing is subscribed.
+            Err(why) => Command::Reply {
                 session,
-                id,
-                targets,
-                options,
+                frame: wire::error(id, ErrorCode::Forbidden, &why),
+            },
+            Ok(()) => {
+                for target in &targets {
+                    crate::fault::inject(target.as_str(), "a session");
+                }
+                Command::Subscribe {
+                    session,
+                    id,
+                    targets,
+                    options,
+                }
             }
-        }
+        },
+        Ok(ClientOp::Auth { id, token }) => Command::Reply {
+            session,
+            frame: refresh(id, &token, limits, outbox),
+        },
         Ok(ClientOp::Unsubscribe { id, targets }) => Command::Unsubscribe {
             session,
             id,
@@ -141,10 +162,32 @@ async fn handle_message(
             session,
             frame: wire::error(e.id, e.code, &e.message),
         },
-    };
-    // Boxed: the send future (with the command) is large and rare, and a
-    // state of this future lives in every idle connection's task.
-    Box::pin(engine.send(command)).await
+    }
+}
+
+/// The connection's grant, where grants exist (a server with a token key).
+fn grant_of(outbox: &Outbox, limits: &SessionLimits) -> Option<Arc<Grant>> {
+    limits.auth.tokens.as_ref()?;
+    outbox.activity().grant()
+}
+
+/// `{"op":"auth"}`: a valid token's grant replaces the connection's and its
+/// `exp` becomes the connection's deadline; a bad one changes nothing (the
+/// connection keeps its grant and deadline) and is answered `forbidden`.
+fn refresh(id: Option<i64>, token: &str, limits: &SessionLimits, outbox: &Outbox) -> Bytes {
+    match limits.auth.refresh(token) {
+        Ok(fresh) => {
+            let reply = crate::auth::authed_reply(id, &fresh);
+            outbox.activity().set_grant(Arc::new(fresh));
+            reply
+        }
+        Err(TokenError::NotConfigured) => wire::error(
+            id,
+            ErrorCode::Unsupported,
+            &TokenError::NotConfigured.to_string(),
+        ),
+        Err(e) => wire::error(id, ErrorCode::Forbidden, &e.to_string()),
+    }
 }
 
 /// Echoes a valid client close (RFC 6455 section 5.5.1; the writer sends it

@@ -16,6 +16,8 @@
 //!   that answer counts); nothing for all of it: close 1001 "idle timeout".
 //!   Heard means a byte read, or a full socket taking bytes (see
 //!   [`Activity`]).
+//! - **Token expiry**: a connection whose token's `exp` has passed, with no
+//!   fresh token sent (`{"op":"auth"}`): close 1008 "token expired".
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,6 +54,7 @@ enum Verdict {
     Ping,
     IdleClose,
     FrameClose,
+    TokenExpired,
 }
 
 impl Watchlist {
@@ -90,6 +93,10 @@ impl Watchlist {
     }
 
     fn verdict(&self, activity: &Activity, now: u64) -> Verdict {
+        let expires = activity.token_expires_ms.load(Ordering::Relaxed);
+        if expires != 0 && now >= expires {
+            return Verdict::TokenExpired;
+        }
         let started = activity.frame_started_ms.load(Ordering::Relaxed);
         if started != 0 && now.saturating_sub(started) >= self.frame_timeout.as_millis() as u64 {
             return Verdict::FrameClose;
@@ -164,6 +171,14 @@ impl Watchlist {
                 );
                 outbox.close(close, false);
             }
+            Verdict::TokenExpired => {
+                tracing::debug!(session, "token expired: closing");
+                self.metrics
+                    .tokens_expired_closed
+                    .fetch_add(1, Ordering::Relaxed);
+                let close = wire::close(CloseCode::PolicyViolation, "token expired");
+                outbox.close(close, false);
+            }
         }
     }
 
@@ -222,6 +237,19 @@ mod tests {
         a.read_now();
         let t = a.last_heard_ms.load(Ordering::Relaxed);
         assert_eq!(list.verdict(&a, t + 1_000), Verdict::Fine);
+        // A token's exp 2 s from now (to the second): fine until then,
+        // closed from then on.
+        let unix_now = crate::clock::unix_nanos() / 1_000_000_000;
+        a.expire_token_at(unix_now + 2);
+        let expires = a.token_expires_ms.load(Ordering::Relaxed);
+        assert!(
+            expires >= t + 900 && expires <= t + 2_100,
+            "{expires} vs {t}"
+        );
+        assert_eq!(list.verdict(&a, expires - 1), Verdict::Fine);
+        assert_eq!(list.verdict(&a, expires), Verdict::TokenExpired);
+        a.expire_token_at(unix_now + 60);
+        assert_eq!(list.verdict(&a, expires), Verdict::Fine, "refreshed");
     }
 
     #[tokio::test]
