@@ -54,10 +54,13 @@ fn main() {
             })
         })
         .collect();
+    // The first record creates the channel, which the shards are told of;
+    // after that nothing is handed off, since nobody is subscribed.
+    let mut handed_off = 0;
     for i in 0..updates {
-        let handed_off = engine.stage.apply(&records[i % records.len()], 0);
-        assert!(handed_off.is_none(), "nobody is subscribed");
-        black_box(handed_off);
+        let event = engine.stage.apply(&records[i % records.len()], 0);
+        handed_off += usize::from(event.is_some());
+        black_box(event);
     }
-    println!("{updates} updates applied with {shards} shards");
+    println!("{updates} updates applied with {shards} shards, {handed_off} handed off");
 }
