@@ -22,9 +22,9 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
 
 use crate::activity::Activity;
 use crate::clock;
@@ -55,9 +55,9 @@ pub trait TryWrite: Send + Sync {
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
 }
 
-impl TryWrite for tokio::net::tcp::OwnedWriteHalf {
+impl TryWrite for tokio::net::TcpStream {
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        tokio::net::tcp::OwnedWriteHalf::try_write_vectored(self, bufs)
+        tokio::net::TcpStream::try_write_vectored(self, bufs)
     }
 }
 
@@ -68,7 +68,6 @@ struct Direct {
 
 pub struct Outbox {
     queue: Mutex<Queue>,
-    ready: Notify,
     limit_bytes: usize,
     /// The session's stamps for the read timeouts; kept here, in an
     /// allocation every session has anyway, rather than in one more.
@@ -94,6 +93,10 @@ struct Queue {
     direct: Option<Direct>,
     /// The engine is holding diffs back for this session until it drains.
     lagging: bool,
+    /// The writer, waiting for something to write. A waker under the
+    /// queue's lock rather than a `Notify`: the writer waits with a poll
+    /// function and keeps no waiter of its own in the connection's task.
+    writer: Option<Waker>,
 }
 
 /// What the writer gets from [`Outbox::take`].
@@ -107,7 +110,6 @@ impl Outbox {
     pub fn new(limit_bytes: usize) -> Self {
         Self {
             queue: Mutex::new(Queue::default()),
-            ready: Notify::new(),
             limit_bytes,
             activity: Activity::default(),
         }
@@ -183,11 +185,12 @@ impl Outbox {
         }
         queue.bytes += frame.bytes.len();
         queue.frames.push_back(frame);
+        // A writer not waiting yet finds the frame when it next looks (under
+        // this lock), so no wake-up is lost.
+        let writer = if idle { queue.writer.take() } else { None };
         drop(queue);
-        if idle {
-            // notify_one keeps a permit if the writer is not waiting yet, so
-            // a push between its check and its wait is not lost.
-            self.ready.notify_one();
+        if let Some(writer) = writer {
+            writer.wake();
         }
         true
     }
@@ -206,8 +209,11 @@ impl Outbox {
             queue.bytes = 0;
         }
         queue.close = Some(close_frame);
+        let writer = queue.writer.take();
         drop(queue);
-        self.ready.notify_one();
+        if let Some(writer) = writer {
+            writer.wake();
+        }
     }
 
     /// The byte bound given at creation: nothing bigger can ever be queued.
@@ -235,25 +241,36 @@ impl Outbox {
     /// frame into `into` and marks the writer busy until [`Outbox::done`].
     /// Cancel-safe: nothing is taken unless it returns.
     pub async fn take(&self, into: &mut Vec<QueuedFrame>) -> Batch {
-        loop {
-            {
-                let mut queue = self.lock();
-                if !queue.frames.is_empty() || queue.close.is_some() {
-                    into.extend(queue.frames.drain(..));
-                    queue.in_flight += queue.bytes;
-                    queue.bytes = 0;
-                    queue.writer_busy = true;
-                    if queue.frames.capacity() > 1024 {
-                        // Give back what a burst grew; idle sessions stay small.
-                        queue.frames.shrink_to(64);
-                    }
-                    return Batch {
-                        close: queue.close.take(),
-                    };
-                }
+        std::future::poll_fn(|cx| self.poll_take(cx, into)).await
+    }
+
+    /// [`Outbox::take`] as a poll function: `Pending` (the writer is woken
+    /// by the next push or close) while there is nothing to write. Only
+    /// the one writer may call it.
+    pub fn poll_take(&self, cx: &mut Context<'_>, into: &mut Vec<QueuedFrame>) -> Poll<Batch> {
+        let mut queue = self.lock();
+        if queue.frames.is_empty() && queue.close.is_none() {
+            match &mut queue.writer {
+                Some(waker) if waker.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
             }
-            self.ready.notified().await;
+            return Poll::Pending;
         }
+        queue.writer = None;
+        if into.is_empty() {
+            // The queue's buffer goes with the frames (the writer drops it
+            // once they are written): an idle session keeps no buffer on
+            // either side (192 bytes each for the first frame).
+            *into = Vec::from(std::mem::take(&mut queue.frames));
+        } else {
+            into.extend(queue.frames.drain(..));
+        }
+        queue.in_flight += queue.bytes;
+        queue.bytes = 0;
+        queue.writer_busy = true;
+        Poll::Ready(Batch {
+            close: queue.close.take(),
+        })
     }
 
     /// The writer has written everything it took; direct writes may resume

@@ -37,6 +37,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Every session's read timeouts, checked by one sweeper task.
     pub watchlist: Arc<Watchlist>,
+    /// The engine, limits, metrics and watchlist again, in the one
+    /// allocation every session task points to.
+    session_shared: Arc<session::Shared>,
     live_sessions: AtomicUsize,
 }
 
@@ -49,7 +52,14 @@ impl AppState {
         metrics: Arc<Metrics>,
     ) -> Self {
         let watchlist = Arc::new(Watchlist::new(&session_limits, metrics.clone()));
+        let session_shared = Arc::new(session::Shared {
+            engine: engine.clone(),
+            limits: session_limits.clone(),
+            metrics: metrics.clone(),
+            watchlist: watchlist.clone(),
+        });
         Self {
+            session_shared,
             engine,
             watchlist,
             session_limits,
@@ -191,14 +201,9 @@ fn upgrade(req: &mut Request<Incoming>, state: &Arc<AppState>) -> Response<Body>
         }
     };
     let slot = ConnectionSlot(state.clone());
-    state.sessions.spawn(session::run(
-        upgrade,
-        state.engine.clone(),
-        state.session_limits.clone(),
-        state.metrics.clone(),
-        state.watchlist.clone(),
-        slot,
-    ));
+    state
+        .sessions
+        .spawn(session::run(upgrade, state.session_shared.clone(), slot));
     response.map(|_| Full::new(Bytes::new()))
 }
 
