@@ -52,25 +52,39 @@ wait || true
 kill "$lg" 2>/dev/null || true
 
 data=$(ls "$OUT"/heaptrack.* | head -1)
-heaptrack_print -f "$data" --print-leaks 1 --print-peaks 0 --print-allocators 0 \
+heaptrack_print -f "$data" --print-leaks 1 -n 1000 --print-peaks 0 --print-allocators 0 \
   --print-temporary 0 --merge-backtraces 0 > "$OUT/report.txt" 2>&1 || true
-python3 - "$OUT/report.txt" "$CLIENTS" <<'PY'
+python3 - "$OUT/report.txt" "$CLIENTS" <<'PY' | tee "$OUT/sites.txt"
+# heaptrack_print lists each backtrace as "<size> leaked over <n> calls
+# from" and its frames; group them by their first three frames outside the
+# allocator and the standard library, and print bytes per connection.
 import re, sys
 text, clients = open(sys.argv[1]).read(), int(sys.argv[2])
-unit = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}
-# heaptrack_print: "<bytes> leaked over <n> calls from" then the backtrace.
-blocks = re.split(r"\n(?=\S)", text)
-total = 0
-for block in blocks:
+unit = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+plumbing = re.compile(r"^(_RNv|_ZN|alloc::|core::|std::|hashbrown::|bytes::bytes_mut|__rust"
+                      r"|_\$LT\$(alloc|core|std|hashbrown|bytes))")
+def tidy(name):
+    name = re.sub(r"::h[0-9a-f]{16}$", "", name)
+    for a, b in [("$LT$", "<"), ("$GT$", ">"), ("$u7b$$u7b$closure$u7d$$u7d$", "{closure}"),
+                 ("..", "::"), ("$u20$", " "), ("$C$", ",")]:
+        name = name.replace(a, b)
+    return name[-90:]
+sites = {}
+for block in re.split(r"\n(?=[\d.]+[KMG]?B? leaked over)", text):
     m = re.match(r"([\d.]+)([KMG]?)B? leaked over (\d+) calls from", block)
     if not m:
         continue
-    bytes_ = float(m.group(1)) * unit[m.group(2)]
-    total += bytes_
-    if bytes_ / clients < 8:
-        continue
-    frames = [l.strip() for l in block.splitlines()[1:] if l.strip()]
-    site = " <- ".join(f for f in frames[:6])
-    print(f"{bytes_ / clients:8.0f} B/conn  {int(m.group(3)) / clients:5.2f} allocs/conn  {site}")
-print(f"{total / clients:8.0f} B/conn live heap in all (process baseline included)")
+    frames = [l.strip() for l in block.splitlines()[1:]
+              if l.startswith("  ") and not l.startswith("    ")]
+    key = tuple(tidy(f) for f in frames if not plumbing.match(f))[:3]
+    site = sites.setdefault(key, [0.0, 0])
+    site[0] += float(m.group(1)) * unit[m.group(2)]
+    site[1] += int(m.group(3))
+total = sum(s[0] for s in sites.values())
+for key, (size, calls) in sorted(sites.items(), key=lambda kv: -kv[1][0]):
+    if size / clients >= 4:
+        print(f"{size / clients:7.0f} B/conn {calls / clients:5.2f} allocs/conn "
+              f"avg {size / calls:7.0f} B | " + " <- ".join(key))
+print(f"{total / clients:7.0f} B/conn live heap in all (the process's own baseline included: "
+      "large allocations at about 0 allocs/conn are not per connection)")
 PY

@@ -127,6 +127,7 @@ pub async fn run(
             .session_panics
             .fetch_add(1, Ordering::Relaxed);
         tracing::error!("a session panicked ({panic}); it is closed, every other session goes on");
+        outbox.detach_socket();
         on_panic(&shared.engine, session, &*socket);
         return;
     }
