@@ -11,6 +11,9 @@ use tracing_subscriber::EnvFilter;
 
 use tickcast::config::{self, Cli, CliCommand};
 
+// `--features system-alloc` leaves malloc in place so a heap profiler sees
+// every allocation (scripts/memory-profile.sh).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -33,7 +33,9 @@ pub struct Delivery {
     pub current: u64,
     pub filter: Option<Arc<FieldFilter>>,
     pub throttle: Option<Throttle>,
-    pub pending: Option<Pending>,
+    /// Boxed: rare (a throttled or lagging subscriber), and inline it would
+    /// more than double every delivery (one per session and channel).
+    pub pending: Option<Box<Pending>>,
 }
 
 /// A `max_hz` limit: at most one message per `interval_ns`.
@@ -149,7 +151,7 @@ impl Delivery {
         bound: impl FnOnce() -> usize,
     ) -> bool {
         let Some(pending) = &mut self.pending else {
-            self.pending = Some(Pending::new(patch.clone(), len, ts, seq));
+            self.pending = Some(Box::new(Pending::new(patch.clone(), len, ts, seq)));
             return true;
         };
         pending.ts = ts;
@@ -178,7 +180,7 @@ impl Delivery {
     }
 
     /// Drops the held diff without sending it (restart, detach).
-    pub fn discard_pending(&mut self) -> Option<Pending> {
+    pub fn discard_pending(&mut self) -> Option<Box<Pending>> {
         self.pending.take()
     }
 
@@ -207,6 +209,14 @@ mod tests {
         let mut d = Delivery::new(1, Arc::new(Outbox::new(1 << 20)), 0);
         d.throttle = Some(Throttle::from_hz(10.0, 0));
         d
+    }
+
+    /// One delivery per session and channel: what a subscriber costs the
+    /// shard beyond its session entry (docs/benchmarks.md, memory).
+    #[test]
+    fn a_delivery_stays_small() {
+        let size = std::mem::size_of::<Delivery>();
+        assert!(size <= 72, "a delivery is {size} bytes: box what is rare");
     }
 
     #[test]

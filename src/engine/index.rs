@@ -6,6 +6,7 @@
 //! only on subscribe, unsubscribe and channel creation.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::sync::Arc;
 
 use super::filter::FieldFilter;
@@ -14,6 +15,11 @@ use crate::outbox::Outbox;
 
 pub type SessionId = u64;
 pub type ChannelId = usize;
+
+/// Hashes ids the server hands out, which no client can pick to collide,
+/// so without per-map random keys: a set of them is 16 bytes smaller, and
+/// every session entry holds one (docs/benchmarks.md, memory).
+pub type IdHasher = BuildHasherDefault<DefaultHasher>;
 
 /// What one subscribe asked for, shared by every target it named.
 #[derive(Debug)]
@@ -37,7 +43,7 @@ pub struct SessionEntry {
     /// Names and patterns this session subscribed to, without repeats.
     pub targets: Vec<Target>,
     /// Channels currently delivered to this session.
-    pub attached: HashSet<ChannelId>,
+    pub attached: HashSet<ChannelId, IdHasher>,
 }
 
 impl SessionEntry {

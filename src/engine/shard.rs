@@ -128,7 +128,7 @@ impl Shard {
             SessionEntry {
                 outbox,
                 targets: Vec::new(),
-                attached: HashSet::new(),
+                attached: HashSet::default(),
             },
         );
         self.stats
@@ -433,6 +433,9 @@ impl Shard {
         let entry = self.sessions.get_mut(&session).expect("checked above");
         let names: Vec<String> = targets.iter().map(|t| t.as_str().to_owned()).collect();
         let reply = wire::channels_reply("subscribed", id, &names);
+        // Exactly the room needed: a first push would reserve four targets
+        // (128 bytes), and most sessions keep one or two.
+        entry.targets.reserve_exact(new);
         let mut covered: Vec<Arc<ChannelCell>> = Vec::new();
         for target in targets {
             covered.extend(self.directory.matching(&target));

@@ -46,6 +46,9 @@ pub struct AppState {
     pub watchlist: Arc<Watchlist>,
     /// Per-address and total limits on new sessions (`admission`).
     pub admission: Admission,
+    /// The engine, limits, metrics and watchlist again, in the one
+    /// allocation every session task points to.
+    session_shared: Arc<session::Shared>,
     live_sessions: AtomicUsize,
 }
 
@@ -58,7 +61,14 @@ impl AppState {
         metrics: Arc<Metrics>,
     ) -> Self {
         let watchlist = Arc::new(Watchlist::new(&session_limits, metrics.clone()));
+        let session_shared = Arc::new(session::Shared {
+            engine: engine.clone(),
+            limits: session_limits.clone(),
+            metrics: metrics.clone(),
+            watchlist: watchlist.clone(),
+        });
         Self {
+            session_shared,
             engine,
             watchlist,
             session_limits,
@@ -251,10 +261,7 @@ fn upgrade(req: &mut Request<Incoming>, state: &Arc<AppState>) -> Response<Body>
     let slot = ConnectionSlot(state.clone(), admitted);
     state.sessions.spawn(session::run(
         upgrade,
-        state.engine.clone(),
-        state.session_limits.clone(),
-        state.metrics.clone(),
-        state.watchlist.clone(),
+        state.session_shared.clone(),
         grant,
         slot,
     ));

@@ -2,7 +2,9 @@
 //! commands, and a writer that drains the session's [`Outbox`] onto the
 //! socket with vectored writes.
 //!
-//! Both run in the connection's one task. The reader is dropped only when
+//! Both run in the connection's one task, each as a boxed future that owns
+//! what it uses (so an idle connection holds about 670 bytes of futures:
+//! docs/benchmarks.md, memory). The reader is dropped only when
 //! the session is over (reading a frame is not cancel-safe, so it is never
 //! raced against anything that would go on reading). fastwebsockets does the
 //! HTTP upgrade; frames are read by `frames` (no buffer while idle) and
@@ -19,22 +21,25 @@ mod reader;
 pub mod watch;
 mod writer;
 
+use std::future::Future;
+use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use crate::auth::Grant;
 use crate::engine::{Command, EngineHandle, SessionId};
 use crate::metrics::Metrics;
 use crate::wire::{self, CloseCode};
-use frames::FrameReader;
+use frames::{FrameReader, ReadSocket};
 use outbox::Outbox;
 pub use watch::Watchlist;
+use writer::SocketWrite;
 
 /// Per-connection limits; see `config::Limits` for defaults and knobs.
 #[derive(Debug, Clone)]
@@ -74,80 +79,126 @@ const SEND_LOW_WATER: usize = 32 * 1024;
 /// How long a closing session waits for the peer's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
+/// What every session of a server shares: one allocation per server, so a
+/// connection's task holds one pointer rather than four (the engine handle
+/// alone is 64 bytes).
+pub struct Shared {
+    pub engine: EngineHandle,
+    pub limits: Arc<SessionLimits>,
+    pub metrics: Arc<Metrics>,
+    pub watchlist: Arc<Watchlist>,
+}
+
 /// Runs a session on an upgraded connection until either side closes.
 /// `slot` (the connection's place under `max_connections`) is dropped when
 /// the session ends; taking it here rather than in a wrapping block keeps
 /// one copy of the arguments in the task, not two. `grant` is what the
 /// handshake's token allows (`None`: no token, public namespaces only).
+///
+/// What an idle connection's task holds is kept small (docs/benchmarks.md,
+/// memory): the reader and writer are boxed futures owning what they use,
+/// polled side by side by [`Serve`], and every rare step (the upgrade,
+/// registering, the close handshake, deregistering) is boxed.
 pub async fn run(
     upgrade: fastwebsockets::upgrade::UpgradeFut,
-    engine: EngineHandle,
-    limits: Arc<SessionLimits>,
-    metrics: Arc<Metrics>,
-    watchlist: Arc<Watchlist>,
+    shared: Arc<Shared>,
     grant: Option<Arc<Grant>>,
     slot: impl Send,
 ) {
     let _slot = slot;
+    let Some((frames, socket)) = Box::pin(connect(upgrade, shared.limits.max_message_bytes)).await
+    else {
+        return;
+    };
+    let session = shared.engine.new_session_id();
+    let outbox = Arc::new(Outbox::new(shared.limits.outbox_bytes));
+    if let Some(grant) = grant {
+        // Checked on each subscribe; the sweeper closes with 1008 at exp.
+        outbox.activity().set_grant(grant);
+    }
+    if shared.limits.direct_writes {
+        outbox.attach_socket(socket.clone(), shared.metrics.clone());
+    }
+    let registered = Box::pin(shared.engine.send(Command::Register {
+        session,
+        outbox: outbox.clone(),
+    }))
+    .await;
+    if registered.is_err() {
+        return;
+    }
+    tracing::debug!(session, peer = ?SocketWrite::peer_addr(&*socket), "connected");
+    // Read timeouts are the sweeper's (no timer in this task); it forgets
+    // the session once the last other owner of its outbox has.
+    shared.watchlist.watch(session, outbox.clone());
+    let serve = Serve::new(&shared, session, frames, &socket, &outbox);
+    // A panic while serving this session ends this session only.
+    if let Err(panic) = crate::fault::contain(serve).await {
+        shared
+            .metrics
+            .session_panics
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::error!("a session panicked ({panic}); it is closed, every other session goes on");
+        outbox.detach_socket();
+        on_panic(&shared.engine, session, &*socket);
+        return;
+    }
+    Box::pin(finish(&shared.engine, session, &socket, &outbox)).await;
+}
+
+/// After a panic while serving: the reader or writer that panicked is
+/// gone, so close the socket with 1011 without waiting (best effort), and
+/// have the engine forget the session.
+fn on_panic<S: SocketWrite>(engine: &EngineHandle, session: SessionId, socket: &S) {
+    let close = wire::close(CloseCode::InternalError, "internal error");
+    let _ = socket.try_write_vectored(&[IoSlice::new(&close)]);
+    let engine = engine.clone();
+    tokio::spawn(async move {
+        let _ = engine.send(Command::Deregister { session }).await;
+    });
+}
+
+/// The close handshake is over: deregister, then shut the write side down
+/// so the peer sees FIN.
+async fn finish<S: Session>(
+    engine: &EngineHandle,
+    session: SessionId,
+    socket: &Arc<S>,
+    outbox: &Outbox,
+) {
+    outbox.detach_socket();
+    let _ = engine.send(Command::Deregister { session }).await;
+    socket.shutdown_write();
+    tracing::debug!(session, "disconnected");
+}
+
+/// What a session needs of its socket: frames are read with
+/// [`ReadSocket`], written with [`SocketWrite`] (and directly by the
+/// outbox), both through shared references, so one `Arc` serves both.
+trait Session: ReadSocket + SocketWrite + Send + Sync + 'static {
+    /// Ends the write side (FIN) once everything is written.
+    fn shutdown_write(&self);
+}
+
+impl Session for TcpStream {
+    fn shutdown_write(&self) {
+        let _ = socket2::SockRef::from(self).shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// Awaits the upgrade and takes the TCP stream out of hyper: our frame
+/// reader, and the socket the writer and outbox share.
+async fn connect(
+    upgrade: fastwebsockets::upgrade::UpgradeFut,
+    max_message_bytes: usize,
+) -> Option<(FrameReader<Arc<TcpStream>>, Arc<TcpStream>)> {
     let ws = match upgrade.await {
         Ok(ws) => ws,
         Err(e) => {
             tracing::debug!("websocket upgrade failed: {e}");
-            return;
+            return None;
         }
     };
-    let Some((frames, write)) = split(ws, limits.max_message_bytes) else {
-        return;
-    };
-    let serve = drive(
-        frames,
-        Arc::new(write),
-        &engine,
-        &limits,
-        &metrics,
-        &watchlist,
-        grant,
-    );
-    // A panic while serving this session ends this session only (its
-    // `OnPanic` guard has told the client and the engine).
-    if let Err(panic) = crate::fault::contain(serve).await {
-        metrics.session_panics.fetch_add(1, Ordering::Relaxed);
-        tracing::error!("a session panicked ({panic}); it is closed, every other session goes on");
-    }
-}
-
-/// Cleans up after a panic while a session is served: the normal path
-/// deregisters in order after the close handshake, but an unwinding task
-/// runs only destructors, so this one closes the socket with 1011 and has
-/// the engine forget the session.
-struct OnPanic<'a> {
-    engine: &'a EngineHandle,
-    session: SessionId,
-    write: &'a OwnedWriteHalf,
-}
-
-impl Drop for OnPanic<'_> {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        // Best effort and without waiting: the writer went with the panic.
-        let _ = self
-            .write
-            .try_write(&wire::close(CloseCode::InternalError, "internal error"));
-        let (engine, session) = (self.engine.clone(), self.session);
-        tokio::spawn(async move {
-            let _ = engine.send(Command::Deregister { session }).await;
-        });
-    }
-}
-
-/// The upgraded connection as our frame reader and the raw write half.
-/// (A plain function: its locals never sit in the session's task.)
-fn split(
-    ws: fastwebsockets::WebSocket<TokioIo<hyper::upgrade::Upgraded>>,
-    max_message_bytes: usize,
-) -> Option<(FrameReader<OwnedReadHalf>, OwnedWriteHalf)> {
     let upgraded = ws.into_inner().into_inner();
     let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
         // hyper hands back the connection it was given: always a TcpStream.
@@ -158,98 +209,107 @@ fn split(
     let _ = stream.set_nodelay(true);
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(SEND_LOW_WATER as u32);
-    let (read, write) = stream.into_split();
+    // One shared stream rather than `into_split`'s two halves: the reader
+    // and writer each use only `&self` methods (poll_read_ready/try_read,
+    // poll_write_ready/try_write), and each side has one waiter.
+    let stream = Arc::new(stream);
     // `read_buf` (bytes hyper read past the upgrade request, almost always
     // none) is copied into the frame reader, not kept: it is a slice of
     // hyper's whole read buffer.
-    Some((
-        FrameReader::new(read, &parts.read_buf, max_message_bytes),
-        write,
-    ))
+    let frames = FrameReader::new(stream.clone(), &parts.read_buf, max_message_bytes);
+    Some((frames, stream))
 }
 
-async fn drive(
-    frames: FrameReader<OwnedReadHalf>,
-    write: Arc<OwnedWriteHalf>,
-    engine: &EngineHandle,
-    limits: &SessionLimits,
-    metrics: &Arc<Metrics>,
-    watchlist: &Arc<Watchlist>,
-    grant: Option<Arc<Grant>>,
-) {
-    let session = engine.new_session_id();
-    let outbox = Arc::new(Outbox::new(limits.outbox_bytes));
-    if let Some(grant) = grant {
-        // Checked on each subscribe; the sweeper closes with 1008 at exp.
-        outbox.activity().set_grant(grant);
-    }
-    if limits.direct_writes {
-        outbox.attach_socket(write.clone(), metrics.clone());
-    }
-    // The rare steps (register, the close handshake, deregister) are boxed:
-    // inline, their futures would sit in every idle connection's task next
-    // to the reader and writer, doubling its size (docs/benchmarks.md).
-    let registered = Box::pin(engine.send(Command::Register {
-        session,
-        outbox: outbox.clone(),
-    }))
-    .await;
-    if registered.is_err() {
-        return;
-    }
-    tracing::debug!(session, peer = ?write.peer_addr().ok(), "connected");
-    let on_panic = OnPanic {
-        engine,
-        session,
-        write: &write,
-    };
-    {
-        // Read timeouts are the sweeper's (no timer in this task); it
-        // forgets the session once the last other owner of its outbox has.
-        watchlist.watch(session, outbox.clone());
-        let reader = reader::read_loop(frames, session, engine, &outbox, limits, metrics);
-        let drained = writer::Drained { engine, session };
-        let writer = writer::write_loop(&write, &outbox, limits.write_timeout, metrics, &drained);
-        tokio::pin!(reader, writer);
-        tokio::select! {
-            () = &mut reader => {
-                // The client closed or broke the protocol; flush what is owed.
-                outbox.close(wire::close(CloseCode::Normal, ""), false);
-                let _ = Box::pin(tokio::time::timeout(limits.write_timeout, &mut writer)).await;
-            }
-            () = &mut writer => {
-                // We closed (shutdown, slow consumer, frame too large) or the
-                // socket failed: give the peer a moment to answer the close.
-                let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, &mut reader)).await;
-            }
+type Half = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The reader and writer of one session, polled side by side until the
+/// close handshake is over. Each is a boxed future that owns what it uses,
+/// so this (what an idle connection's task holds besides them) is a few
+/// pointers.
+struct Serve {
+    reader: Option<Half>,
+    writer: Option<Half>,
+    /// How long the side still running may take once the other has ended.
+    grace: Option<Pin<Box<tokio::time::Sleep>>>,
+    outbox: Arc<Outbox>,
+    write_timeout: Duration,
+}
+
+impl Serve {
+    fn new<S: Session>(
+        shared: &Arc<Shared>,
+        session: SessionId,
+        frames: FrameReader<Arc<S>>,
+        socket: &Arc<S>,
+        outbox: &Arc<Outbox>,
+    ) -> Self {
+        let reader = reader::read_loop(frames, outbox.clone(), shared.clone(), session);
+        let writer = writer::write_loop(socket.clone(), outbox.clone(), shared.clone(), session);
+        Self {
+            reader: Some(Box::pin(reader)),
+            writer: Some(Box::pin(writer)),
+            grace: None,
+            outbox: outbox.clone(),
+            write_timeout: shared.limits.write_timeout,
         }
     }
-    drop(on_panic);
-    outbox.detach_socket();
-    let _ = Box::pin(engine.send(Command::Deregister { session })).await;
-    // Now the only owner: shut the write side down so the peer sees FIN.
-    if let Ok(mut write) = Arc::try_unwrap(write) {
-        let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, write.shutdown())).await;
+}
+
+impl Future for Serve {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if let Some(reader) = &mut this.reader {
+            if reader.as_mut().poll(cx).is_ready() {
+                this.reader = None;
+                if this.writer.is_some() {
+                    // The client closed or broke the protocol; flush what is
+                    // owed, within the write timeout.
+                    this.outbox.close(wire::close(CloseCode::Normal, ""), false);
+                    this.grace = Some(Box::pin(tokio::time::sleep(this.write_timeout)));
+                }
+            }
+        }
+        if let Some(writer) = &mut this.writer {
+            if writer.as_mut().poll(cx).is_ready() {
+                this.writer = None;
+                if this.reader.is_some() && this.grace.is_none() {
+                    // We closed (shutdown, slow consumer, frame too large) or
+                    // the socket failed: give the peer a moment to answer.
+                    this.grace = Some(Box::pin(tokio::time::sleep(CLOSE_GRACE)));
+                }
+            }
+        }
+        if this.reader.is_none() && this.writer.is_none() {
+            return Poll::Ready(());
+        }
+        match &mut this.grace {
+            Some(grace) => grace.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
     }
-    tracing::debug!(session, "disconnected");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Most bytes an idle connection's task future may take. It was 2,504
-    /// before the rare steps were boxed and the reader and writer waited on
-    /// poll functions; 1,088 with rustc 1.95, and 1,144 with the read
-    /// timeouts (`watch`). Most of an idle connection's memory is this
-    /// future (docs/benchmarks.md), so growing it is a regression to
-    /// notice. tokio's task cell (header, this future plus the task
-    /// tracker's 8 bytes, trailer; 128-byte aligned) is 1,280 bytes up to a
-    /// future of about 1,176 bytes, and 1,408 past it.
-    const SESSION_FUTURE_BUDGET: usize = 1280;
+    /// Most bytes each part of an idle connection's session may take: the
+    /// task's own future, and the boxed reader and writer it polls. Most of
+    /// an idle connection's memory is these (docs/benchmarks.md), so growing
+    /// one is a regression to notice. Before the halves were boxed the task
+    /// future alone was 1,144 bytes (a task cell of 1,408); with rustc 1.95
+    /// it is 120 (tokio's cell is the future plus about 104 bytes, rounded
+    /// up to 128: 256), the reader 256 and the writer 160. The message-rate
+    /// allowance and the auth hooks took the reader to 304 (mimalloc's
+    /// 320-byte class); its budget is that class.
+    const TASK_BUDGET: usize = 152;
+    const READER_BUDGET: usize = 320;
+    const WRITER_BUDGET: usize = 176;
 
     #[tokio::test]
-    async fn an_idle_session_task_stays_small() {
+    async fn an_idle_session_stays_small() {
         let (engine, _shards) = crate::engine::channel(Arc::from("e"), 2, 8);
         let limits = Arc::new(crate::config::Settings::default().limits.session(false));
         let mut request = hyper::Request::builder()
@@ -262,12 +322,35 @@ mod tests {
         let (_, upgrade) = fastwebsockets::upgrade::upgrade(&mut request).unwrap();
         let metrics = Arc::new(Metrics::new());
         let watchlist = Arc::new(Watchlist::new(&limits, metrics.clone()));
-        let session = run(upgrade, engine, limits, metrics, watchlist, None, ());
-        let size = std::mem::size_of_val(&session);
-        assert!(
-            size <= SESSION_FUTURE_BUDGET,
-            "the session future is {size} bytes, over its budget of {SESSION_FUTURE_BUDGET}: \
-             box what is rare, keep what an idle connection awaits small"
-        );
+        let shared = Arc::new(Shared {
+            engine,
+            limits,
+            metrics,
+            watchlist,
+        });
+        let task = run(upgrade, shared.clone(), None, ());
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (_client, socket) = (client.unwrap(), Arc::new(accepted.unwrap().0));
+        let outbox = Arc::new(Outbox::new(1024));
+        let frames = FrameReader::new(socket.clone(), b"", 1024);
+        let reader = reader::read_loop(frames, outbox.clone(), shared.clone(), 1);
+        let writer = writer::write_loop(socket, outbox, shared, 1);
+
+        let parts = [
+            ("task", std::mem::size_of_val(&task), TASK_BUDGET),
+            ("reader", std::mem::size_of_val(&reader), READER_BUDGET),
+            ("writer", std::mem::size_of_val(&writer), WRITER_BUDGET),
+        ];
+        eprintln!("{parts:?}");
+        for (part, size, budget) in parts {
+            assert!(
+                size <= budget,
+                "the session's {part} future is {size} bytes, over its budget of {budget}: \
+                 box what is rare, keep what an idle connection awaits small"
+            );
+        }
     }
 }

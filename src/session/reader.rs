@@ -1,5 +1,6 @@
 //! The read half: client frames in, engine commands out.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -8,105 +9,122 @@ use super::frames::{FrameError, FrameReader, OpCode, ReadSocket};
 use super::message_rate::{self, MessageBudget, Verdict};
 use super::outbox::Outbox;
 use super::protocol::{self, ClientOp};
-use super::SessionLimits;
+use super::{SessionLimits, Shared};
 use crate::auth::{Grant, TokenError};
-use crate::engine::{Command, EngineHandle, SessionId};
-use crate::metrics::Metrics;
+use crate::engine::{Command, SessionId};
 use crate::wire::{self, CloseCode, ErrorCode};
 
 /// Reads frames until the client closes, the connection fails, or a frame
 /// breaks a limit or the protocol (then the close frame is queued here).
-pub async fn read_loop<S: ReadSocket>(
+///
+/// Owns what it uses, and keeps little across its waits: an idle
+/// connection holds this future for its whole life (docs/benchmarks.md).
+///
+/// A function returning an `async move` block rather than an `async fn`:
+/// an `async fn` would keep its arguments twice (as passed, and as moved
+/// into its body).
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub fn read_loop<S: ReadSocket + Send + Sync>(
     mut frames: FrameReader<S>,
+    outbox: Arc<Outbox>,
+    shared: Arc<Shared>,
     session: SessionId,
-    engine: &EngineHandle,
-    outbox: &Outbox,
-    limits: &SessionLimits,
-    metrics: &Metrics,
-) {
-    // Text split over continuation frames, bounded like a single frame.
-    let mut partial: Option<Vec<u8>> = None;
-    let mut budget = MessageBudget::default();
-    loop {
-        let frame = match frames.read_frame(outbox.activity()).await {
-            Ok(frame) => frame,
-            Err(e) => return close_on_error(e, outbox, limits),
-        };
-        if partial.is_none() {
-            // A whole frame is in; the frame timeout runs on only to the
-            // end of a fragmented message.
-            outbox.activity().frame_done();
-        }
-        // limits.messages_per_sec: a refused message is answered and dropped.
-        if message_rate::completes_a_message(frame.opcode, frame.fin, partial.is_some()) {
-            match message_rate::check(&mut budget, &limits.messages, outbox, metrics) {
-                Verdict::Act => {}
-                Verdict::Close => return,
-                Verdict::Refuse => {
-                    // Boxed: rare, and kept out of every idle session's task.
-                    let answer = message_rate::answer_refused(session, engine, &limits.messages);
-                    if Box::pin(answer).await.is_err() {
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let (engine, limits, outbox) = (&shared.engine, &*shared.limits, &*outbox);
+        // limits.messages_per_sec: a few bytes of allowance, no timer.
+        let mut budget = MessageBudget::default();
+        // Text split over continuation frames, bounded like a single frame.
+        let mut partial: Option<Vec<u8>> = None;
+        loop {
+            let frame = match frames.read_frame(outbox.activity()).await {
+                Ok(frame) => frame,
+                Err(e) => return close_on_error(e, outbox, limits),
+            };
+            if partial.is_none() {
+                // A whole frame is in; the frame timeout runs on only to the
+                // end of a fragmented message.
+                outbox.activity().frame_done();
+            }
+            // limits.messages_per_sec: a refused message is answered and dropped.
+            if message_rate::completes_a_message(frame.opcode, frame.fin, partial.is_some()) {
+                match message_rate::check(&mut budget, &limits.messages, outbox, &shared.metrics) {
+                    Verdict::Act => {}
+                    Verdict::Close => return,
+                    Verdict::Refuse => {
+                        let drop_partial = frame.opcode == OpCode::Continuation;
+                        // Not held across the wait below.
+                        drop(frame);
+                        // Boxed: rare, and kept out of every idle session's task.
+                        let answer =
+                            message_rate::answer_refused(session, engine, &limits.messages);
+                        if Box::pin(answer).await.is_err() {
+                            return;
+                        }
+                        if drop_partial {
+                            // The end of a fragmented message: drop all of it.
+                            partial = None;
+                            outbox.activity().frame_done();
+                        }
+                        continue;
+                    }
+                }
+            }
+            let message = match (frame.opcode, frame.fin) {
+                (OpCode::Text, true) if partial.is_none() => frame.payload.to_vec(),
+                (OpCode::Text, false) if partial.is_none() => {
+                    outbox.activity().frame_begun();
+                    partial = Some(frame.payload.to_vec());
+                    continue;
+                }
+                (OpCode::Continuation, fin) if partial.is_some() => {
+                    let buf = partial.as_mut().expect("checked above");
+                    if buf.len() + frame.payload.len() > limits.max_message_bytes {
+                        return close_too_big(outbox, limits);
+                    }
+                    buf.extend_from_slice(&frame.payload);
+                    if !fin {
+                        continue;
+                    }
+                    outbox.activity().frame_done();
+                    partial.take().expect("checked above")
+                }
+                (OpCode::Ping, _) => {
+                    outbox.push(wire::pong_frame(&frame.payload));
+                    continue;
+                }
+                (OpCode::Pong, _) => continue,
+                (OpCode::Close, _) => return answer_close(&frame.payload, outbox),
+                (OpCode::Binary, true) if partial.is_none() => {
+                    // Not held across the wait below.
+                    drop(frame);
+                    let frame = wire::error(
+                        None,
+                        ErrorCode::BadRequest,
+                        "binary frames are not accepted: send JSON text frames",
+                    );
+                    let reply = Command::Reply { session, frame };
+                    if Box::pin(engine.send(reply)).await.is_err() {
                         return;
                     }
-                    if frame.opcode == OpCode::Continuation {
-                        // The end of a fragmented message: drop all of it.
-                        partial = None;
-                        outbox.activity().frame_done();
-                    }
                     continue;
                 }
+                _ => return close_protocol(outbox, "unexpected frame order"),
+            };
+            // Not held across the wait below.
+            drop(frame);
+            if std::str::from_utf8(&message).is_err() {
+                // 1007: invalid frame payload data (RFC 6455 section 7.4.1).
+                let close = wire::close_with_code(1007, "text message is not valid UTF-8");
+                outbox.close(close, false);
+                return;
             }
-        }
-        let message = match (frame.opcode, frame.fin) {
-            (OpCode::Text, true) if partial.is_none() => frame.payload.to_vec(),
-            (OpCode::Text, false) if partial.is_none() => {
-                outbox.activity().frame_begun();
-                partial = Some(frame.payload.to_vec());
-                continue;
+            let command = command_for(message, session, limits, outbox);
+            // Boxed: the send future (with the command) is large and brief,
+            // and would otherwise sit in every idle connection's reader.
+            if Box::pin(engine.send(command)).await.is_err() {
+                return;
             }
-            (OpCode::Continuation, fin) if partial.is_some() => {
-                let buf = partial.as_mut().expect("checked above");
-                if buf.len() + frame.payload.len() > limits.max_message_bytes {
-                    return close_too_big(outbox, limits);
-                }
-                buf.extend_from_slice(&frame.payload);
-                if !fin {
-                    continue;
-                }
-                outbox.activity().frame_done();
-                partial.take().expect("checked above")
-            }
-            (OpCode::Ping, _) => {
-                outbox.push(wire::pong_frame(&frame.payload));
-                continue;
-            }
-            (OpCode::Pong, _) => continue,
-            (OpCode::Close, _) => return answer_close(&frame.payload, outbox),
-            (OpCode::Binary, true) if partial.is_none() => {
-                let frame = wire::error(
-                    None,
-                    ErrorCode::BadRequest,
-                    "binary frames are not accepted: send JSON text frames",
-                );
-                let reply = Command::Reply { session, frame };
-                if Box::pin(engine.send(reply)).await.is_err() {
-                    return;
-                }
-                continue;
-            }
-            _ => return close_protocol(outbox, "unexpected frame order"),
-        };
-        if std::str::from_utf8(&message).is_err() {
-            // 1007: invalid frame payload data (RFC 6455 section 7.4.1).
-            let close = wire::close_with_code(1007, "text message is not valid UTF-8");
-            outbox.close(close, false);
-            return;
-        }
-        let command = command_for(message, session, limits, outbox);
-        // Boxed: the send future (with the command) is large and rare, and
-        // a state of this future lives in every idle connection's task.
-        if Box::pin(engine.send(command)).await.is_err() {
-            return;
         }
     }
 }

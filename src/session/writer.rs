@@ -11,16 +11,11 @@ use std::time::Duration;
 
 use super::outbox::{Outbox, QueuedFrame, TryWrite};
 use super::watch::Activity;
+use super::Shared;
 use crate::clock;
-use crate::engine::{Command, EngineHandle, SessionId};
+use crate::engine::{Command, SessionId};
 use crate::metrics::{Metrics, Stage};
 use crate::wire::{self, CloseCode};
-
-/// Whom to tell when a lagging session's socket has drained.
-pub struct Drained<'a> {
-    pub engine: &'a EngineHandle,
-    pub session: SessionId,
-}
 
 /// Most frames handed to one `writev` (Linux allows 1024).
 const MAX_IOVECS: usize = 64;
@@ -36,14 +31,14 @@ pub trait SocketWrite: TryWrite {
     }
 }
 
-impl SocketWrite for tokio::net::tcp::OwnedWriteHalf {
+impl SocketWrite for tokio::net::TcpStream {
     fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Only the writer task waits on the write side.
-        self.as_ref().poll_write_ready(cx)
+        // Only the writer waits on the write side.
+        tokio::net::TcpStream::poll_write_ready(self, cx)
     }
 
     fn peer_addr(&self) -> Option<SocketAddr> {
-        tokio::net::tcp::OwnedWriteHalf::peer_addr(self).ok()
+        tokio::net::TcpStream::peer_addr(self).ok()
     }
 }
 
@@ -55,64 +50,76 @@ struct Stalled {
 }
 
 /// Writes batches until a close frame has been sent or the socket fails.
-/// Returns the socket so the caller can shut it down.
-pub async fn write_loop<S: SocketWrite>(
-    socket: &Arc<S>,
-    outbox: &Outbox,
-    write_timeout: Duration,
-    metrics: &Metrics,
-    drained: &Drained<'_>,
-) {
-    let mut frames: Vec<QueuedFrame> = Vec::new();
-    loop {
-        let batch = outbox.take(&mut frames).await;
-        if let Some(close) = batch.close {
-            outbox.detach_socket();
-            frames.push(close.into());
-            if let Err(Stalled { .. }) =
-                write_batch(&**socket, &frames, write_timeout, outbox.activity()).await
-            {
-                // The close frame was in the batch: nothing more to try.
-                stalled(&**socket, drained.session, write_timeout, metrics);
-            }
-            return;
-        }
-        let outcome = write_batch(&**socket, &frames, write_timeout, outbox.activity()).await;
-        match outcome {
-            Ok(Ok(())) => {
-                record_written(&frames, metrics);
-                frames.clear();
-                if outbox.done() {
-                    // The engine held diffs back while this socket lagged.
-                    let command = Command::Drained {
-                        session: drained.session,
-                    };
-                    // Boxed for the same reason as the reader's sends: rare,
-                    // and large next to an idle connection's footprint.
-                    let _ = Box::pin(drained.engine.send(command)).await;
-                }
-            }
-            Ok(Err(e)) => {
-                tracing::debug!("write failed: {e}");
-                return;
-            }
-            Err(Stalled { at }) => {
-                let close = wire::close(CloseCode::PolicyViolation, "write timeout");
-                // Nothing more is queued for this peer, nor closed twice.
-                outbox.close(close.clone(), true);
+///
+/// Owns what it uses and keeps little across its waits: an idle
+/// connection holds this future for its whole life (docs/benchmarks.md).
+/// (A function returning an `async move` block: an `async fn` would keep
+/// its arguments twice.)
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub fn write_loop<S: SocketWrite + Send + Sync + 'static>(
+    socket: Arc<S>,
+    outbox: Arc<Outbox>,
+    shared: Arc<Shared>,
+    session: SessionId,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let mut frames: Vec<QueuedFrame> = Vec::new();
+        loop {
+            let close = outbox.take(&mut frames).await.close;
+            let closing = close.is_some();
+            if let Some(close) = close {
                 outbox.detach_socket();
-                if at.index > 0 && at.offset == 0 {
-                    // Best effort, right after a frame this batch finished
-                    // (the batch's first frame may be the tail of a direct
-                    // write): the socket is full, so it may well not fit.
-                    let _ = socket.try_write_vectored(&[IoSlice::new(&close)]);
-                }
-                stalled(&**socket, drained.session, write_timeout, metrics);
-                return;
+                frames.push(close.into());
             }
-        }
-        if frames.capacity() > 4 * MAX_IOVECS {
-            frames.shrink_to(MAX_IOVECS);
+            let outcome = match write_now(&*socket, &frames) {
+                Ok(done) => Ok(done),
+                // The socket is full: wait for room, with a timer (boxed: rare,
+                // and inline it would triple the size of this future).
+                Err(at) => {
+                    let timeout = shared.limits.write_timeout;
+                    Box::pin(write_all(&*socket, &frames, at, timeout, outbox.activity())).await
+                }
+            };
+            match outcome {
+                Ok(Ok(())) if closing => return,
+                Ok(Ok(())) => {
+                    record_written(&frames, &shared.metrics);
+                    // Written: let the buffer go (it came from the outbox's
+                    // queue), so an idle connection holds none.
+                    frames = Vec::new();
+                    if outbox.done() {
+                        // The engine held diffs back while this socket lagged.
+                        let command = Command::Drained { session };
+                        // Boxed for the same reason as the reader's sends: rare,
+                        // and large next to an idle connection's footprint.
+                        let _ = Box::pin(shared.engine.send(command)).await;
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!("write failed: {e}");
+                    return;
+                }
+                Err(Stalled { at }) => {
+                    if !closing {
+                        let close = wire::close(CloseCode::PolicyViolation, "write timeout");
+                        // Nothing more is queued for this peer, nor closed twice.
+                        outbox.close(close.clone(), true);
+                        outbox.detach_socket();
+                        if at.index > 0 && at.offset == 0 {
+                            // Best effort, right after a frame this batch
+                            // finished (the batch's first frame may be the tail
+                            // of a direct write): the socket is full, so it may
+                            // well not fit.
+                            let _ = socket.try_write_vectored(&[IoSlice::new(&close)]);
+                        }
+                    }
+                    // (When closing, the close frame was in the batch: nothing
+                    // more to try.)
+                    let timeout = shared.limits.write_timeout;
+                    stalled(&*socket, session, timeout, &shared.metrics);
+                    return;
+                }
+            }
         }
     }
 }
@@ -147,21 +154,19 @@ fn stalled<S: SocketWrite>(
     );
 }
 
-/// Writes a whole batch, giving up only when the socket has taken no byte
-/// for `timeout`: a peer that reads slowly but steadily is never dropped.
-/// Usually the socket takes the batch at once, without a timer; waiting
-/// for room (with its timer) is the rare case, and boxed: inline, it would
-/// triple the size of every idle connection's writer.
-async fn write_batch<S: SocketWrite>(
+/// Writes what the socket takes of a batch now, without waiting: the
+/// outcome when the batch is written or the socket failed, or how far it
+/// got when the socket is full (then [`write_all`] waits for room, giving
+/// up only when the socket has taken no byte for the write timeout: a peer
+/// that reads slowly but steadily is never dropped).
+fn write_now<S: SocketWrite>(
     socket: &S,
     frames: &[QueuedFrame],
-    timeout: Duration,
-    activity: &Activity,
-) -> Result<io::Result<()>, Stalled> {
+) -> Result<io::Result<()>, Progress> {
     let mut progress = Progress::default();
     match write_ready(socket, frames, &mut progress) {
         Ok(true) => Ok(Ok(())),
-        Ok(false) => Box::pin(write_all(socket, frames, progress, timeout, activity)).await,
+        Ok(false) => Err(progress),
         Err(e) => Ok(Err(e)),
     }
 }
