@@ -259,10 +259,11 @@ fn upgrade(req: &mut Request<Incoming>, state: &Arc<AppState>) -> Response<Body>
         }
     };
     let slot = ConnectionSlot(state.clone(), admitted);
+    let outbox = session::new_outbox(&state.session_limits, grant);
     state.sessions.spawn(session::run(
         upgrade,
         state.session_shared.clone(),
-        grant,
+        outbox,
         slot,
     ));
     response.map(|_| Full::new(Bytes::new()))

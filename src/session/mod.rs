@@ -89,11 +89,24 @@ pub struct Shared {
     pub watchlist: Arc<Watchlist>,
 }
 
+/// A session's outbox, holding what its token allows (`None`: no token,
+/// public namespaces only); checked on each subscribe, and the sweeper
+/// closes the session with 1008 at the token's exp.
+pub fn new_outbox(limits: &SessionLimits, grant: Option<Arc<Grant>>) -> Arc<Outbox> {
+    let outbox = Arc::new(Outbox::new(limits.outbox_bytes));
+    if let Some(grant) = grant {
+        outbox.activity().set_grant(grant);
+    }
+    outbox
+}
+
 /// Runs a session on an upgraded connection until either side closes.
 /// `slot` (the connection's place under `max_connections`) is dropped when
 /// the session ends; taking it here rather than in a wrapping block keeps
-/// one copy of the arguments in the task, not two. `grant` is what the
-/// handshake's token allows (`None`: no token, public namespaces only).
+/// one copy of the arguments in the task, not two. `outbox` is made by
+/// the caller (see [`new_outbox`]) with the handshake's token grant in it:
+/// an argument the task keeps anyway, where a separate grant argument would
+/// take the task over tokio's 256-byte cell (`an_idle_session_stays_small`).
 ///
 /// What an idle connection's task holds is kept small (docs/benchmarks.md,
 /// memory): the reader and writer are boxed futures owning what they use,
@@ -102,7 +115,7 @@ pub struct Shared {
 pub async fn run(
     upgrade: fastwebsockets::upgrade::UpgradeFut,
     shared: Arc<Shared>,
-    grant: Option<Arc<Grant>>,
+    outbox: Arc<Outbox>,
     slot: impl Send,
 ) {
     let _slot = slot;
@@ -111,11 +124,6 @@ pub async fn run(
         return;
     };
     let session = shared.engine.new_session_id();
-    let outbox = Arc::new(Outbox::new(shared.limits.outbox_bytes));
-    if let Some(grant) = grant {
-        // Checked on each subscribe; the sweeper closes with 1008 at exp.
-        outbox.activity().set_grant(grant);
-    }
     if shared.limits.direct_writes {
         outbox.attach_socket(socket.clone(), shared.metrics.clone());
     }
@@ -232,7 +240,10 @@ struct Serve {
     /// How long the side still running may take once the other has ended.
     grace: Option<Pin<Box<tokio::time::Sleep>>>,
     outbox: Arc<Outbox>,
-    write_timeout: Duration,
+    /// `limits.write_timeout` in ms: 8 bytes less than a `Duration` in
+    /// every idle connection's task (its cell is 256 bytes up to a future
+    /// of 152, then 384).
+    write_timeout_ms: u32,
 }
 
 impl Serve {
@@ -250,7 +261,8 @@ impl Serve {
             writer: Some(Box::pin(writer)),
             grace: None,
             outbox: outbox.clone(),
-            write_timeout: shared.limits.write_timeout,
+            write_timeout_ms: u32::try_from(shared.limits.write_timeout.as_millis())
+                .unwrap_or(u32::MAX),
         }
     }
 }
@@ -267,7 +279,9 @@ impl Future for Serve {
                     // The client closed or broke the protocol; flush what is
                     // owed, within the write timeout.
                     this.outbox.close(wire::close(CloseCode::Normal, ""), false);
-                    this.grace = Some(Box::pin(tokio::time::sleep(this.write_timeout)));
+                    this.grace = Some(Box::pin(tokio::time::sleep(Duration::from_millis(
+                        u64::from(this.write_timeout_ms),
+                    ))));
                 }
             }
         }
@@ -300,8 +314,10 @@ mod tests {
     /// an idle connection's memory is these (docs/benchmarks.md), so growing
     /// one is a regression to notice. Before the halves were boxed the task
     /// future alone was 1,144 bytes (a task cell of 1,408); with rustc 1.95
-    /// it is 120 (tokio's cell is the future plus about 104 bytes, rounded
-    /// up to 128: 256), the reader 256 and the writer 160. The message-rate
+    /// it is 120 with an empty slot (tokio's cell is the future plus about
+    /// 104 bytes, rounded up to 128: 256), the reader 256 and the writer
+    /// 160. With the server's 16-byte slot and the outbox argument it is
+    /// 152, the last size in the 256-byte cell. The message-rate
     /// allowance and the auth hooks took the reader to 304 (mimalloc's
     /// 320-byte class); its budget is that class.
     const TASK_BUDGET: usize = 152;
@@ -328,7 +344,15 @@ mod tests {
             metrics,
             watchlist,
         });
-        let task = run(upgrade, shared.clone(), None, ());
+        // A slot as large as the server's (`ConnectionSlot`: an Arc and
+        // the admission place), so the budget is the real task's.
+        let slot = (Arc::new(()), 0u64);
+        let task = run(
+            upgrade,
+            shared.clone(),
+            new_outbox(&shared.limits, None),
+            slot,
+        );
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
