@@ -300,7 +300,10 @@ mod tests {
         let local = Some(IpAddr::from(Ipv4Addr::LOCALHOST));
         let remote = Some(IpAddr::from(Ipv4Addr::new(192, 0, 2, 7)));
         let good = format!("Bearer {KEY}");
-        assert_eq!(may_publish(Some(&key), Some(good.as_bytes()), remote), Ok(()));
+        assert_eq!(
+            may_publish(Some(&key), Some(good.as_bytes()), remote),
+            Ok(())
+        );
         assert_eq!(
             may_publish(Some(&key), None, local),
             Err(Denied::Unauthorized)
@@ -323,12 +326,13 @@ mod tests {
             {\"channel\":\"a.b\",\"data\":{\"x\":2}}\n\
             {\"channel\":\"a.b\",\"data\":{\"x\":3}}\n\
             {\"channel\":\"a.b\",\"data\":{\"x\":4}}\n";
-        let started = std::time::Instant::now();
-        let outcome = publish_body(&out, body, Duration::from_millis(50)).await;
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "bounded wait"
-        );
+        // An unbounded wait would hang here: fail instead.
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(10),
+            publish_body(&out, body, Duration::from_millis(50)),
+        )
+        .await
+        .expect("a full ring is answered within a bounded time");
         assert_eq!(outcome.accepted, 2);
         assert_eq!(outcome.unsent_from_line, Some(3));
         assert_eq!(outcome.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -344,7 +348,8 @@ mod tests {
         let _engine = ring.consumer();
         let stats = Arc::new(FeedStats::new("http".into()));
         let out = FeedOutput::new(ring.producer(), stats.clone());
-        let body = b"{\"channel\":\"a.b\",\"data\":{}}\n\nnope\n{\"channel\":\"a.*\",\"data\":{}}\n";
+        let body =
+            b"{\"channel\":\"a.b\",\"data\":{}}\n\nnope\n{\"channel\":\"a.*\",\"data\":{}}\n";
         let outcome = publish_body(&out, body, RING_WAIT).await;
         assert_eq!(outcome.accepted, 1);
         let lines: Vec<u64> = outcome.rejected.iter().map(|(l, _)| *l).collect();
