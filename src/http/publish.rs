@@ -14,9 +14,10 @@
 //!   good lines of a mixed body are taken), 400 when every non-blank line
 //!   was rejected. At most [`LISTED_REJECTIONS`] are listed; the rest are
 //!   counted in `rejected_not_listed`.
-//! - A full ring: each record waits at most [`RING_WAIT`] for room; if it
-//!   stays full the answer is 503 with `Retry-After`, the records before it
-//!   are taken and `unsent_from_line` says where to resend from.
+//! - A full ring: a request waits at most [`RING_WAIT`] in all for room;
+//!   if the ring stays full the answer is 503 with `Retry-After`, the
+//!   records before the first one that found no room are taken and
+//!   `unsent_from_line` says where to resend from.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -34,9 +35,9 @@ use crate::feed::log_budget::EXCERPT_BYTES;
 use crate::feed::FeedOutput;
 use crate::record::{parse_line, LineOutcome, LineReader, RawLine};
 
-/// How long one record may wait for room in a full ring before the request
-/// is answered 503: long enough to ride out a burst, short enough that a
-/// stalled engine does not pile up waiting requests.
+/// How long one request may wait (in all) for room in a full ring before
+/// it is answered 503: long enough to ride out a burst, short enough that
+/// a stalled engine does not pile up waiting requests.
 pub const RING_WAIT: Duration = Duration::from_millis(200);
 
 /// Most rejected lines listed in one answer (the rest are counted).
@@ -133,9 +134,10 @@ impl Outcome {
 }
 
 /// Parses `body` as NDJSON feed records and hands each good one to `out`,
-/// waiting at most `ring_wait` per record for room in the ring.
+/// waiting at most `ring_wait` in all for room in the ring.
 pub async fn publish_body(out: &FeedOutput, body: &[u8], ring_wait: Duration) -> Outcome {
     let mut outcome = Outcome::default();
+    let deadline = tokio::time::Instant::now() + ring_wait;
     let mut reader = LineReader::new(body);
     let mut line_start = [0u8; EXCERPT_BYTES + 1];
     let max_depth = out.max_json_depth();
@@ -151,7 +153,8 @@ pub async fn publish_body(out: &FeedOutput, body: &[u8], ring_wait: Duration) ->
         };
         match parse_line(line_no, raw, max_depth) {
             LineOutcome::Record(record) => {
-                if !out.send_within(record, ring_wait).await {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if !out.send_within(record, left).await {
                     outcome.unsent_from_line = Some(line_no);
                     return outcome;
                 }
