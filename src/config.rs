@@ -379,6 +379,10 @@ pub struct Limits {
     /// none of its records is taken (it is never buffered past this).
     #[serde(deserialize_with = "check::max_publish_body_bytes")]
     pub max_publish_body_bytes: usize,
+    /// `POST /publish` requests served at once (their bodies are what is
+    /// held); more get 503 with `Retry-After`.
+    #[serde(deserialize_with = "check::max_concurrent_publishes")]
+    pub max_concurrent_publishes: usize,
 }
 
 impl Default for Limits {
@@ -416,6 +420,7 @@ impl Default for Limits {
             shutdown_reconnect_spread_ms: 10_000,
             max_token_channels: 256,
             max_publish_body_bytes: 1 << 20,
+            max_concurrent_publishes: 16,
         }
     }
 }
@@ -764,6 +769,7 @@ mod check {
         shutdown_timeout_ms: u64 = "limits.shutdown_timeout_ms";
         max_token_channels: usize = "limits.max_token_channels";
         max_publish_body_bytes: usize = "limits.max_publish_body_bytes";
+        max_concurrent_publishes: usize = "limits.max_concurrent_publishes";
     }
 
     pub fn engine_shards<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {

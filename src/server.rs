@@ -211,6 +211,9 @@ pub async fn start(
             .with_limits(settings.limits.feed()),
         key: settings.publish_key.clone(),
         max_body_bytes: settings.limits.max_publish_body_bytes,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(
+            settings.limits.max_concurrent_publishes,
+        )),
         body_timeout: Duration::from_millis(settings.limits.handshake_timeout_ms),
     };
     feeds.push(http_feed);

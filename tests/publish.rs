@@ -215,3 +215,45 @@ async fn a_body_over_the_limit_is_refused_whole_with_413() {
     assert_eq!(status, 200, "{answer}");
     server.shutdown().await;
 }
+
+/// A request that is still sending its body holds its place: with one
+/// place, a second request gets 503 with `Retry-After` until it is done.
+#[tokio::test]
+async fn requests_past_the_concurrency_limit_get_503() {
+    let server = start_server(&[], |s| s.limits.max_concurrent_publishes = 1).await;
+    let addr = server.addr;
+    let line = "{\"channel\":\"quotes.SLOW\",\"data\":{\"bid\":1}}\n";
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /publish HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Length: {}\r\n\r\n",
+        line.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&line.as_bytes()[..10]).await.unwrap();
+    // Once the slow request holds the place, another is refused, unread.
+    let head = wait_for(
+        || async move {
+            let (status, head, _) = request(addr, "POST", &[], b"").await;
+            (status == 503).then_some(head)
+        },
+        "a second request to be refused while the first one holds the place",
+    )
+    .await;
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1"),
+        "{head}"
+    );
+    slow.write_all(&line.as_bytes()[10..]).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(DEADLINE, slow.read_to_end(&mut response))
+        .await
+        .expect("the slow request is answered")
+        .unwrap();
+    assert!(response.starts_with(b"HTTP/1.1 200"), "{response:?}");
+    // Its place is given back.
+    let (status, _) = publish(addr, &[], line).await;
+    assert_eq!(status, 200);
+    assert_eq!(channel(addr, "quotes.SLOW").await.unwrap()["seq"], 2);
+    server.shutdown().await;
+}

@@ -9,6 +9,9 @@
 //!   413 past it, never buffered further) and within
 //!   `limits.handshake_timeout_ms` (408 otherwise); its lines go through the
 //!   same reader and parser as every feed, counted as the feed `http`.
+//! - How many: at most `limits.max_concurrent_publishes` requests are
+//!   served at once (each holds up to a body); one more gets 503 with
+//!   `Retry-After` before its body is read.
 //! - Answer: `{"accepted":N,"rejected":[{"line":L,"error":"REASON: detail"}]}`,
 //!   200 when at least one record was accepted or none was rejected (the
 //!   good lines of a mixed body are taken), 400 when every non-blank line
@@ -20,6 +23,7 @@
 //!   `unsent_from_line` says where to resend from.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,6 +32,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
+use tokio::sync::Semaphore;
 
 use super::{json, text, AppState, Body, PeerAddr};
 use crate::auth::PublishKey;
@@ -52,6 +57,8 @@ pub struct Publisher {
     pub output: FeedOutput,
     pub key: Option<PublishKey>,
     pub max_body_bytes: usize,
+    /// Places for requests served at once (`limits.max_concurrent_publishes`).
+    pub in_flight: Arc<Semaphore>,
     /// How long the body may take to arrive.
     pub body_timeout: Duration,
 }
@@ -198,6 +205,19 @@ pub async fn handle(req: Request<Incoming>, state: &AppState) -> Response<Body> 
     if let Err(denied) = may_publish(publisher.key.as_ref(), authorization, client) {
         return refused(denied);
     }
+    // Held until the answer is made: the body and its records are what a
+    // request holds.
+    let Ok(_place) = publisher.in_flight.try_acquire() else {
+        let mut response = text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many publish requests at once (limits.max_concurrent_publishes); \
+             retry after a moment\n",
+        );
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        return response;
+    };
     let body = match read_body(req, publisher).await {
         Ok(body) => body,
         Err(response) => return *response,
@@ -270,7 +290,6 @@ fn refused(denied: Denied) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
-    use std::sync::Arc;
 
     use super::*;
     use crate::feed::{FeedStats, RingItem};
