@@ -65,8 +65,9 @@ pub struct ServeArgs {
     /// Address to listen on for HTTP and WebSocket clients [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
-    /// A feed to ingest: `synthetic[:RATE]`, `replay:PATH` (NDJSON, `.gz` ok) or
-    /// `tcp:ADDR` (producers write NDJSON records). Repeat for several feeds.
+    /// A feed to ingest: `synthetic[:RATE]`, `replay:PATH` (NDJSON, `.gz` ok),
+    /// `tcp:ADDR` (producers write NDJSON records) or `stdin` (NDJSON piped in).
+    /// Repeat for several feeds.
     /// [default: synthetic]
     #[arg(long = "feed", value_name = "SPEC")]
     pub feeds: Vec<FeedSpec>,
@@ -115,7 +116,9 @@ pub struct ServeArgs {
     #[arg(long = "allowed-origin", value_name = "ORIGIN")]
     pub allowed_origins: Vec<String>,
     /// Key (at least 16 bytes) that `tcp:` producers send as their first line,
-    /// `{"auth":"KEY"}`. Needed for a tcp feed on a non-loopback address.
+    /// `{"auth":"KEY"}`, and `POST /publish` as `Authorization: Bearer KEY`.
+    /// Needed for a tcp feed on a non-loopback address, and for publishing
+    /// over HTTP from anywhere but loopback.
     #[arg(
         long,
         value_name = "KEY",
@@ -372,6 +375,14 @@ pub struct Limits {
     /// is refused (each subscribe is checked against all of them).
     #[serde(deserialize_with = "check::max_token_channels")]
     pub max_token_channels: usize,
+    /// Largest `POST /publish` body in bytes; a larger one gets 413 and
+    /// none of its records is taken (it is never buffered past this).
+    #[serde(deserialize_with = "check::max_publish_body_bytes")]
+    pub max_publish_body_bytes: usize,
+    /// `POST /publish` requests served at once (their bodies are what is
+    /// held); more get 503 with `Retry-After`.
+    #[serde(deserialize_with = "check::max_concurrent_publishes")]
+    pub max_concurrent_publishes: usize,
 }
 
 impl Default for Limits {
@@ -408,6 +419,8 @@ impl Default for Limits {
             shutdown_timeout_ms: 10_000,
             shutdown_reconnect_spread_ms: 10_000,
             max_token_channels: 256,
+            max_publish_body_bytes: 1 << 20,
+            max_concurrent_publishes: 16,
         }
     }
 }
@@ -755,6 +768,8 @@ mod check {
         max_tracked_ips: usize = "limits.max_tracked_ips";
         shutdown_timeout_ms: u64 = "limits.shutdown_timeout_ms";
         max_token_channels: usize = "limits.max_token_channels";
+        max_publish_body_bytes: usize = "limits.max_publish_body_bytes";
+        max_concurrent_publishes: usize = "limits.max_concurrent_publishes";
     }
 
     pub fn engine_shards<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {

@@ -111,7 +111,7 @@ async fn check_feeds(feeds: &[FeedSpec]) -> Result<(), StartError> {
                         })?,
                 );
             }
-            FeedSpec::Synthetic { .. } => {}
+            FeedSpec::Synthetic { .. } | FeedSpec::Stdin => {}
         }
     }
     Ok(())
@@ -201,6 +201,22 @@ pub async fn start(
         ));
         feeds.push(stats);
     }
+    // `POST /publish` is one more feed, listed last (http::publish).
+    let http_feed = Arc::new(FeedStats::new("http".into()));
+    http_feed.set_status(feed::FeedStatus::Running);
+    let publisher = http::publish::Publisher {
+        output: FeedOutput::new(ring.producer(), http_feed.clone())
+            .with_metrics(metrics.clone())
+            .with_max_json_depth(settings.limits.max_json_depth)
+            .with_limits(settings.limits.feed()),
+        key: settings.publish_key.clone(),
+        max_body_bytes: settings.limits.max_publish_body_bytes,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(
+            settings.limits.max_concurrent_publishes,
+        )),
+        body_timeout: Duration::from_millis(settings.limits.handshake_timeout_ms),
+    };
+    feeds.push(http_feed);
     drop(ring);
 
     // The engine stops only once the listener is closed (below), so no
@@ -235,7 +251,8 @@ pub async fn start(
             settings.limits.max_connections,
             metrics,
         )
-        .with_admission(Admission::new(settings.admission())),
+        .with_admission(Admission::new(settings.admission()))
+        .with_publisher(publisher),
     );
     if let Some(every) = settings.stats_interval {
         tokio::spawn(http::observe::log_stats(

@@ -8,6 +8,7 @@
 //! - [`synthetic`]: random-walk quotes and simulated matches (the demo default).
 //! - [`replay`]: NDJSON files (optionally gzip), paced by their `ts`.
 //! - [`tcp`]: a listener that producers write NDJSON records to.
+//! - [`stdin`]: NDJSON records piped into the process.
 //!
 //! Rejected lines are counted exactly per reason, but logged at most
 //! `limits.reject_log_per_interval` times per interval per feed, each with
@@ -15,6 +16,7 @@
 
 pub mod log_budget;
 pub mod replay;
+pub mod stdin;
 pub mod synthetic;
 pub mod tcp;
 
@@ -79,6 +81,8 @@ pub enum FeedSpec {
     Replay { path: PathBuf },
     /// `tcp:ADDR`: listen for NDJSON producers.
     Tcp { addr: SocketAddr },
+    /// `stdin`: NDJSON records from standard input, until its end.
+    Stdin,
 }
 
 /// Default total rate of the synthetic feed, in updates per second.
@@ -99,11 +103,12 @@ impl FromStr for FeedSpec {
                 )),
             },
             "replay" if !arg.is_empty() => Ok(FeedSpec::Replay { path: arg.into() }),
+            "stdin" if arg.is_empty() => Ok(FeedSpec::Stdin),
             "tcp" => arg.parse().map(|addr| FeedSpec::Tcp { addr }).map_err(|_| {
                 format!("tcp:ADDR needs an address like tcp:127.0.0.1:9100, not {arg:?}")
             }),
             _ => Err(format!(
-                "unknown feed {s:?}: use synthetic[:RATE], replay:PATH or tcp:ADDR"
+                "unknown feed {s:?}: use synthetic[:RATE], replay:PATH, tcp:ADDR or stdin"
             )),
         }
     }
@@ -115,6 +120,7 @@ impl fmt::Display for FeedSpec {
             FeedSpec::Synthetic { rate } => write!(f, "synthetic:{rate}"),
             FeedSpec::Replay { path } => write!(f, "replay:{}", path.display()),
             FeedSpec::Tcp { addr } => write!(f, "tcp:{addr}"),
+            FeedSpec::Stdin => f.write_str("stdin"),
         }
     }
 }
@@ -362,6 +368,11 @@ impl FeedOutput {
         self
     }
 
+    /// `limits.max_json_depth` for the lines this feed parses.
+    pub fn max_json_depth(&self) -> usize {
+        self.max_json_depth
+    }
+
     /// Sets the ingest limits (the defaults otherwise).
     pub fn with_limits(mut self, limits: FeedLimits) -> Self {
         self.limits = limits;
@@ -401,6 +412,34 @@ impl FeedOutput {
             let took = clock::unix_nanos().saturating_sub(ingest_ns);
             metrics.record(Stage::FeedToRing, took);
         }
+    }
+
+    /// Like [`send`](Self::send), but waits at most `wait` for room in the
+    /// ring (the HTTP publish endpoint must not hold a request without
+    /// bound); `false` when the ring stayed full and nothing was sent.
+    pub async fn send_within(&self, mut record: FeedRecord, wait: Duration) -> bool {
+        let ingest_ns = clock::unix_nanos();
+        record.ingest_ns = ingest_ns;
+        let item = Handoff::new(Arc::new(record), 1);
+        let item = match self.producer.try_publish(item) {
+            Ok(_) => None,
+            Err(full) => Some(full.into_inner()),
+        };
+        if let Some(item) = item {
+            // `publish` is cancel-safe: on timeout the record was not sent.
+            if tokio::time::timeout(wait, self.producer.publish(item))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+        self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        if let Some(metrics) = &self.metrics {
+            let took = clock::unix_nanos().saturating_sub(ingest_ns);
+            metrics.record(Stage::FeedToRing, took);
+        }
+        true
     }
 
     /// Counts and (within the log budget) logs a rejected line; the feed
@@ -592,6 +631,7 @@ pub fn spawn(
                 }
                 FeedSpec::Replay { path } => replay::run(&path, replay, output, shutdown).await,
                 FeedSpec::Tcp { addr } => tcp::run(addr, output, shutdown).await,
+                FeedSpec::Stdin => stdin::run(output, shutdown).await,
             }
         };
         match crate::fault::contain(work).await {

@@ -29,6 +29,7 @@ pub mod accept;
 pub mod admission;
 pub mod client_ip;
 pub mod observe;
+pub mod publish;
 
 /// The live page served at `/`.
 const PAGE: &str = include_str!("page.html");
@@ -50,6 +51,8 @@ pub struct AppState {
     /// allocation every session task points to.
     session_shared: Arc<session::Shared>,
     live_sessions: AtomicUsize,
+    /// `POST /publish` (`publish`); `None` answers 404.
+    pub publisher: Option<publish::Publisher>,
 }
 
 impl AppState {
@@ -80,7 +83,14 @@ impl AppState {
                 crate::config::Limits::default().admission(Default::default()),
             ),
             live_sessions: AtomicUsize::new(0),
+            publisher: None,
         }
+    }
+
+    /// Serves `POST /publish` into `publisher`'s feed.
+    pub fn with_publisher(mut self, publisher: publish::Publisher) -> Self {
+        self.publisher = Some(publisher);
+        self
     }
 
     /// Replaces the default admission limits.
@@ -138,6 +148,9 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
 
 async fn route(mut req: Request<Incoming>, state: &Arc<AppState>) -> Response<Body> {
     let path = req.uri().path().to_owned();
+    if path == "/publish" {
+        return publish::handle(req, state).await;
+    }
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served here\n");
     }
