@@ -19,7 +19,8 @@ use serde::Deserialize;
 
 use crate::auth::{Access, Auth, OriginPolicy, PublishKey, SubscribeRules, TokenVerifier};
 use crate::engine::{EngineLimits, IngestLimits, Mode, NamespacePolicy, Namespaces};
-use crate::feed::{FeedLimits, FeedSpec, ReplayOptions, Speed};
+use crate::feed::record::RecordOptions;
+use crate::feed::{FeedLimits, FeedSpec, ReplayFrom, ReplayOptions, Speed};
 use crate::http::admission::AdmissionLimits;
 use crate::http::client_ip::{AddrRange, TrustedProxy};
 use crate::json_depth;
@@ -77,6 +78,20 @@ pub struct ServeArgs {
     /// Start replays over when they reach the end.
     #[arg(long = "loop")]
     pub looped: bool,
+    /// Start replays at a time (RFC 3339, or unix ms), compared with each
+    /// record's `ts`, or at a record number `#N` (1-based, counting records,
+    /// not blank or rejected lines); earlier records are skipped unsent.
+    #[arg(long, value_name = "WHEN")]
+    pub from: Option<ReplayFrom>,
+    /// Replay progress on stderr, a line every few seconds: records sent,
+    /// share of the file read, how far behind schedule [default: on when
+    /// stderr is a terminal].
+    #[arg(long, value_name = "BOOL")]
+    pub progress: Option<bool>,
+    /// Append every record the engine accepts to FILE (NDJSON, gzip if it
+    /// ends in `.gz`), in the replay feed's format; see `record_flush_ms`.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
     /// A TOML configuration file (see `tickcast default-config`).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -139,6 +154,11 @@ pub struct Config {
     pub speed: String,
     #[serde(rename = "loop")]
     pub looped: bool,
+    /// `--record`: the recording's path; empty for none.
+    pub record: PathBuf,
+    /// How often the recording is flushed (ms): what a crash can lose.
+    #[serde(deserialize_with = "check::record_flush_ms")]
+    pub record_flush_ms: u64,
     #[serde(deserialize_with = "check::log_filter")]
     pub log: String,
     pub stats_interval: u64,
@@ -246,6 +266,8 @@ impl Default for Config {
             feeds: vec!["synthetic".into()],
             speed: "1".into(),
             looped: false,
+            record: PathBuf::new(),
+            record_flush_ms: 1000,
             log: "info".into(),
             stats_interval: 10,
             direct_writes: false,
@@ -372,6 +394,10 @@ pub struct Limits {
     /// is refused (each subscribe is checked against all of them).
     #[serde(deserialize_with = "check::max_token_channels")]
     pub max_token_channels: usize,
+    /// Accepted records queued for the `--record` writer; past it they are
+    /// left out of the recording (counted), never waited for.
+    #[serde(deserialize_with = "check::record_queue")]
+    pub record_queue: usize,
 }
 
 impl Default for Limits {
@@ -408,6 +434,7 @@ impl Default for Limits {
             shutdown_timeout_ms: 10_000,
             shutdown_reconnect_spread_ms: 10_000,
             max_token_channels: 256,
+            record_queue: 65_536,
         }
     }
 }
@@ -494,6 +521,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub feeds: Vec<FeedSpec>,
     pub replay: ReplayOptions,
+    /// `--record`, if on.
+    pub record: Option<RecordOptions>,
     pub log: String,
     /// Seconds between stats log lines; `None` for never.
     pub stats_interval: Option<Duration>,
@@ -577,7 +606,19 @@ impl Config {
             replay: ReplayOptions {
                 speed,
                 looped: args.looped || self.looped,
+                from: args.from,
+                progress: args.progress,
             },
+            record: args
+                .record
+                .clone()
+                .or_else(|| Some(self.record.clone()))
+                .filter(|path| !path.as_os_str().is_empty())
+                .map(|path| RecordOptions {
+                    path,
+                    flush_interval: Duration::from_millis(self.record_flush_ms),
+                    queue: self.limits.record_queue,
+                }),
             log: args.log.clone().unwrap_or(self.log),
             stats_interval: Some(args.stats_interval.unwrap_or(self.stats_interval))
                 .filter(|&s| s > 0)
@@ -755,6 +796,8 @@ mod check {
         max_tracked_ips: usize = "limits.max_tracked_ips";
         shutdown_timeout_ms: u64 = "limits.shutdown_timeout_ms";
         max_token_channels: usize = "limits.max_token_channels";
+        record_queue: usize = "limits.record_queue";
+        record_flush_ms: u64 = "record_flush_ms";
     }
 
     pub fn engine_shards<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {

@@ -138,6 +138,7 @@ async fn the_mixed_fixture_replays_to_the_expected_states() {
     let opts = ReplayOptions {
         speed: Speed::Max,
         looped: false,
+        ..ReplayOptions::default()
     };
     let (result, records) = replay_all(&dir.join("replay-mixed.ndjson"), opts).await;
     result.expect("replay ok");
@@ -185,6 +186,7 @@ async fn gzip_files_are_decompressed() {
     let opts = ReplayOptions {
         speed: Speed::Max,
         looped: false,
+        ..ReplayOptions::default()
     };
     let (result, records) = replay_all(&path, opts).await;
     tokio::fs::remove_file(&path).await.ok();
@@ -200,6 +202,7 @@ async fn looped_replay_starts_over_until_shutdown() {
     let opts = ReplayOptions {
         speed: Speed::Factor(1.0),
         looped: true,
+        ..ReplayOptions::default()
     };
     let task = tokio::spawn({
         let (path, shutdown) = (path.clone(), shutdown.clone());
@@ -238,6 +241,7 @@ async fn a_looped_file_without_records_does_not_spin() {
     let opts = ReplayOptions {
         speed: Speed::Max,
         looped: true,
+        ..ReplayOptions::default()
     };
     let (result, records) = replay_all(&path, opts).await;
     tokio::fs::remove_file(&path).await.ok();
@@ -275,6 +279,7 @@ async fn records_are_paced_by_their_ts() {
     let opts = ReplayOptions {
         speed: Speed::Factor(2.0),
         looped: false,
+        ..ReplayOptions::default()
     };
     let task = tokio::spawn({
         let path = path.clone();
