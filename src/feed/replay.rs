@@ -174,7 +174,10 @@ async fn replay_pass(
             pacer.due(record.ts, now)
         };
         if !skip {
-            progress.sent(now, pacer.behind());
+            if let Some(line) = progress.sent(now, pacer.behind()) {
+                // A line every few seconds at most, to a terminal as a rule.
+                eprintln!("{line}");
+            }
         }
         async move {
             if skip {

@@ -70,18 +70,18 @@ impl Progress {
         self
     }
 
-    /// One more record goes out at `now`; writes a line if one is due.
-    pub fn sent(&mut self, now: Instant, behind: Option<Duration>) {
+    /// One more record goes out at `now`; the line to write, if one is due.
+    pub fn sent(&mut self, now: Instant, behind: Option<Duration>) -> Option<String> {
         self.sent += 1;
         if !self.shown {
-            return;
+            return None;
         }
         let next_line = *self.next_line.get_or_insert(now + EVERY);
         if now < next_line {
-            return;
+            return None;
         }
         self.next_line = Some(now + EVERY);
-        eprintln!("{}", self.line(behind));
+        Some(self.line(behind))
     }
 
     /// The text of a progress line.
@@ -101,5 +101,44 @@ impl Progress {
             "replay: {} records sent, {} bytes read{share}{schedule}",
             self.sent, read
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn a_line_every_few_seconds_with_the_share_read_and_the_lag() {
+        let (mut reader, progress) = CountingReader::new(&b"0123456789"[..], Some(10));
+        let mut half = [0u8; 5];
+        reader.read_exact(&mut half).await.unwrap();
+        let mut progress = progress.shown(true);
+        let start = Instant::now();
+        let behind = Some(Duration::from_millis(2500));
+        assert_eq!(progress.sent(start, behind), None, "no line at once");
+        let soon = start + EVERY / 2;
+        assert_eq!(progress.sent(soon, behind), None, "nor before EVERY");
+        assert_eq!(
+            progress.sent(start + EVERY, behind).as_deref(),
+            Some("replay: 3 records sent, 5 bytes read (50.0% of the file), 2.5 s behind schedule")
+        );
+        assert_eq!(
+            progress.sent(start + EVERY, behind),
+            None,
+            "one line per EVERY"
+        );
+        let line = progress.sent(start + EVERY * 2, None).unwrap();
+        assert!(line.ends_with("as fast as the engine takes them"), "{line}");
+    }
+
+    #[test]
+    fn nothing_when_not_shown() {
+        let (_, mut progress) = CountingReader::new(&b""[..], None);
+        let start = Instant::now();
+        for i in 0..4 {
+            assert_eq!(progress.sent(start + EVERY * i, None), None);
+        }
     }
 }

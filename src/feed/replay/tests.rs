@@ -18,6 +18,22 @@ const SEC: u64 = 1_000_000_000;
 const DEADLINE: Duration = Duration::from_secs(20);
 
 #[test]
+fn pacer_says_how_far_behind_schedule_it_is() {
+    let t0 = Instant::now();
+    let mut pacer = Pacer::new(Speed::Factor(1.0));
+    assert_eq!(pacer.due(Some(10 * SEC), t0), None);
+    assert_eq!(pacer.behind(), Some(Duration::ZERO));
+    // Due at t0 + 1 s, asked at t0 + 3 s: 2 s late, sent at once.
+    assert_eq!(pacer.due(Some(11 * SEC), t0 + Duration::from_secs(3)), None);
+    assert_eq!(pacer.behind(), Some(Duration::from_secs(2)));
+    // Due at t0 + 5 s, asked at t0 + 4 s: on time again.
+    let due = pacer.due(Some(15 * SEC), t0 + Duration::from_secs(4));
+    assert_eq!(due, Some(t0 + Duration::from_secs(5)));
+    assert_eq!(pacer.behind(), Some(Duration::ZERO));
+    assert_eq!(Pacer::new(Speed::Max).behind(), None, "max has no schedule");
+}
+
+#[test]
 fn pacer_maps_ts_to_due_times_from_the_start() {
     let t0 = Instant::now();
     let mut pacer = Pacer::new(Speed::Factor(2.0));
