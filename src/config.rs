@@ -1186,6 +1186,29 @@ mod tests {
         assert!(err.contains("feeds[0]"), "{err}");
     }
 
+    #[test]
+    fn record_comes_from_the_file_or_the_flag() {
+        assert_eq!(Settings::default().record, None, "off by default");
+        let file: Config = toml::from_str(
+            "record = \"a.ndjson\"\nrecord_flush_ms = 250\n[limits]\nrecord_queue = 8\n",
+        )
+        .unwrap();
+        let expected = RecordOptions {
+            path: "a.ndjson".into(),
+            flush_interval: Duration::from_millis(250),
+            queue: 8,
+        };
+        let settings = file.clone().resolve(&ServeArgs::default(), None).unwrap();
+        assert_eq!(settings.record, Some(expected.clone()));
+        let args = ServeArgs {
+            record: Some("b.ndjson.gz".into()),
+            ..ServeArgs::default()
+        };
+        let settings = file.resolve(&args, None).unwrap();
+        let path = PathBuf::from("b.ndjson.gz");
+        assert_eq!(settings.record, Some(RecordOptions { path, ..expected }));
+    }
+
     /// A bad value in the file stops start-up naming the key and its line.
     #[test]
     fn bad_values_are_named_with_their_key_and_line() {
@@ -1256,6 +1279,8 @@ mod tests {
                 "localhost",
                 2,
             ),
+            ("record_flush_ms = 0\n", "record_flush_ms", 1),
+            ("[limits]\nrecord_queue = 0\n", "limits.record_queue", 2),
         ];
         for (text, key, line) in cases {
             let err = toml::from_str::<Config>(text).unwrap_err().to_string();

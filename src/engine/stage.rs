@@ -109,8 +109,8 @@ impl StateStage {
         Some(Event::Update(Arc::new(applied)))
     }
 
-    /// Counts a record that changed its channel and offers it to the
-    /// recorder, if one is on.
+    /// Counts a record the stage accepted (applied to its channel, seq + 1)
+    /// and offers it to the recorder, if one is on.
     fn accepted(&mut self, record: &Arc<FeedRecord>) {
         self.stats.updates_applied.fetch_add(1, Ordering::Relaxed);
         self.count_history();
