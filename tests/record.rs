@@ -154,6 +154,28 @@ async fn replaying_a_recording_rebuilds_the_same_channels() {
 }
 
 #[tokio::test]
+async fn the_recording_is_flushed_on_its_interval_while_serving() {
+    // What a crash would lose: only what came in since the last flush.
+    let path = temp_path("interval.ndjson");
+    let (server, feed) = start_with_tcp_feed(|s| s.record = Some(recording(&path, 20))).await;
+    let mut producer = Producer::connect(feed).await;
+    for n in 1..=5 {
+        producer.publish("i.a", json!({"n": n})).await;
+    }
+    let path = &path;
+    wait_for(
+        || async move {
+            let text = std::fs::read_to_string(path).ok()?;
+            (text.lines().count() == 5).then_some(())
+        },
+        "the five records on disk while the server runs",
+    )
+    .await;
+    assert_eq!(server.engine.stage_stats().snapshot().records_recorded, 5);
+    server.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_gz_recording_round_trips_too() {
     let path = temp_path("zipped.ndjson.gz");
     round_trip(&path).await;
