@@ -19,7 +19,8 @@ use serde::Deserialize;
 
 use crate::auth::{Access, Auth, OriginPolicy, PublishKey, SubscribeRules, TokenVerifier};
 use crate::engine::{EngineLimits, IngestLimits, Mode, NamespacePolicy, Namespaces};
-use crate::feed::{FeedLimits, FeedSpec, ReplayOptions, Speed};
+use crate::feed::record::RecordOptions;
+use crate::feed::{FeedLimits, FeedSpec, ReplayFrom, ReplayOptions, Speed};
 use crate::http::admission::AdmissionLimits;
 use crate::http::client_ip::{AddrRange, TrustedProxy};
 use crate::json_depth;
@@ -78,6 +79,20 @@ pub struct ServeArgs {
     /// Start replays over when they reach the end.
     #[arg(long = "loop")]
     pub looped: bool,
+    /// Start replays at a time (RFC 3339, or unix ms), compared with each
+    /// record's `ts`, or at a record number `#N` (1-based, counting records,
+    /// not blank or rejected lines); earlier records are skipped unsent.
+    #[arg(long, value_name = "WHEN")]
+    pub from: Option<ReplayFrom>,
+    /// Replay progress on stderr, a line every few seconds: records sent,
+    /// share of the file read, how far behind schedule [default: on when
+    /// stderr is a terminal].
+    #[arg(long, value_name = "BOOL")]
+    pub progress: Option<bool>,
+    /// Append every record the engine accepts to FILE (NDJSON, gzip if it
+    /// ends in `.gz`), in the replay feed's format; see `record_flush_ms`.
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
     /// A TOML configuration file (see `tickcast default-config`).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -142,6 +157,11 @@ pub struct Config {
     pub speed: String,
     #[serde(rename = "loop")]
     pub looped: bool,
+    /// `--record`: the recording's path; empty for none.
+    pub record: PathBuf,
+    /// How often the recording is flushed (ms): what a crash can lose.
+    #[serde(deserialize_with = "check::record_flush_ms")]
+    pub record_flush_ms: u64,
     #[serde(deserialize_with = "check::log_filter")]
     pub log: String,
     pub stats_interval: u64,
@@ -249,6 +269,8 @@ impl Default for Config {
             feeds: vec!["synthetic".into()],
             speed: "1".into(),
             looped: false,
+            record: PathBuf::new(),
+            record_flush_ms: 1000,
             log: "info".into(),
             stats_interval: 10,
             direct_writes: false,
@@ -383,6 +405,10 @@ pub struct Limits {
     /// held); more get 503 with `Retry-After`.
     #[serde(deserialize_with = "check::max_concurrent_publishes")]
     pub max_concurrent_publishes: usize,
+    /// Accepted records queued for the `--record` writer; past it they are
+    /// left out of the recording (counted), never waited for.
+    #[serde(deserialize_with = "check::record_queue")]
+    pub record_queue: usize,
 }
 
 impl Default for Limits {
@@ -421,6 +447,7 @@ impl Default for Limits {
             max_token_channels: 256,
             max_publish_body_bytes: 1 << 20,
             max_concurrent_publishes: 16,
+            record_queue: 65_536,
         }
     }
 }
@@ -507,6 +534,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub feeds: Vec<FeedSpec>,
     pub replay: ReplayOptions,
+    /// `--record`, if on.
+    pub record: Option<RecordOptions>,
     pub log: String,
     /// Seconds between stats log lines; `None` for never.
     pub stats_interval: Option<Duration>,
@@ -590,7 +619,19 @@ impl Config {
             replay: ReplayOptions {
                 speed,
                 looped: args.looped || self.looped,
+                from: args.from,
+                progress: args.progress,
             },
+            record: args
+                .record
+                .clone()
+                .or_else(|| Some(self.record.clone()))
+                .filter(|path| !path.as_os_str().is_empty())
+                .map(|path| RecordOptions {
+                    path,
+                    flush_interval: Duration::from_millis(self.record_flush_ms),
+                    queue: self.limits.record_queue,
+                }),
             log: args.log.clone().unwrap_or(self.log),
             stats_interval: Some(args.stats_interval.unwrap_or(self.stats_interval))
                 .filter(|&s| s > 0)
@@ -770,6 +811,8 @@ mod check {
         max_token_channels: usize = "limits.max_token_channels";
         max_publish_body_bytes: usize = "limits.max_publish_body_bytes";
         max_concurrent_publishes: usize = "limits.max_concurrent_publishes";
+        record_queue: usize = "limits.record_queue";
+        record_flush_ms: u64 = "record_flush_ms";
     }
 
     pub fn engine_shards<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
@@ -1158,6 +1201,29 @@ mod tests {
         assert!(err.contains("feeds[0]"), "{err}");
     }
 
+    #[test]
+    fn record_comes_from_the_file_or_the_flag() {
+        assert_eq!(Settings::default().record, None, "off by default");
+        let file: Config = toml::from_str(
+            "record = \"a.ndjson\"\nrecord_flush_ms = 250\n[limits]\nrecord_queue = 8\n",
+        )
+        .unwrap();
+        let expected = RecordOptions {
+            path: "a.ndjson".into(),
+            flush_interval: Duration::from_millis(250),
+            queue: 8,
+        };
+        let settings = file.clone().resolve(&ServeArgs::default(), None).unwrap();
+        assert_eq!(settings.record, Some(expected.clone()));
+        let args = ServeArgs {
+            record: Some("b.ndjson.gz".into()),
+            ..ServeArgs::default()
+        };
+        let settings = file.resolve(&args, None).unwrap();
+        let path = PathBuf::from("b.ndjson.gz");
+        assert_eq!(settings.record, Some(RecordOptions { path, ..expected }));
+    }
+
     /// A bad value in the file stops start-up naming the key and its line.
     #[test]
     fn bad_values_are_named_with_their_key_and_line() {
@@ -1228,6 +1294,8 @@ mod tests {
                 "localhost",
                 2,
             ),
+            ("record_flush_ms = 0\n", "record_flush_ms", 1),
+            ("[limits]\nrecord_queue = 0\n", "limits.record_queue", 2),
         ];
         for (text, key, line) in cases {
             let err = toml::from_str::<Config>(text).unwrap_err().to_string();

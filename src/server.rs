@@ -42,6 +42,14 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "cannot open the recording {path}: {source} (check the path given to --record \
+         or `record` in the config)"
+    )]
+    Record {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot read the listener's address: {0}")]
     Listener(std::io::Error),
     /// A rule the settings cannot keep (see `auth::check_startup`).
@@ -150,6 +158,19 @@ pub async fn start(
     )
     .with_namespaces(settings.namespaces.clone())
     .with_ingest_limits(settings.limits.ingest());
+    // The recorder taps the records the state stage accepts.
+    let (stage, recorder) = match &settings.record {
+        None => (stage, None),
+        Some(opts) => {
+            let (tap, writer) = feed::record::start(opts, handle.stage_stats())
+                .await
+                .map_err(|source| StartError::Record {
+                    path: opts.path.display().to_string(),
+                    source,
+                })?;
+            (stage.with_recorder(Some(tap)), Some(writer))
+        }
+    };
     let stage_input = ring.consumer();
     // Every shard is a gating consumer of the hand-off ring, registered
     // before the state stage publishes, so each one sees every event.
@@ -277,6 +298,11 @@ pub async fn start(
             // Each shard queues its sessions' close frames as it stops.
             for task in engine_tasks {
                 let _ = task.await;
+            }
+            // The state stage is gone with its tap: the recorder writes
+            // what is queued, flushes and closes the file.
+            if let Some(recorder) = recorder {
+                let _ = recorder.await;
             }
             sessions.close();
             sessions.wait().await;

@@ -138,6 +138,7 @@ async fn the_replay_feed_counts_the_same() {
     let opts = ReplayOptions {
         speed: Speed::Max,
         looped: false,
+        ..ReplayOptions::default()
     };
     let path = fixture("dirty-sample.ndjson");
     let run = replay::run(&path, opts, out, CancellationToken::new());

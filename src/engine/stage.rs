@@ -22,6 +22,7 @@ use super::policy::Namespaces;
 use super::{EngineLimits, EngineStats};
 use crate::channel::ChannelName;
 use crate::feed::log_budget::LogBudget;
+use crate::feed::record::RecordTap;
 use crate::record::FeedRecord;
 
 pub struct StateStage {
@@ -35,6 +36,8 @@ pub struct StateStage {
     pub(super) ingest: IngestLimits,
     pub(super) history: HistoryBudget,
     pub(super) drop_log: LogBudget,
+    /// `--record`: where accepted records are offered (never waits).
+    recorder: Option<RecordTap>,
 }
 
 impl StateStage {
@@ -48,7 +51,14 @@ impl StateStage {
             ingest: IngestLimits::default(),
             history: HistoryBudget::new(IngestLimits::default().max_history_bytes),
             drop_log: IngestLimits::default().log_budget(),
+            recorder: None,
         }
+    }
+
+    /// Offers every record this stage accepts to `tap` (`--record`).
+    pub fn with_recorder(mut self, tap: Option<RecordTap>) -> Self {
+        self.recorder = tap;
+        self
     }
 
     /// Sets the state, history and log bounds (the defaults otherwise).
@@ -93,11 +103,20 @@ impl StateStage {
                 return None;
             }
         };
-        self.stats.updates_applied.fetch_add(1, Ordering::Relaxed);
-        self.count_history();
+        self.accepted(record);
         let data_json = data_json.filter(|_| subscribed)?;
         let applied = Applied::new(cell, seq, record.clone(), data_json, now);
         Some(Event::Update(Arc::new(applied)))
+    }
+
+    /// Counts a record the stage accepted (applied to its channel, seq + 1)
+    /// and offers it to the recorder, if one is on.
+    fn accepted(&mut self, record: &Arc<FeedRecord>) {
+        self.stats.updates_applied.fetch_add(1, Ordering::Relaxed);
+        self.count_history();
+        if let Some(tap) = &self.recorder {
+            tap.offer(record);
+        }
     }
 
     /// A channel's first record creates it (seq 1).
@@ -117,8 +136,7 @@ impl StateStage {
                 return None;
             }
         };
-        self.stats.updates_applied.fetch_add(1, Ordering::Relaxed);
-        self.count_history();
+        self.accepted(record);
         self.by_name.insert(record.channel.clone(), cell.clone());
         self.directory.insert(cell.clone());
         self.stats

@@ -39,6 +39,10 @@ counters! {
         "Bytes of resume history held (one copy for the process; bounded by limits.max_history_bytes).";
     history_trimmed: Counter "tickcast_history_trimmed_total" at "history_trimmed",
         "History entries forgotten early, or not kept, to stay within limits.max_history_bytes.";
+    records_recorded: Counter "tickcast_records_recorded_total" at "recorder.records",
+        "Accepted records written to the --record file.";
+    record_dropped: Counter "tickcast_record_dropped_total" at "recorder.dropped",
+        "Accepted records left out of the --record file because its writer fell behind (limits.record_queue full); the engine applied them.";
 }
 
 impl StatsSnapshot {

@@ -15,6 +15,7 @@
 //! a short escaped excerpt ([`log_budget`]).
 
 pub mod log_budget;
+pub mod record;
 pub mod replay;
 pub mod stdin;
 pub mod synthetic;
@@ -42,6 +43,7 @@ use crate::record::{
 };
 use crate::ring::Producer;
 use log_budget::{excerpt, LogBudget, Verdict, EXCERPT_BYTES};
+pub use replay::ReplayFrom;
 
 /// What the ring carries from feeds to the engine: a shell the state stage,
 /// the ring's only gating consumer, takes the record out of, so a slot does
@@ -130,6 +132,10 @@ impl fmt::Display for FeedSpec {
 pub struct ReplayOptions {
     pub speed: Speed,
     pub looped: bool,
+    /// `--from`: where each pass starts (the top of the file if `None`).
+    pub from: Option<ReplayFrom>,
+    /// `--progress`: lines on stderr; `None` = only when it is a terminal.
+    pub progress: Option<bool>,
 }
 
 impl Default for ReplayOptions {
@@ -137,7 +143,23 @@ impl Default for ReplayOptions {
         Self {
             speed: Speed::Factor(1.0),
             looped: false,
+            from: None,
+            progress: None,
         }
+    }
+}
+
+/// What a pace function decides for a record: send it (after its wait),
+/// or skip it unsent (a replay before its `--from`). `()` means send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Paced {
+    Send,
+    Skip,
+}
+
+impl From<()> for Paced {
+    fn from((): ()) -> Self {
+        Paced::Send
     }
 }
 
@@ -502,8 +524,9 @@ impl FeedOutput {
 
     /// Reads NDJSON lines to the end of `input` (or until `shutdown`),
     /// sending records and rejecting bad lines. `pace` is awaited before each
-    /// record is sent (replay uses it; others pass a no-op).
-    pub async fn ingest_lines<R, P, F>(
+    /// record is sent (replay uses it; others pass a no-op); a record it
+    /// answers [`Paced::Skip`] for is counted as skipped and not sent.
+    pub async fn ingest_lines<R, P, F, O>(
         &self,
         input: R,
         shutdown: &CancellationToken,
@@ -512,7 +535,8 @@ impl FeedOutput {
     where
         R: AsyncBufRead + Unpin,
         P: FnMut(&FeedRecord) -> F,
-        F: std::future::Future<Output = ()>,
+        F: std::future::Future<Output = O>,
+        O: Into<Paced>,
     {
         self.ingest(input, shutdown, pace, None).await
     }
@@ -521,7 +545,7 @@ impl FeedOutput {
     /// than `line_timeout` for a complete line (nothing sent, or half a
     /// line) ends it with an [`io::ErrorKind::TimedOut`] error. Time spent
     /// waiting for room in the ring does not count.
-    pub async fn ingest_lines_with_timeout<R, P, F>(
+    pub async fn ingest_lines_with_timeout<R, P, F, O>(
         &self,
         input: R,
         shutdown: &CancellationToken,
@@ -531,12 +555,13 @@ impl FeedOutput {
     where
         R: AsyncBufRead + Unpin,
         P: FnMut(&FeedRecord) -> F,
-        F: std::future::Future<Output = ()>,
+        F: std::future::Future<Output = O>,
+        O: Into<Paced>,
     {
         self.ingest(input, shutdown, pace, Some(line_timeout)).await
     }
 
-    async fn ingest<R, P, F>(
+    async fn ingest<R, P, F, O>(
         &self,
         input: R,
         shutdown: &CancellationToken,
@@ -546,7 +571,8 @@ impl FeedOutput {
     where
         R: AsyncBufRead + Unpin,
         P: FnMut(&FeedRecord) -> F,
-        F: std::future::Future<Output = ()>,
+        F: std::future::Future<Output = O>,
+        O: Into<Paced>,
     {
         let mut reader = LineReader::new(input);
         let mut counts = LineCounts::default();
@@ -573,7 +599,10 @@ impl FeedOutput {
             };
             match parse_line(line_no, raw, self.max_json_depth) {
                 LineOutcome::Record(record) => {
-                    pace(&record).await;
+                    if pace(&record).await.into() == Paced::Skip {
+                        counts.skipped += 1;
+                        continue;
+                    }
                     counts.accepted += 1;
                     self.send(record).await;
                 }
@@ -610,6 +639,8 @@ pub struct LineCounts {
     pub accepted: u64,
     pub rejected: u64,
     pub blank: u64,
+    /// Records a pace function skipped (a replay's `--from`).
+    pub skipped: u64,
 }
 
 /// Starts one feed as a task; it ends at `shutdown` or, for a replay without

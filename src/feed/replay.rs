@@ -11,8 +11,15 @@
 //! first record is due right after the last one of the pass before.
 //!
 //! All waits use `tokio::time`, so tests can drive them with paused time.
+//!
+//! `--from` ([`ReplayFrom`]) skips the records before it, unsent and
+//! unpaced, in every pass. `--progress` ([`progress`]) writes a line to
+//! stderr at most every few seconds.
 
-use std::io;
+mod from;
+mod progress;
+
+use std::io::{self, IsTerminal};
 use std::path::Path;
 
 use async_compression::tokio::bufread::GzipDecoder;
@@ -20,7 +27,10 @@ use tokio::io::{AsyncBufRead, BufReader};
 use tokio::time::{sleep_until, Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::{FeedOutput, LineCounts, ReplayOptions, Speed};
+pub use from::ReplayFrom;
+use progress::{CountingReader, Progress};
+
+use super::{FeedOutput, LineCounts, Paced, ReplayOptions, Speed};
 
 /// Read buffer for the file and for the decompressed stream. Larger than
 /// tokio's default so each blocking file read moves more bytes.
@@ -41,6 +51,8 @@ pub struct Pacer {
     pass_offset: u64,
     /// Furthest point reached on the replay's timeline (ns).
     high_water: u64,
+    /// How late the last record that had a due time went out.
+    behind: Duration,
 }
 
 impl Pacer {
@@ -57,7 +69,14 @@ impl Pacer {
             pass_first_ts: None,
             pass_offset: 0,
             high_water: 0,
+            behind: Duration::ZERO,
         }
+    }
+
+    /// How far behind schedule the replay is (the last paced record's
+    /// lateness); `None` at `Speed::Max`, which has no schedule.
+    pub fn behind(&self) -> Option<Duration> {
+        self.scale.map(|_| self.behind)
     }
 
     /// Starts another pass over the same recording: its first timed record
@@ -82,6 +101,7 @@ impl Pacer {
         self.high_water = position;
         let wait = Duration::from_nanos((position as f64 * scale) as u64);
         let due = wall_start.checked_add(wait)?;
+        self.behind = now.saturating_duration_since(due);
         (due > now).then_some(due)
     }
 }
@@ -95,11 +115,13 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let mut pacer = Pacer::new(opts.speed);
+    let show_progress = opts.progress.unwrap_or_else(|| io::stderr().is_terminal());
     let mut pass = 0u64;
     loop {
         pass += 1;
-        let input = open(path).await?;
-        let counts = replay_pass(input, &mut pacer, &out, &shutdown)
+        let (input, progress) = open(path).await?;
+        let progress = progress.shown(show_progress);
+        let counts = replay_pass(input, &mut pacer, opts.from, progress, &out, &shutdown)
             .await
             .map_err(|e| {
                 io::Error::new(
@@ -110,7 +132,7 @@ pub async fn run(
         tracing::info!(
             feed = %out.stats().name, path = %path.display(), pass,
             lines = counts.lines, accepted = counts.accepted,
-            rejected = counts.rejected, blank = counts.blank,
+            rejected = counts.rejected, blank = counts.blank, skipped = counts.skipped,
             cut_short = shutdown.is_cancelled(),
             "replay pass done"
         );
@@ -127,32 +149,58 @@ pub async fn run(
     }
 }
 
-/// One pass over `input`: each record waits for its due time (or for
-/// shutdown) and is then sent.
+/// One pass over `input`: records before `from` are skipped; each other
+/// record waits for its due time (or for shutdown) and is then sent.
 async fn replay_pass(
     input: impl AsyncBufRead + Unpin,
     pacer: &mut Pacer,
+    from: Option<ReplayFrom>,
+    mut progress: Progress,
     out: &FeedOutput,
     shutdown: &CancellationToken,
 ) -> io::Result<LineCounts> {
+    let mut record_no = 0u64;
+    let mut started = from.is_none();
     // The future returned for each record owns only the due time and a
     // borrow of the token, so it can outlive the record it was made for.
     let pace = |record: &crate::record::FeedRecord| {
-        let due = pacer.due(record.ts, Instant::now());
+        record_no += 1;
+        started = started || from.is_some_and(|from| from.reached(record_no, record.ts));
+        let skip = !started;
+        let now = Instant::now();
+        let due = if skip {
+            None
+        } else {
+            pacer.due(record.ts, now)
+        };
+        if !skip {
+            if let Some(line) = progress.sent(now, pacer.behind()) {
+                // A line every few seconds at most, to a terminal as a rule.
+                eprintln!("{line}");
+            }
+        }
         async move {
+            if skip {
+                return Paced::Skip;
+            }
             if let Some(due) = due {
                 tokio::select! {
                     _ = sleep_until(due) => {}
                     _ = shutdown.cancelled() => {}
                 }
             }
+            Paced::Send
         }
     };
     out.ingest_lines(input, shutdown, pace).await
 }
 
-/// Opens the recording, decompressing when the name ends in `.gz`.
-async fn open(path: &Path) -> io::Result<Box<dyn AsyncBufRead + Unpin + Send>> {
+/// Input of one pass.
+type ReplayInput = Box<dyn AsyncBufRead + Unpin + Send>;
+
+/// Opens the recording, decompressing when the name ends in `.gz`, with
+/// the progress of reading it (bytes of the file, compressed or not).
+async fn open(path: &Path) -> io::Result<(ReplayInput, Progress)> {
     let file = tokio::fs::File::open(path).await.map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -163,18 +211,21 @@ async fn open(path: &Path) -> io::Result<Box<dyn AsyncBufRead + Unpin + Send>> {
             ),
         )
     })?;
+    let size = file.metadata().await.ok().map(|m| m.len());
+    let (file, progress) = CountingReader::new(file, size);
     let file = BufReader::with_capacity(READ_BUFFER_BYTES, file);
     let gzip = path
         .extension()
         .is_some_and(|ext| ext.eq_ignore_ascii_case("gz"));
-    Ok(if gzip {
+    let input: ReplayInput = if gzip {
         let mut decoder = GzipDecoder::new(file);
         // `cat a.gz b.gz` is a valid gzip file too.
         decoder.multiple_members(true);
         Box::new(BufReader::with_capacity(READ_BUFFER_BYTES, decoder))
     } else {
         Box::new(file)
-    })
+    };
+    Ok((input, progress))
 }
 
 #[cfg(test)]

@@ -18,6 +18,22 @@ const SEC: u64 = 1_000_000_000;
 const DEADLINE: Duration = Duration::from_secs(20);
 
 #[test]
+fn pacer_says_how_far_behind_schedule_it_is() {
+    let t0 = Instant::now();
+    let mut pacer = Pacer::new(Speed::Factor(1.0));
+    assert_eq!(pacer.due(Some(10 * SEC), t0), None);
+    assert_eq!(pacer.behind(), Some(Duration::ZERO));
+    // Due at t0 + 1 s, asked at t0 + 3 s: 2 s late, sent at once.
+    assert_eq!(pacer.due(Some(11 * SEC), t0 + Duration::from_secs(3)), None);
+    assert_eq!(pacer.behind(), Some(Duration::from_secs(2)));
+    // Due at t0 + 5 s, asked at t0 + 4 s: on time again.
+    let due = pacer.due(Some(15 * SEC), t0 + Duration::from_secs(4));
+    assert_eq!(due, Some(t0 + Duration::from_secs(5)));
+    assert_eq!(pacer.behind(), Some(Duration::ZERO));
+    assert_eq!(Pacer::new(Speed::Max).behind(), None, "max has no schedule");
+}
+
+#[test]
 fn pacer_maps_ts_to_due_times_from_the_start() {
     let t0 = Instant::now();
     let mut pacer = Pacer::new(Speed::Factor(2.0));
@@ -138,6 +154,7 @@ async fn the_mixed_fixture_replays_to_the_expected_states() {
     let opts = ReplayOptions {
         speed: Speed::Max,
         looped: false,
+        ..ReplayOptions::default()
     };
     let (result, records) = replay_all(&dir.join("replay-mixed.ndjson"), opts).await;
     result.expect("replay ok");
@@ -185,6 +202,7 @@ async fn gzip_files_are_decompressed() {
     let opts = ReplayOptions {
         speed: Speed::Max,
         looped: false,
+        ..ReplayOptions::default()
     };
     let (result, records) = replay_all(&path, opts).await;
     tokio::fs::remove_file(&path).await.ok();
@@ -200,6 +218,7 @@ async fn looped_replay_starts_over_until_shutdown() {
     let opts = ReplayOptions {
         speed: Speed::Factor(1.0),
         looped: true,
+        ..ReplayOptions::default()
     };
     let task = tokio::spawn({
         let (path, shutdown) = (path.clone(), shutdown.clone());
@@ -238,6 +257,7 @@ async fn a_looped_file_without_records_does_not_spin() {
     let opts = ReplayOptions {
         speed: Speed::Max,
         looped: true,
+        ..ReplayOptions::default()
     };
     let (result, records) = replay_all(&path, opts).await;
     tokio::fs::remove_file(&path).await.ok();
@@ -275,6 +295,7 @@ async fn records_are_paced_by_their_ts() {
     let opts = ReplayOptions {
         speed: Speed::Factor(2.0),
         looped: false,
+        ..ReplayOptions::default()
     };
     let task = tokio::spawn({
         let path = path.clone();
