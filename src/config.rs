@@ -123,6 +123,13 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub publish_key: Option<String>,
+    /// A PEM certificate chain (the server's own certificate first): with
+    /// --tls-key, this port serves https and wss only. SIGHUP reloads both.
+    #[arg(long, value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1, unencrypted).
+    #[arg(long, value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The default configuration file; also the documentation of every key.
@@ -158,6 +165,18 @@ pub struct Config {
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     /// `[auth]`: token keys, allowed origins, the publish key.
     pub auth: AuthConfig,
+    /// `[tls]`: the certificate and key files.
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: both keys or neither; flags win.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain (`--tls-cert`).
+    pub cert: Option<PathBuf>,
+    /// PEM private key (`--tls-key`).
+    pub key: Option<PathBuf>,
 }
 
 /// `[auth]`. Every key is optional; flags and environment variables win.
@@ -256,6 +275,7 @@ impl Default for Config {
             namespace_defaults: NamespaceDefaults::default(),
             namespaces: BTreeMap::new(),
             auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -510,6 +530,8 @@ pub struct Settings {
     pub auth: Arc<Auth>,
     /// The key `tcp:` producers must send first, if one is configured.
     pub publish_key: Option<PublishKey>,
+    /// The certificate https and wss are served with, if one is configured.
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl Default for Settings {
@@ -571,6 +593,7 @@ impl Config {
             .trusted_proxy()
             .map_err(|e| ConfigError::Invalid(format!("{}: {e}", place("trusted_proxy_header"))))?;
         let (auth, publish_key) = self.auth_settings(args, &feeds)?;
+        let tls = self.tls_settings(args)?;
         Ok(Settings {
             listen: args.listen.unwrap_or(self.listen),
             feeds,
@@ -590,7 +613,22 @@ impl Config {
             auth,
             publish_key,
             trusted_proxy,
+            tls,
         })
+    }
+
+    /// The certificate and key, read and checked now so a mistake stops
+    /// start-up with what to fix.
+    fn tls_settings(&self, args: &ServeArgs) -> Result<Option<Arc<crate::tls::Tls>>, ConfigError> {
+        let cert = args.tls_cert.as_ref().or(self.tls.cert.as_ref());
+        let key = args.tls_key.as_ref().or(self.tls.key.as_ref());
+        match crate::tls::files(cert.map(PathBuf::as_path), key.map(PathBuf::as_path)) {
+            Ok(None) => Ok(None),
+            Ok(Some(files)) => crate::tls::Tls::load(files)
+                .map(|tls| Some(Arc::new(tls)))
+                .map_err(ConfigError::Invalid),
+            Err(e) => Err(ConfigError::Invalid(e)),
+        }
     }
 
     /// The header and the proxies it is believed from: both or neither.

@@ -235,7 +235,8 @@ pub async fn start(
             settings.limits.max_connections,
             metrics,
         )
-        .with_admission(Admission::new(settings.admission())),
+        .with_admission(Admission::new(settings.admission()))
+        .with_tls(settings.tls.clone()),
     );
     if let Some(every) = settings.stats_interval {
         tokio::spawn(http::observe::log_stats(

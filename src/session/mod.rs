@@ -11,6 +11,7 @@
 // Public only for the fuzz targets in fuzz/; not part of the API.
 #[doc(hidden)]
 pub mod frames;
+mod local;
 pub mod message_rate;
 pub use crate::outbox;
 pub mod protocol;
@@ -19,22 +20,25 @@ mod reader;
 pub mod watch;
 mod writer;
 
+use std::io::IoSlice;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::Either;
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::net::{unix, TcpStream, UnixStream};
 
 use crate::auth::Grant;
 use crate::engine::{Command, EngineHandle, SessionId};
 use crate::metrics::Metrics;
 use crate::wire::{self, CloseCode};
-use frames::FrameReader;
-use outbox::Outbox;
+use frames::{FrameReader, ReadSocket};
+use outbox::{Outbox, TryWrite};
 pub use watch::Watchlist;
+use writer::SocketWrite;
 
 /// Per-connection limits; see `config::Limits` for defaults and knobs.
 #[derive(Debug, Clone)]
@@ -96,21 +100,36 @@ pub async fn run(
             return;
         }
     };
-    let Some((frames, write)) = split(ws, limits.max_message_bytes) else {
-        return;
+    // Matched on a temporary, not a local, so that no `Socket` stays in the
+    // task while it is served; the local kind is boxed, so a plain
+    // connection's task is no larger for it.
+    let serve = match split(ws, limits.max_message_bytes) {
+        None => return,
+        Some(Socket::Tcp(frames, write)) => Either::Left(crate::fault::contain(drive(
+            frames,
+            Arc::new(write),
+            &engine,
+            &limits,
+            &metrics,
+            &watchlist,
+            grant,
+        ))),
+        Some(Socket::Local(frames, write)) => {
+            Either::Right(Box::pin(crate::fault::contain(drive(
+                frames,
+                Arc::new(write),
+                &engine,
+                &limits,
+                &metrics,
+                &watchlist,
+                grant,
+            ))))
+        }
     };
-    let serve = drive(
-        frames,
-        Arc::new(write),
-        &engine,
-        &limits,
-        &metrics,
-        &watchlist,
-        grant,
-    );
+    let served = serve.await;
     // A panic while serving this session ends this session only (its
     // `OnPanic` guard has told the client and the engine).
-    if let Err(panic) = crate::fault::contain(serve).await {
+    if let Err(panic) = served {
         metrics.session_panics.fetch_add(1, Ordering::Relaxed);
         tracing::error!("a session panicked ({panic}); it is closed, every other session goes on");
     }
@@ -120,21 +139,20 @@ pub async fn run(
 /// deregisters in order after the close handshake, but an unwinding task
 /// runs only destructors, so this one closes the socket with 1011 and has
 /// the engine forget the session.
-struct OnPanic<'a> {
+struct OnPanic<'a, W: TryWrite> {
     engine: &'a EngineHandle,
     session: SessionId,
-    write: &'a OwnedWriteHalf,
+    write: &'a W,
 }
 
-impl Drop for OnPanic<'_> {
+impl<W: TryWrite> Drop for OnPanic<'_, W> {
     fn drop(&mut self) {
         if !std::thread::panicking() {
             return;
         }
         // Best effort and without waiting: the writer went with the panic.
-        let _ = self
-            .write
-            .try_write(&wire::close(CloseCode::InternalError, "internal error"));
+        let close = wire::close(CloseCode::InternalError, "internal error");
+        let _ = self.write.try_write_vectored(&[IoSlice::new(&close)]);
         let (engine, session) = (self.engine.clone(), self.session);
         tokio::spawn(async move {
             let _ = engine.send(Command::Deregister { session }).await;
@@ -142,17 +160,34 @@ impl Drop for OnPanic<'_> {
     }
 }
 
+/// An upgraded connection as our frame reader and the raw write half: the
+/// client's TCP socket, or for TLS the local end of its bridge
+/// (`http::bridge`), which has the same readiness API.
+enum Socket {
+    Tcp(FrameReader<OwnedReadHalf>, OwnedWriteHalf),
+    Local(FrameReader<unix::OwnedReadHalf>, unix::OwnedWriteHalf),
+}
+
 /// The upgraded connection as our frame reader and the raw write half.
 /// (A plain function: its locals never sit in the session's task.)
 fn split(
     ws: fastwebsockets::WebSocket<TokioIo<hyper::upgrade::Upgraded>>,
     max_message_bytes: usize,
-) -> Option<(FrameReader<OwnedReadHalf>, OwnedWriteHalf)> {
+) -> Option<Socket> {
     let upgraded = ws.into_inner().into_inner();
-    let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
-        // hyper hands back the connection it was given: always a TcpStream.
-        tracing::error!("upgraded connection is not a TCP stream; closing it");
-        return None;
+    let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => parts,
+        Err(upgraded) => {
+            // hyper hands back the connection it was given: a TcpStream,
+            // or the local end of a TLS bridge.
+            let Ok(parts) = upgraded.downcast::<TokioIo<UnixStream>>() else {
+                tracing::error!("upgraded connection is not a TCP or local stream; closing it");
+                return None;
+            };
+            let (read, write) = parts.io.into_inner().into_split();
+            let frames = FrameReader::new(read, &parts.read_buf, max_message_bytes);
+            return Some(Socket::Local(frames, write));
+        }
     };
     let stream = parts.io.into_inner();
     let _ = stream.set_nodelay(true);
@@ -162,21 +197,24 @@ fn split(
     // `read_buf` (bytes hyper read past the upgrade request, almost always
     // none) is copied into the frame reader, not kept: it is a slice of
     // hyper's whole read buffer.
-    Some((
+    Some(Socket::Tcp(
         FrameReader::new(read, &parts.read_buf, max_message_bytes),
         write,
     ))
 }
 
-async fn drive(
-    frames: FrameReader<OwnedReadHalf>,
-    write: Arc<OwnedWriteHalf>,
+async fn drive<R, W>(
+    frames: FrameReader<R>,
+    write: Arc<W>,
     engine: &EngineHandle,
     limits: &SessionLimits,
     metrics: &Arc<Metrics>,
     watchlist: &Arc<Watchlist>,
     grant: Option<Arc<Grant>>,
-) {
+) where
+    R: ReadSocket,
+    W: SocketWrite + AsyncWrite + Unpin + 'static,
+{
     let session = engine.new_session_id();
     let outbox = Arc::new(Outbox::new(limits.outbox_bytes));
     if let Some(grant) = grant {
@@ -197,11 +235,11 @@ async fn drive(
     if registered.is_err() {
         return;
     }
-    tracing::debug!(session, peer = ?write.peer_addr().ok(), "connected");
+    tracing::debug!(session, peer = ?write.peer_addr(), "connected");
     let on_panic = OnPanic {
         engine,
         session,
-        write: &write,
+        write: &*write,
     };
     {
         // Read timeouts are the sweeper's (no timer in this task); it
