@@ -214,6 +214,26 @@ async fn plaintext_on_the_tls_port_is_told_to_use_tls_and_the_server_lives() {
     server.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_client_that_never_starts_the_handshake_is_disconnected() {
+    let cert = Cert::new();
+    let files = files("silent");
+    cert.write(&files);
+    let tls = Arc::new(Tls::load(files).unwrap());
+    let (server, _feed) = start_with_tcp_feed(|s| {
+        s.tls = Some(tls);
+        s.limits.handshake_timeout_ms = 200;
+    })
+    .await;
+    let mut silent = TcpStream::connect(server.addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(DEADLINE, silent.read(&mut byte))
+        .await
+        .expect("disconnected within the deadline");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    server.shutdown().await;
+}
+
 /// The real binary, started with `args`.
 fn tickcast(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tickcast"));
