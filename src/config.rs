@@ -1183,6 +1183,32 @@ mod tests {
 
     /// A bad value in the file stops start-up naming the key and its line.
     #[test]
+    fn tls_files_come_from_the_file_or_the_flags_and_go_in_pairs() {
+        let resolve = |text: &str, args: &ServeArgs| {
+            let config: Config = toml::from_str(text).unwrap();
+            config.resolve(args, None).map(|s| s.tls.is_some())
+        };
+        let none = ServeArgs::default();
+        assert!(!resolve("", &none).unwrap());
+        let half = resolve("[tls]\ncert = \"c.pem\"\n", &none).unwrap_err();
+        assert!(half.to_string().contains("TLS needs both"), "{half}");
+        // Both set; the flag's file wins over the file's (and is missing).
+        let args = ServeArgs {
+            tls_key: Some("/nonexistent/flag-key.pem".into()),
+            ..ServeArgs::default()
+        };
+        let text = "[tls]\ncert = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/k.pem\"\n";
+        let missing = resolve(text, &args).unwrap_err().to_string();
+        assert!(missing.contains("/nonexistent/c.pem"), "{missing}");
+        let key_only = ServeArgs {
+            tls_cert: Some("/dev/null".into()),
+            ..args
+        };
+        let missing = resolve(text, &key_only).unwrap_err().to_string();
+        assert!(missing.contains("/nonexistent/flag-key.pem"), "{missing}");
+    }
+
+    #[test]
     fn bad_values_are_named_with_their_key_and_line() {
         let cases = [
             (

@@ -195,11 +195,15 @@ pub fn files(cert: Option<&Path>, key: Option<&Path>) -> Result<Option<TlsFiles>
             cert: cert.to_owned(),
             key: key.to_owned(),
         })),
-        (Some(_), None) => Err("--tls-cert is set but --tls-key is not: TLS needs both \
-             the certificate and its private key (--tls-key PATH, or key in [tls])"
-            .to_owned()),
-        (None, Some(_)) => Err("--tls-key is set but --tls-cert is not: TLS needs both \
-             the certificate and its private key (--tls-cert PATH, or cert in [tls])"
+        (Some(_), None) => Err(
+            "a TLS certificate is set (--tls-cert, or cert in [tls]) but \
+             no key: TLS needs both, add --tls-key PATH (or key in [tls]) with the \
+             certificate's private key"
+                .to_owned(),
+        ),
+        (None, Some(_)) => Err("a TLS key is set (--tls-key, or key in [tls]) but no \
+             certificate: TLS needs both, add --tls-cert PATH (or cert in [tls]) with the \
+             certificate chain"
             .to_owned()),
     }
 }
@@ -219,8 +223,8 @@ mod tests {
     fn one_file_without_the_other_is_refused() {
         let p = Path::new("x.pem");
         assert_eq!(files(None, None), Ok(None));
-        assert!(files(Some(p), None).unwrap_err().contains("--tls-key"));
-        assert!(files(None, Some(p)).unwrap_err().contains("--tls-cert"));
+        assert!(files(Some(p), None).unwrap_err().contains("add --tls-key"));
+        assert!(files(None, Some(p)).unwrap_err().contains("add --tls-cert"));
         assert!(files(Some(p), Some(p)).unwrap().is_some());
     }
 }
