@@ -353,15 +353,11 @@ async fn half_a_tls_setup_is_refused_at_start_up() {
     let cert_flag = "--tls-cert".as_ref();
     let key_flag = "--tls-key".as_ref();
     let why = refused(&[cert_flag, os(&files.cert)]).await;
-    assert!(
-        why.contains("--tls-cert is set but --tls-key is not"),
-        "{why}"
-    );
+    assert!(why.contains("certificate is set"), "{why}");
+    assert!(why.contains("add --tls-key"), "{why}");
     let why = refused(&[key_flag, os(&files.key)]).await;
-    assert!(
-        why.contains("--tls-key is set but --tls-cert is not"),
-        "{why}"
-    );
+    assert!(why.contains("key is set"), "{why}");
+    assert!(why.contains("add --tls-cert"), "{why}");
 }
 
 #[tokio::test]
