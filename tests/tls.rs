@@ -322,7 +322,30 @@ async fn sighup_reloads_the_certificate_and_open_connections_go_on() {
     assert_eq!(served_cert(addr, &either).await, Some(b.der.clone()));
     producer.publish("scores.hup", json!({"home": 2})).await;
     expect_update(&mut old, "scores.hup", &json!({"home": 2})).await;
-    child.kill().await.unwrap();
+
+    // SIGTERM: the TLS client gets its close 1001 (through the bridge)
+    // before the process exits.
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(status.expect("kill runs").success());
+    let close = loop {
+        let message = tokio::time::timeout(DEADLINE, old.next())
+            .await
+            .expect("a close within the deadline")
+            .expect("a close frame before the end")
+            .expect("no websocket error");
+        if let Message::Close(frame) = message {
+            break frame.expect("a close code");
+        }
+    };
+    assert_eq!(u16::from(close.code), 1001, "{close:?}");
+    let exited = tokio::time::timeout(DEADLINE, child.wait()).await;
+    assert!(exited
+        .expect("exits within the deadline")
+        .unwrap()
+        .success());
 }
 
 /// Runs the binary expecting it to refuse to start: exit status 2 and a
