@@ -141,6 +141,13 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub publish_key: Option<String>,
+    /// A PEM certificate chain (the server's own certificate first): with
+    /// --tls-key, this port serves https and wss only. SIGHUP reloads both.
+    #[arg(long, value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1, unencrypted).
+    #[arg(long, value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The default configuration file; also the documentation of every key.
@@ -181,6 +188,18 @@ pub struct Config {
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     /// `[auth]`: token keys, allowed origins, the publish key.
     pub auth: AuthConfig,
+    /// `[tls]`: the certificate and key files.
+    pub tls: TlsConfig,
+}
+
+/// `[tls]`: both keys or neither; flags win.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain (`--tls-cert`).
+    pub cert: Option<PathBuf>,
+    /// PEM private key (`--tls-key`).
+    pub key: Option<PathBuf>,
 }
 
 /// `[auth]`. Every key is optional; flags and environment variables win.
@@ -281,6 +300,7 @@ impl Default for Config {
             namespace_defaults: NamespaceDefaults::default(),
             namespaces: BTreeMap::new(),
             auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -552,6 +572,8 @@ pub struct Settings {
     pub auth: Arc<Auth>,
     /// The key `tcp:` producers must send first, if one is configured.
     pub publish_key: Option<PublishKey>,
+    /// The certificate https and wss are served with, if one is configured.
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl Default for Settings {
@@ -613,6 +635,7 @@ impl Config {
             .trusted_proxy()
             .map_err(|e| ConfigError::Invalid(format!("{}: {e}", place("trusted_proxy_header"))))?;
         let (auth, publish_key) = self.auth_settings(args, &feeds)?;
+        let tls = self.tls_settings(args)?;
         Ok(Settings {
             listen: args.listen.unwrap_or(self.listen),
             feeds,
@@ -644,7 +667,22 @@ impl Config {
             auth,
             publish_key,
             trusted_proxy,
+            tls,
         })
+    }
+
+    /// The certificate and key, read and checked now so a mistake stops
+    /// start-up with what to fix.
+    fn tls_settings(&self, args: &ServeArgs) -> Result<Option<Arc<crate::tls::Tls>>, ConfigError> {
+        let cert = args.tls_cert.as_ref().or(self.tls.cert.as_ref());
+        let key = args.tls_key.as_ref().or(self.tls.key.as_ref());
+        match crate::tls::files(cert.map(PathBuf::as_path), key.map(PathBuf::as_path)) {
+            Ok(None) => Ok(None),
+            Ok(Some(files)) => crate::tls::Tls::load(files)
+                .map(|tls| Some(Arc::new(tls)))
+                .map_err(ConfigError::Invalid),
+            Err(e) => Err(ConfigError::Invalid(e)),
+        }
     }
 
     /// The header and the proxies it is believed from: both or neither.
@@ -1225,6 +1263,32 @@ mod tests {
     }
 
     /// A bad value in the file stops start-up naming the key and its line.
+    #[test]
+    fn tls_files_come_from_the_file_or_the_flags_and_go_in_pairs() {
+        let resolve = |text: &str, args: &ServeArgs| {
+            let config: Config = toml::from_str(text).unwrap();
+            config.resolve(args, None).map(|s| s.tls.is_some())
+        };
+        let none = ServeArgs::default();
+        assert!(!resolve("", &none).unwrap());
+        let half = resolve("[tls]\ncert = \"c.pem\"\n", &none).unwrap_err();
+        assert!(half.to_string().contains("TLS needs both"), "{half}");
+        // Both set; the flag's file wins over the file's (and is missing).
+        let args = ServeArgs {
+            tls_key: Some("/nonexistent/flag-key.pem".into()),
+            ..ServeArgs::default()
+        };
+        let text = "[tls]\ncert = \"/nonexistent/c.pem\"\nkey = \"/nonexistent/k.pem\"\n";
+        let missing = resolve(text, &args).unwrap_err().to_string();
+        assert!(missing.contains("/nonexistent/c.pem"), "{missing}");
+        let key_only = ServeArgs {
+            tls_cert: Some("/dev/null".into()),
+            ..args
+        };
+        let missing = resolve(text, &key_only).unwrap_err().to_string();
+        assert!(missing.contains("/nonexistent/flag-key.pem"), "{missing}");
+    }
+
     #[test]
     fn bad_values_are_named_with_their_key_and_line() {
         let cases = [

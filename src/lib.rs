@@ -47,6 +47,7 @@ pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod strict_json;
+pub mod tls;
 pub mod wire;
 
 pub use server::{start, RunningServer};

@@ -77,10 +77,16 @@ async fn serve(settings: config::Settings) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let (http, ws) = match &server.state.tls {
+        Some(_) => ("https", "wss"),
+        None => ("http", "ws"),
+    };
     println!("tickcast is serving {} ", feeds.join(", "));
-    println!("  open   http://{}/  in a browser", server.addr);
-    println!("  socket ws://{}/ws", server.addr);
+    println!("  open   {http}://{}/  in a browser", server.addr);
+    println!("  socket {ws}://{}/ws", server.addr);
     println!("  Ctrl-C to stop");
+    #[cfg(unix)]
+    tokio::spawn(reload_on_hangup(server.state.tls.clone()));
     tokio::spawn(async move {
         tickcast::shutdown::signal().await;
         tracing::info!(
@@ -94,4 +100,31 @@ async fn serve(settings: config::Settings) -> ExitCode {
     });
     server.wait().await;
     ExitCode::SUCCESS
+}
+
+/// SIGHUP reads the TLS certificate and key again (`tickcast::tls`): new
+/// handshakes get the new pair; a pair that cannot be used is logged and
+/// the one in force kept. Without TLS there is nothing to reload (and the
+/// signal no longer ends the process).
+#[cfg(unix)]
+async fn reload_on_hangup(tls: Option<std::sync::Arc<tickcast::tls::Tls>>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGHUP, so no certificate reloads: {e}");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        let Some(tls) = &tls else {
+            tracing::info!("SIGHUP: nothing to reload (no --tls-cert)");
+            continue;
+        };
+        let cert = tls.files().cert.display();
+        match tls.reload().await {
+            Ok(()) => tracing::info!("SIGHUP: reloaded the TLS certificate {cert}"),
+            Err(e) => tracing::error!("SIGHUP: keeping the TLS certificate in force: {e}"),
+        }
+    }
 }

@@ -273,7 +273,8 @@ pub async fn start(
             metrics,
         )
         .with_admission(Admission::new(settings.admission()))
-        .with_publisher(publisher),
+        .with_publisher(publisher)
+        .with_tls(settings.tls.clone()),
     );
     if let Some(every) = settings.stats_interval {
         tokio::spawn(http::observe::log_stats(

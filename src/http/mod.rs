@@ -27,6 +27,7 @@ use admission::{Admission, Admitted, Refusal};
 
 pub mod accept;
 pub mod admission;
+pub mod bridge;
 pub mod client_ip;
 pub mod observe;
 pub mod publish;
@@ -50,6 +51,8 @@ pub struct AppState {
     /// The engine, limits, metrics and watchlist again, in the one
     /// allocation every session task points to.
     session_shared: Arc<session::Shared>,
+    /// With a certificate configured, every connection is TLS (`crate::tls`).
+    pub tls: Option<Arc<crate::tls::Tls>>,
     live_sessions: AtomicUsize,
     /// `POST /publish` (`publish`); `None` answers 404.
     pub publisher: Option<publish::Publisher>,
@@ -82,6 +85,7 @@ impl AppState {
             admission: Admission::new(
                 crate::config::Limits::default().admission(Default::default()),
             ),
+            tls: None,
             live_sessions: AtomicUsize::new(0),
             publisher: None,
         }
@@ -96,6 +100,12 @@ impl AppState {
     /// Replaces the default admission limits.
     pub fn with_admission(mut self, admission: Admission) -> Self {
         self.admission = admission;
+        self
+    }
+
+    /// Serves every connection over TLS.
+    pub fn with_tls(mut self, tls: Option<Arc<crate::tls::Tls>>) -> Self {
+        self.tls = tls;
         self
     }
 
@@ -117,32 +127,61 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
         };
         let state = state.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let handshake_timeout = state.session_limits.handshake_timeout;
-            let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                let state = state.clone();
-                // For the per-address limits (see `admit`).
-                req.extensions_mut().insert(PeerAddr(peer));
-                async move { Ok::<_, Infallible>(route(req, &state).await) }
-            });
-            // The header timeout also bounds a connection that never sends
-            // a request, and a kept-alive one waiting for its next request
-            // (hyper starts it whenever it waits for a request head).
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(handshake_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, "http connection ended: {e}");
-                    }
+        match state.tls.clone() {
+            None => drop(tokio::spawn(serve_connection(
+                TokioIo::new(stream),
+                peer,
+                state,
+                shutdown,
+            ))),
+            // TLS: the handshake, then hyper on the local end of a bridge.
+            Some(tls) => drop(tokio::spawn(async move {
+                let limits = &state.session_limits;
+                let Some(stream) = tls.accept(stream, peer, limits.handshake_timeout).await else {
+                    return;
+                };
+                match bridge::spawn(stream, limits.write_timeout, &state.sessions) {
+                    Ok(local) => serve_connection(TokioIo::new(local), peer, state, shutdown).await,
+                    Err(e) => tracing::warn!(%peer, "cannot make a tls bridge socket pair: {e}"),
                 }
-                _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+            })),
+        }
+    }
+}
+
+/// Serves HTTP on one connection (the client's TCP socket, or the local end
+/// of its TLS bridge) until it ends or `shutdown`.
+async fn serve_connection<I>(
+    io: TokioIo<I>,
+    peer: std::net::SocketAddr,
+    state: Arc<AppState>,
+    shutdown: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let handshake_timeout = state.session_limits.handshake_timeout;
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let state = state.clone();
+        // For the per-address limits (see `admit`).
+        req.extensions_mut().insert(PeerAddr(peer));
+        async move { Ok::<_, Infallible>(route(req, &state).await) }
+    });
+    // The header timeout also bounds a connection that never sends
+    // a request, and a kept-alive one waiting for its next request
+    // (hyper starts it whenever it waits for a request head).
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(handshake_timeout)
+        .serve_connection(io, service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, "http connection ended: {e}");
             }
-        });
+        }
+        _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
     }
 }
 

@@ -13,6 +13,7 @@
 // Public only for the fuzz targets in fuzz/; not part of the API.
 #[doc(hidden)]
 pub mod frames;
+mod local;
 pub mod message_rate;
 pub use crate::outbox;
 pub mod protocol;
@@ -30,7 +31,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use local::Stream;
+use tokio::net::{TcpStream, UnixStream};
 
 use crate::auth::Grant;
 use crate::engine::{Command, EngineHandle, SessionId};
@@ -194,12 +196,12 @@ impl Session for TcpStream {
     }
 }
 
-/// Awaits the upgrade and takes the TCP stream out of hyper: our frame
-/// reader, and the socket the writer and outbox share.
+/// Awaits the upgrade and takes the stream out of hyper: our frame reader,
+/// and the socket the writer and outbox share.
 async fn connect(
     upgrade: fastwebsockets::upgrade::UpgradeFut,
     max_message_bytes: usize,
-) -> Option<(FrameReader<Arc<TcpStream>>, Arc<TcpStream>)> {
+) -> Option<(FrameReader<Arc<Stream>>, Arc<Stream>)> {
     let ws = match upgrade.await {
         Ok(ws) => ws,
         Err(e) => {
@@ -208,15 +210,24 @@ async fn connect(
         }
     };
     let upgraded = ws.into_inner().into_inner();
-    let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
-        // hyper hands back the connection it was given: always a TcpStream.
-        tracing::error!("upgraded connection is not a TCP stream; closing it");
-        return None;
+    // hyper hands back the connection it was given: a TcpStream, or the
+    // local end of a TLS connection's bridge.
+    let (stream, read_buf) = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let stream = parts.io.into_inner();
+            let _ = stream.set_nodelay(true);
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(SEND_LOW_WATER as u32);
+            (Stream::Tcp(stream), parts.read_buf)
+        }
+        Err(upgraded) => match upgraded.downcast::<TokioIo<UnixStream>>() {
+            Ok(parts) => (Stream::Local(parts.io.into_inner()), parts.read_buf),
+            Err(_) => {
+                tracing::error!("upgraded connection is not a TCP or local stream; closing it");
+                return None;
+            }
+        },
     };
-    let stream = parts.io.into_inner();
-    let _ = stream.set_nodelay(true);
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(SEND_LOW_WATER as u32);
     // One shared stream rather than `into_split`'s two halves: the reader
     // and writer each use only `&self` methods (poll_read_ready/try_read,
     // poll_write_ready/try_write), and each side has one waiter.
@@ -224,7 +235,7 @@ async fn connect(
     // `read_buf` (bytes hyper read past the upgrade request, almost always
     // none) is copied into the frame reader, not kept: it is a slice of
     // hyper's whole read buffer.
-    let frames = FrameReader::new(stream.clone(), &parts.read_buf, max_message_bytes);
+    let frames = FrameReader::new(stream.clone(), &read_buf, max_message_bytes);
     Some((frames, stream))
 }
 
