@@ -266,10 +266,14 @@ impl Outbox {
         }
         queue.writer = None;
         if into.is_empty() {
-            // The queue's buffer goes with the frames (the writer drops it
-            // once they are written): an idle session keeps no buffer on
-            // either side (192 bytes each for the first frame).
-            *into = Vec::from(std::mem::take(&mut queue.frames));
+            // The queue's buffer goes with the frames, and the taker's
+            // (empty) buffer becomes the queue's. The session writer drops
+            // its buffer once a batch is written, so an idle session keeps
+            // none on either side (192 bytes each for the first frame), at
+            // the price of one allocation per write batch; a taker that
+            // keeps its buffer (the benches) gives the queue room back.
+            let spare = VecDeque::from(std::mem::take(into));
+            *into = Vec::from(std::mem::replace(&mut queue.frames, spare));
         } else {
             into.extend(queue.frames.drain(..));
         }
