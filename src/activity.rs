@@ -5,10 +5,8 @@
 //! session module.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Instant;
-
-use crate::auth::Grant;
 
 /// Milliseconds on a process-wide monotonic clock, from 1 (0 means "not
 /// set" in the stamps below).
@@ -33,11 +31,6 @@ pub struct Activity {
     pub(crate) pinged_for_ms: AtomicU64,
     /// When the connection's token expires (close 1008); 0 when it has none.
     pub(crate) token_expires_ms: AtomicU64,
-    /// What the connection's token allows; `None` without a token (public
-    /// namespaces only). Here rather than in the session's task: the task
-    /// of an idle connection is most of its memory, and this is read only
-    /// on a subscribe and written only on `{"op":"auth"}`.
-    grant: Mutex<Option<Arc<Grant>>>,
 }
 
 impl Default for Activity {
@@ -47,7 +40,6 @@ impl Default for Activity {
             frame_started_ms: AtomicU64::new(0),
             pinged_for_ms: AtomicU64::new(0),
             token_expires_ms: AtomicU64::new(0),
-            grant: Mutex::new(None),
         }
     }
 }
@@ -71,19 +63,6 @@ impl Activity {
             Ordering::Relaxed,
             Ordering::Relaxed,
         );
-    }
-
-    /// The connection's token is now `grant`: it allows what its claim
-    /// says, and the connection is closed at its `exp` unless another
-    /// replaces it first.
-    pub fn set_grant(&self, grant: Arc<Grant>) {
-        self.expire_token_at(grant.expires_at());
-        *self.grant.lock().unwrap_or_else(|e| e.into_inner()) = Some(grant);
-    }
-
-    /// What the connection's token allows, if it has one.
-    pub fn grant(&self) -> Option<Arc<Grant>> {
-        self.grant.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The connection's token expires at `unix_secs` (its `exp`); a

@@ -87,10 +87,10 @@ async fn read_all(
     max_payload: usize,
     mut on_frame: impl FnMut(bool, OpCode, &[u8]),
 ) -> End {
-    let mut reader = FrameReader::new(socket, ahead, max_payload);
+    let mut reader = FrameReader::new(socket, ahead);
     let activity = Activity::default();
     loop {
-        match reader.read_frame(&activity).await {
+        match reader.read_frame(&activity, max_payload).await {
             Ok(frame) => on_frame(frame.fin, frame.opcode, &frame.payload),
             Err(FrameError::Eof) => return End::Eof,
             Err(FrameError::TooLarge(len)) => return End::TooLarge(len),

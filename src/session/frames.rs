@@ -103,17 +103,15 @@ impl<S: ReadSocket> ReadSocket for std::sync::Arc<S> {
 pub struct FrameReader<S> {
     socket: S,
     buf: BytesMut,
-    max_payload: usize,
 }
 
 impl<S: ReadSocket> FrameReader<S> {
     /// `read_ahead` holds bytes already read from the socket (during the
     /// HTTP upgrade); they come first.
-    pub fn new(socket: S, read_ahead: &[u8], max_payload: usize) -> Self {
+    pub fn new(socket: S, read_ahead: &[u8]) -> Self {
         Self {
             socket,
             buf: BytesMut::from(read_ahead),
-            max_payload,
         }
     }
 
@@ -164,11 +162,17 @@ impl<S: ReadSocket> FrameReader<S> {
     /// that is dropped only when the session ends), although bytes read so
     /// far stay in the buffer. Every read, and every frame left half
     /// received, is stamped on `activity` for the read timeouts (`watch`).
-    pub async fn read_frame(&mut self, activity: &Activity) -> Result<Frame, FrameError> {
+    /// `max_payload` is passed each time rather than kept: one word less
+    /// in every idle connection's reader.
+    pub async fn read_frame(
+        &mut self,
+        activity: &Activity,
+        max_payload: usize,
+    ) -> Result<Frame, FrameError> {
         loop {
             // Decided before the wait, so the parse result is not held
             // across it (80 bytes in every idle connection's reader).
-            let want = match self.parse()? {
+            let want = match self.parse(max_payload)? {
                 Parsed::Frame(frame) => return Ok(frame),
                 Parsed::Need(want) => want,
             };
@@ -181,7 +185,7 @@ impl<S: ReadSocket> FrameReader<S> {
 
     /// Takes one whole frame off the buffer, or says how many bytes the
     /// buffer must hold before it can.
-    fn parse(&mut self) -> Result<Parsed, FrameError> {
+    fn parse(&mut self, max_payload: usize) -> Result<Parsed, FrameError> {
         if self.buf.len() < 2 {
             return Ok(Parsed::Need(2));
         }
@@ -215,7 +219,7 @@ impl<S: ReadSocket> FrameReader<S> {
                 "control frames must be whole and at most 125 bytes",
             ));
         }
-        if len > self.max_payload as u64 {
+        if len > max_payload as u64 {
             return Err(FrameError::TooLarge(len));
         }
         let total = head + 4 + len as usize;
@@ -293,8 +297,20 @@ mod tests {
         out
     }
 
-    fn reader(chunks: Vec<Vec<u8>>, max: usize) -> FrameReader<Script> {
-        FrameReader::new(Script(Mutex::new(chunks)), b"", max)
+    /// A reader with its `max_payload`, as the session's reader holds it.
+    struct Limited(FrameReader<Script>, usize);
+
+    impl Limited {
+        async fn read_frame(&mut self, activity: &Activity) -> Result<Frame, FrameError> {
+            self.0.read_frame(activity, self.1).await
+        }
+        fn buffered_capacity(&self) -> usize {
+            self.0.buffered_capacity()
+        }
+    }
+
+    fn reader(chunks: Vec<Vec<u8>>, max: usize) -> Limited {
+        Limited(FrameReader::new(Script(Mutex::new(chunks)), b""), max)
     }
 
     #[tokio::test]

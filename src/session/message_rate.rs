@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 
 use super::frames::OpCode;
 use super::outbox::Outbox;
-use crate::engine::{Command, EngineGone, EngineHandle, SessionId};
+use crate::engine::{Command, SessionId};
 use crate::metrics::Metrics;
 use crate::rate::{self, Allowance, Rate};
 use crate::wire::{self, CloseCode, ErrorCode};
@@ -81,7 +81,7 @@ pub fn completes_a_message(opcode: OpCode, fin: bool, in_message: bool) -> bool 
 
 /// Counts one message against the connection's allowance. On `Close` the
 /// 1008 close is queued here; on `Refuse` the caller answers with
-/// [`answer_refused`] and drops the message.
+/// [`refusal`] and drops the message.
 pub fn check(
     budget: &mut MessageBudget,
     limit: &MessageLimit,
@@ -108,20 +108,16 @@ pub fn check(
     verdict
 }
 
-/// The `rate_limited` error for a refused message, sent through the engine
-/// so it stays in order with the engine's own replies.
-pub async fn answer_refused(
-    session: SessionId,
-    engine: &EngineHandle,
-    limit: &MessageLimit,
-) -> Result<(), EngineGone> {
+/// The `rate_limited` error for a refused message, to send through the
+/// engine so it stays in order with the engine's own replies.
+pub fn refusal(session: SessionId, limit: &MessageLimit) -> Command {
     let message = format!(
         "rate limited: more than {} messages per second (limits.messages_per_sec); \
          this message was not acted on",
         limit.per_sec
     );
     let frame = wire::error(None, ErrorCode::RateLimited, &message);
-    engine.send(Command::Reply { session, frame }).await
+    Command::Reply { session, frame }
 }
 
 #[cfg(test)]
