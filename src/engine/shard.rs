@@ -51,7 +51,10 @@ pub struct Shard {
     pub(super) stats: Arc<EngineStats>,
     directory: Arc<Directory>,
     filters: SharedFilters,
-    pub(super) sessions: HashMap<SessionId, SessionEntry>,
+    /// Boxed entries: the table keeps about 1.6 slots per session (it
+    /// doubles at 7/8 full), so a slot is 16 bytes rather than the entry's
+    /// 72 (docs/benchmarks.md, memory).
+    pub(super) sessions: HashMap<SessionId, Box<SessionEntry>>,
     index: TargetIndex,
     /// Only channels with a delivery on this shard.
     pub(super) deliveries: HashMap<ChannelId, Deliveries>,
@@ -125,11 +128,11 @@ impl Shard {
     pub fn register(&mut self, session: SessionId, outbox: Arc<Outbox>) {
         self.sessions.insert(
             session,
-            SessionEntry {
+            Box::new(SessionEntry {
                 outbox,
                 targets: Vec::new(),
                 attached: HashSet::default(),
-            },
+            }),
         );
         self.stats
             .sessions
