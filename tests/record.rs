@@ -8,7 +8,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -197,6 +196,7 @@ async fn an_unwritable_recording_drops_records_without_slowing_the_feed() {
     // first flush), within the deadline.
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let mut n = 0u64;
+    let mut pace = tokio::time::interval(Duration::from_millis(1));
     while stats.snapshot().record_dropped == 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -204,7 +204,8 @@ async fn an_unwritable_recording_drops_records_without_slowing_the_feed() {
         );
         n += 1;
         producer.publish("r.a", json!({"n": n})).await;
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        // Paced, so the writer's first flush comes within a few records.
+        pace.tick().await;
     }
     // The engine applied every record all the same.
     let last = n;
@@ -231,12 +232,6 @@ async fn wait_for_channel_seq(server: &RunningServer, name: &str, seq: u64) -> V
     .await
 }
 
-/// A port nothing listens on right now (the kernel's pick for port 0).
-fn free_port() -> SocketAddr {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
-    probe.local_addr().expect("probe address")
-}
-
 #[cfg(unix)]
 #[tokio::test]
 async fn sigterm_flushes_the_recording() {
@@ -245,16 +240,10 @@ async fn sigterm_flushes_the_recording() {
     // No interval flush could happen during the test: only shutdown's.
     std::fs::write(&config, "record_flush_ms = 600000\n").unwrap();
     let (addr, feed) = (free_port(), free_port());
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tickcast"))
-        .arg("serve")
-        .args(["--listen", &addr.to_string()])
+    let mut child = tickcast_binary(addr)
         .args(["--feed", &format!("tcp:{feed}")])
-        .args(["--stats-interval", "0", "--log", "warn"])
         .args(["--record".as_ref(), path.as_os_str()])
         .args(["--config".as_ref(), config.as_os_str()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("the tickcast binary starts");
     let mut producer = wait_for(

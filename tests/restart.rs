@@ -10,7 +10,6 @@ mod rawws;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -18,7 +17,7 @@ use rawws::{RawWs, OP_CLOSE, OP_TEXT};
 use serde_json::{json, Value};
 use tickcast::shutdown::{reconnect_hint, REASON_PREFIX};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Delays are drawn from 0 to this; wide, so that five clients drawing the
@@ -26,12 +25,6 @@ use tokio_tungstenite::tungstenite::Message;
 const SPREAD_MS: u64 = 60_000;
 /// Updates queued for a client that has stopped reading, about 1 KB each.
 const QUEUED: u64 = 300;
-
-/// A port nothing listens on right now (the kernel's pick for port 0).
-fn free_port() -> SocketAddr {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
-    probe.local_addr().expect("probe address")
-}
 
 struct Server {
     child: Child,
@@ -51,32 +44,12 @@ async fn start(name: &str, shutdown_timeout_ms: u64) -> Server {
     );
     std::fs::write(&config, text).expect("write the config");
     let (addr, feed) = (free_port(), free_port());
-    let child = Command::new(env!("CARGO_BIN_EXE_tickcast"))
-        .arg("serve")
-        .args(["--listen", &addr.to_string()])
-        .args(["--feed", &format!("tcp:{feed}")])
-        .args([
-            "--engine-shards",
-            "1",
-            "--stats-interval",
-            "0",
-            "--log",
-            "warn",
-        ])
+    let child = tickcast_binary(addr)
+        .args(["--feed", &format!("tcp:{feed}"), "--engine-shards", "1"])
         .args(["--config".as_ref(), config.as_os_str()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("the tickcast binary starts");
-    wait_for(
-        || async move {
-            TcpStream::connect(addr).await.ok()?;
-            (http_get(addr, "/healthz").await.0 == 200).then_some(())
-        },
-        "tickcast to answer /healthz",
-    )
-    .await;
+    wait_healthy(addr).await;
     Server { child, addr, feed }
 }
 

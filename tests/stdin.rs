@@ -13,14 +13,6 @@ use std::sync::{Arc, Mutex};
 use common::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-use tokio::process::Command;
-
-/// A port nothing listens on right now (the kernel's pick for port 0).
-fn free_port() -> SocketAddr {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
-    probe.local_addr().expect("probe address")
-}
 
 async fn stdin_feed(addr: SocketAddr) -> Value {
     let (status, body) = http_get(addr, "/stats").await;
@@ -38,11 +30,8 @@ async fn stdin_feed(addr: SocketAddr) -> Value {
 #[tokio::test]
 async fn piped_records_are_served_a_bad_line_is_rejected_by_number_and_eof_finishes() {
     let addr = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tickcast"))
-        .arg("serve")
-        .args(["--listen", &addr.to_string(), "--feed", "stdin"])
-        .args(["--engine-shards", "1", "--stats-interval", "0"])
-        .args(["--log", "warn"])
+    let mut child = tickcast_binary(addr)
+        .args(["--feed", "stdin", "--engine-shards", "1"])
         .env("NO_COLOR", "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -60,14 +49,7 @@ async fn piped_records_are_served_a_bad_line_is_rejected_by_number_and_eof_finis
             log.push('\n');
         }
     });
-    wait_for(
-        || async move {
-            TcpStream::connect(addr).await.ok()?;
-            (http_get(addr, "/healthz").await.0 == 200).then_some(())
-        },
-        "tickcast to answer /healthz",
-    )
-    .await;
+    wait_healthy(addr).await;
 
     let mut input = child.stdin.take().unwrap();
     input

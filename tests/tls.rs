@@ -246,11 +246,6 @@ fn tickcast(args: &[&str]) -> Command {
     command
 }
 
-fn free_port() -> SocketAddr {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
-    probe.local_addr().expect("probe address")
-}
-
 /// Sends SIGHUP to `child`.
 fn hang_up(child: &Child) {
     let pid = child.id().expect("still running").to_string();

@@ -194,8 +194,14 @@ pub fn refusal_line(max_producers: usize) -> String {
 
 /// Tells a producer past the limit why, then closes. Bounded by
 /// [`REFUSAL_LINGER`]; what it sent is read and dropped meanwhile.
-async fn refuse(mut stream: TcpStream, max_producers: usize, _permit: OwnedSemaphorePermit) {
+async fn refuse(stream: TcpStream, max_producers: usize, _permit: OwnedSemaphorePermit) {
     let line = refusal_line(max_producers);
+    say_and_close(stream, &line).await;
+}
+
+/// Sends a refused producer `line`, closes its write side and drops what
+/// it still sends, for at most [`REFUSAL_LINGER`] in all.
+async fn say_and_close(mut stream: TcpStream, line: &str) {
     let _ = tokio::time::timeout(REFUSAL_LINGER, async {
         stream.write_all(line.as_bytes()).await?;
         stream.shutdown().await?;
@@ -284,7 +290,7 @@ async fn authenticate(
 /// Tells a producer without the right key why, logs it (within the feed's
 /// refusal log budget) and closes, bounded by [`REFUSAL_LINGER`].
 async fn refuse_unauthorized(
-    mut stream: TcpStream,
+    stream: TcpStream,
     why: AuthLineError,
     stats: &FeedStats,
     refusal_log: &RefusalLog,
@@ -301,14 +307,7 @@ async fn refuse_unauthorized(
         Verdict::Suppress { first: false } => {}
     }
     let line = why.reply_line();
-    let _ = tokio::time::timeout(REFUSAL_LINGER, async {
-        stream.write_all(line.as_bytes()).await?;
-        stream.shutdown().await?;
-        let mut sink = [0u8; 4096];
-        while stream.read(&mut sink).await? > 0 {}
-        io::Result::Ok(())
-    })
-    .await;
+    say_and_close(stream, &line).await;
 }
 
 /// Counts an open producer connection and holds its slot while it lives.

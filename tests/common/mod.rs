@@ -249,3 +249,37 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// A loopback address with a free port (bound, then released) for a
+/// server process to listen on.
+pub fn free_port() -> SocketAddr {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe port");
+    probe.local_addr().expect("probe address")
+}
+
+/// The real `tickcast serve` binary listening on `addr`: no stats log,
+/// warnings only, stdin and stdout closed, killed when the handle drops.
+/// Add flags (and other stdio) before spawning.
+pub fn tickcast_binary(addr: SocketAddr) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tickcast"));
+    command
+        .arg("serve")
+        .args(["--listen", &addr.to_string()])
+        .args(["--stats-interval", "0", "--log", "warn"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// Waits until the server process at `addr` answers `/healthz` with 200.
+pub async fn wait_healthy(addr: SocketAddr) {
+    wait_for(
+        || async move {
+            TcpStream::connect(addr).await.ok()?;
+            (http_get(addr, "/healthz").await.0 == 200).then_some(())
+        },
+        "tickcast to answer /healthz",
+    )
+    .await
+}
