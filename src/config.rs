@@ -361,6 +361,10 @@ pub struct Limits {
     /// it larger is rejected and the channel keeps its state and seq.
     #[serde(deserialize_with = "check::max_state_bytes")]
     pub max_state_bytes: usize,
+    /// Every channel's state together (bytes of JSON); a record that would
+    /// grow it past this is rejected, its channel keeps its state and seq.
+    #[serde(deserialize_with = "check::max_total_state_bytes")]
+    pub max_total_state_bytes: usize,
     /// Bytes of resume history kept over all channels (per engine shard).
     #[serde(deserialize_with = "check::max_history_bytes")]
     pub max_history_bytes: usize,
@@ -450,6 +454,7 @@ impl Default for Limits {
             reject_log_per_interval: 10,
             reject_log_interval_ms: 10_000,
             max_state_bytes: 2 * 1024 * 1024,
+            max_total_state_bytes: 1024 * 1024 * 1024,
             max_history_bytes: 256 * 1024 * 1024,
             frame_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
@@ -483,6 +488,7 @@ impl Limits {
     pub fn ingest(&self) -> IngestLimits {
         IngestLimits {
             max_state_bytes: self.max_state_bytes,
+            max_total_state_bytes: self.max_total_state_bytes,
             max_history_bytes: self.max_history_bytes,
             log_per_interval: self.reject_log_per_interval,
             log_interval_ns: self.reject_log_interval_ms.saturating_mul(1_000_000),
@@ -834,6 +840,7 @@ mod check {
         reject_log_per_interval: u32 = "limits.reject_log_per_interval";
         reject_log_interval_ms: u64 = "limits.reject_log_interval_ms";
         max_state_bytes: usize = "limits.max_state_bytes";
+        max_total_state_bytes: usize = "limits.max_total_state_bytes";
         max_history_bytes: usize = "limits.max_history_bytes";
         frame_timeout_ms: u64 = "limits.frame_timeout_ms";
         idle_timeout_ms: u64 = "limits.idle_timeout_ms";
@@ -964,6 +971,10 @@ mod tests {
         assert_eq!(
             parsed.limits.max_state_bytes,
             defaults.limits.max_state_bytes
+        );
+        assert_eq!(
+            parsed.limits.max_total_state_bytes,
+            defaults.limits.max_total_state_bytes
         );
         assert_eq!(
             parsed.limits.max_history_bytes,

@@ -294,6 +294,66 @@ async fn a_record_that_would_make_a_state_too_big_is_dropped_without_a_gap() {
     server.shutdown().await;
 }
 
+/// `max_total_state_bytes`: a producer spreading its data over many
+/// channels is stopped by the total, not only by the channel count. Once the
+/// states together are full, a record that grows one is dropped (its
+/// channel keeps its state and seq, so a subscriber sees no gap), a record
+/// that shrinks one still goes through, and the room it frees can be used.
+#[tokio::test]
+async fn all_states_together_stay_within_the_total_budget() {
+    let (server, feed) = start_with_tcp_feed(|s| {
+        s.limits.max_state_bytes = 3_000;
+        s.limits.max_total_state_bytes = 5_000;
+    })
+    .await;
+    let mut client = Client::connect(server.addr).await;
+    client.subscribe(1, &["t.a"]).await;
+    let mut producer = Producer::connect(feed).await;
+    let kilobyte = "x".repeat(1_000);
+    // Each state is {"v":"x..."}: about 1,008 bytes; four fit, the fifth
+    // and sixth do not.
+    for c in ["a", "b", "c", "d", "e", "f"] {
+        producer
+            .publish(&format!("t.{c}"), json!({ "v": kilobyte }))
+            .await;
+    }
+    // Growing a full budget is refused; shrinking t.a frees room for t.e.
+    producer.publish("t.a", json!({ "w": kilobyte })).await;
+    producer.publish("t.a", json!({ "v": null })).await;
+    producer.publish("t.e", json!({ "v": "fits now" })).await;
+
+    let engine = server.engine.clone();
+    wait_for(
+        || {
+            let engine = engine.clone();
+            async move { engine.snapshot("t.e").await.unwrap() }
+        },
+        "t.e created once t.a shrank",
+    )
+    .await;
+    let snapshot = client.recv().await;
+    assert_eq!(snapshot["seq"], 1);
+    let update = client.recv().await;
+    assert_eq!(
+        (update["seq"].as_u64(), update["prev"].as_u64()),
+        (Some(2), Some(1)),
+        "the refused growth used no seq: {update}"
+    );
+    assert_eq!(update["data"], json!({ "v": null }));
+    assert!(server.engine.snapshot("t.f").await.unwrap().is_none());
+    let a = server.engine.snapshot("t.a").await.unwrap().expect("t.a");
+    assert_eq!((a.seq, Value::Object(a.data)), (2, json!({})));
+
+    let series = "tickcast_records_dropped_total{reason=\"max_total_state_bytes\"}";
+    // t.e and t.f at first, then t.a's growth.
+    assert_eq!(metric(&server, series).await, 3);
+    let stats = stats_json(&server).await;
+    assert_eq!(stats["records_dropped"]["max_total_state_bytes"], 3);
+    let used = stats["state_bytes"].as_u64().expect("state_bytes");
+    assert!((3_000..=5_000).contains(&used), "state_bytes {used}");
+    server.shutdown().await;
+}
+
 /// The default `max_state_bytes` lets the real Coinbase recording through,
 /// order books of 915 KB and 441 KB included.
 #[tokio::test]

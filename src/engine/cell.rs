@@ -21,6 +21,7 @@ use super::index::ChannelId;
 use super::patch::merge_patch;
 use super::policy::{Mode, NamespacePolicy};
 use super::size;
+use super::state_budget::{StateBudget, StateTooLarge};
 use crate::channel::ChannelName;
 use crate::record::{FeedRecord, JsonMap};
 use crate::wire;
@@ -52,22 +53,14 @@ pub struct ChannelState {
     snapshots: Vec<(Option<Arc<FieldFilter>>, bool, Bytes)>,
 }
 
-/// A record refused because the channel's state would grow past
-/// `limits.max_state_bytes`; nothing was changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StateTooLarge {
-    /// What the state would have taken, in bytes of JSON.
-    pub would_be: usize,
-}
-
 impl ChannelCell {
     /// A channel created by its first record (seq 1), unless that record
-    /// alone makes a state over `max_state_bytes`.
+    /// does not fit the state `budget`.
     pub fn create(
         id: ChannelId,
         record: &FeedRecord,
         policy: NamespacePolicy,
-        max_state_bytes: usize,
+        budget: &mut StateBudget,
         history: &mut HistoryBudget,
     ) -> Result<Self, StateTooLarge> {
         let mut state = ChannelState {
@@ -77,7 +70,7 @@ impl ChannelCell {
             history: History::new(policy.history),
             snapshots: Vec::new(),
         };
-        state.apply(record, max_state_bytes, history, false)?;
+        state.apply(record, budget, history, false)?;
         Ok(Self {
             id,
             name: record.channel.clone(),
@@ -127,20 +120,18 @@ impl ChannelCell {
 impl ChannelState {
     /// Merges `record`, advances the seq and remembers the update. Returns
     /// the patch serialized when it was needed (for history, or for
-    /// subscribers if `subscribed`). A record that would make the state
-    /// larger than `max_state_bytes` changes nothing (no seq is used, so
-    /// subscribers see no gap).
+    /// subscribers if `subscribed`). A record that does not fit the state
+    /// `budget` changes nothing (no seq is used, so subscribers see no
+    /// gap).
     pub fn apply(
         &mut self,
         record: &FeedRecord,
-        max_state_bytes: usize,
+        budget: &mut StateBudget,
         history: &mut HistoryBudget,
         subscribed: bool,
     ) -> Result<Option<Bytes>, StateTooLarge> {
         let would_be = size::merged_len(&self.state, self.state_len, &record.data);
-        if would_be > max_state_bytes {
-            return Err(StateTooLarge { would_be });
-        }
+        budget.resize(self.state_len, would_be)?;
         merge_patch(&mut self.state, &record.data);
         self.state_len = would_be;
         self.seq += 1;

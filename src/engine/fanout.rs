@@ -213,6 +213,7 @@ mod tests {
     use crate::engine::filter::FilterInterner;
     use crate::engine::history::HistoryBudget;
     use crate::engine::policy::NamespacePolicy;
+    use crate::engine::state_budget::StateBudget;
     use serde_json::json;
 
     fn applied(data: serde_json::Value, seq: u64) -> Applied {
@@ -229,7 +230,7 @@ mod tests {
             0,
             &record,
             NamespacePolicy::default(),
-            usize::MAX,
+            &mut StateBudget::unbounded(),
             &mut HistoryBudget::new(usize::MAX),
         )
         .unwrap();

@@ -1,13 +1,13 @@
 //! What the engine does at the ingest bounds (docs/architecture.md,
-//! "Ingest limits"): records past `limits.max_channels` or
-//! `limits.max_state_bytes` are dropped, counted and (within a log budget)
+//! "Ingest limits"): records past `limits.max_channels`,
+//! `limits.max_state_bytes` or `limits.max_total_state_bytes` are dropped, counted and (within a log budget)
 //! logged by the state stage; history is kept within `limits.max_history_bytes`
 //! (see [`history`](super::history)).
 
 use std::sync::atomic::Ordering;
 
-use super::cell::StateTooLarge;
 use super::stage::StateStage;
+use super::state_budget::{StateBudget, StateTooLarge};
 use crate::feed::log_budget::{LogBudget, Verdict};
 use crate::record::FeedRecord;
 
@@ -19,6 +19,8 @@ use crate::record::FeedRecord;
 pub struct IngestLimits {
     /// Largest channel state, in bytes of JSON.
     pub max_state_bytes: usize,
+    /// Every channel's state together, in bytes of JSON.
+    pub max_total_state_bytes: usize,
     /// Bytes of resume history over all channels.
     pub max_history_bytes: usize,
     /// Dropped records logged per interval; the rest are counted only.
@@ -30,6 +32,7 @@ impl Default for IngestLimits {
     fn default() -> Self {
         Self {
             max_state_bytes: 2 * 1024 * 1024,
+            max_total_state_bytes: 1024 * 1024 * 1024,
             max_history_bytes: 256 * 1024 * 1024,
             log_per_interval: 10,
             log_interval_ns: 10_000_000_000,
@@ -41,6 +44,10 @@ impl IngestLimits {
     pub(super) fn log_budget(&self) -> LogBudget {
         LogBudget::new(self.log_per_interval, self.log_interval_ns)
     }
+
+    pub(super) fn state_budget(&self) -> StateBudget {
+        StateBudget::new(self.max_state_bytes, self.max_total_state_bytes)
+    }
 }
 
 /// Why the engine dropped a record (the `reason` label on /metrics).
@@ -51,41 +58,65 @@ pub enum DropReason {
     /// It would have made its channel's state larger than
     /// `limits.max_state_bytes`.
     MaxStateBytes,
+    /// It would have made all states together larger than
+    /// `limits.max_total_state_bytes`.
+    MaxTotalStateBytes,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 2] = [DropReason::MaxChannels, DropReason::MaxStateBytes];
+    pub const ALL: [DropReason; 3] = [
+        DropReason::MaxChannels,
+        DropReason::MaxStateBytes,
+        DropReason::MaxTotalStateBytes,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::MaxChannels => "max_channels",
             DropReason::MaxStateBytes => "max_state_bytes",
+            DropReason::MaxTotalStateBytes => "max_total_state_bytes",
         }
     }
 }
 
 impl StateStage {
     /// Counts (and, within the log budget, logs) a record refused for
-    /// `limits.max_state_bytes`; its channel keeps its state and seq.
+    /// `limits.max_state_bytes` or `limits.max_total_state_bytes`; its
+    /// channel keeps its state and seq.
     pub(super) fn drop_too_large(
         &mut self,
         record: &FeedRecord,
         too_large: StateTooLarge,
         now: u64,
     ) {
-        self.stats
-            .records_dropped_state_size
-            .fetch_add(1, Ordering::Relaxed);
-        let limit = self.ingest.max_state_bytes;
-        self.log_drop(DropReason::MaxStateBytes, now, |dropped| {
-            tracing::warn!(
+        let (reason, would_be, limit) = match too_large {
+            StateTooLarge::Channel { would_be } => (
+                DropReason::MaxStateBytes,
+                would_be,
+                self.state.per_channel(),
+            ),
+            StateTooLarge::Total { would_be } => {
+                (DropReason::MaxTotalStateBytes, would_be, self.state.total())
+            }
+        };
+        self.dropped_counter(reason).fetch_add(1, Ordering::Relaxed);
+        self.log_drop(reason, now, |dropped| match reason {
+            DropReason::MaxTotalStateBytes => tracing::warn!(
                 channel = %record.channel,
-                would_be = too_large.would_be,
+                would_be,
+                limit,
+                dropped,
+                "record dropped: all channels' states together would exceed \
+                 limits.max_total_state_bytes; the channel keeps its state and seq"
+            ),
+            _ => tracing::warn!(
+                channel = %record.channel,
+                would_be,
                 limit,
                 dropped,
                 "record dropped: the channel's state would exceed limits.max_state_bytes; \
                  the channel keeps its state and seq"
-            );
+            ),
         });
     }
 
@@ -110,11 +141,7 @@ impl StateStage {
     /// Logs one dropped record through `log` (given the count so far) if
     /// the interval's budget allows.
     fn log_drop(&mut self, reason: DropReason, now: u64, log: impl FnOnce(u64)) {
-        let dropped = match reason {
-            DropReason::MaxChannels => &self.stats.records_dropped_channel_limit,
-            DropReason::MaxStateBytes => &self.stats.records_dropped_state_size,
-        }
-        .load(Ordering::Relaxed);
+        let dropped = self.dropped_counter(reason).load(Ordering::Relaxed);
         match self.drop_log.admit(now) {
             Verdict::Log { suppressed_before } => {
                 if suppressed_before > 0 {
@@ -131,6 +158,14 @@ impl StateStage {
                  records_dropped_total on /metrics)"
             ),
             Verdict::Suppress { first: false } => {}
+        }
+    }
+
+    fn dropped_counter(&self, reason: DropReason) -> &std::sync::atomic::AtomicU64 {
+        match reason {
+            DropReason::MaxChannels => &self.stats.records_dropped_channel_limit,
+            DropReason::MaxStateBytes => &self.stats.records_dropped_state_size,
+            DropReason::MaxTotalStateBytes => &self.stats.records_dropped_total_state,
         }
     }
 

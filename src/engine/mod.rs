@@ -39,6 +39,7 @@ mod resume;
 pub mod shard;
 pub mod size;
 pub mod stage;
+pub mod state_budget;
 mod stats;
 pub mod task;
 pub mod timers;

@@ -2,7 +2,8 @@
 //!
 //! It is the only gating consumer of the feed ring. For each record it
 //! finds or creates the channel (within `limits.max_channels`), merges the
-//! patch (within `limits.max_state_bytes`), advances the seq and pushes the
+//! patch (within `limits.max_state_bytes` for the channel and
+//! `limits.max_total_state_bytes` for all of them), advances the seq and pushes the
 //! history entry (within `limits.max_history_bytes`), once for the whole
 //! process. Only if the channel has deliveries on some shard does it hand
 //! the update off ([`Event::Update`]); with none, nothing is handed off, so
@@ -19,6 +20,7 @@ use super::fanout::{Applied, Event};
 use super::history::HistoryBudget;
 use super::ingest::IngestLimits;
 use super::policy::Namespaces;
+use super::state_budget::StateBudget;
 use super::{EngineLimits, EngineStats};
 use crate::channel::ChannelName;
 use crate::feed::log_budget::LogBudget;
@@ -35,6 +37,7 @@ pub struct StateStage {
     by_name: HashMap<ChannelName, Arc<ChannelCell>>,
     pub(super) ingest: IngestLimits,
     pub(super) history: HistoryBudget,
+    pub(super) state: StateBudget,
     pub(super) drop_log: LogBudget,
     /// `--record`: where accepted records are offered (never waits).
     recorder: Option<RecordTap>,
@@ -50,6 +53,7 @@ impl StateStage {
             by_name: HashMap::new(),
             ingest: IngestLimits::default(),
             history: HistoryBudget::new(IngestLimits::default().max_history_bytes),
+            state: IngestLimits::default().state_budget(),
             drop_log: IngestLimits::default().log_budget(),
             recorder: None,
         }
@@ -66,6 +70,7 @@ impl StateStage {
     pub fn with_ingest_limits(mut self, limits: IngestLimits) -> Self {
         self.ingest = limits;
         self.history = HistoryBudget::new(limits.max_history_bytes);
+        self.state = limits.state_budget();
         self.drop_log = limits.log_budget();
         self
     }
@@ -92,8 +97,7 @@ impl StateStage {
         // Read under the lock, after the merge below would be just as good:
         // see `ChannelCell::attach` for why this loses no update.
         let subscribed = cell.attached() > 0;
-        let max_state_bytes = self.ingest.max_state_bytes;
-        let applied = channel.apply(record, max_state_bytes, &mut self.history, subscribed);
+        let applied = channel.apply(record, &mut self.state, &mut self.history, subscribed);
         let seq = channel.seq;
         drop(channel);
         let data_json = match applied {
@@ -114,6 +118,9 @@ impl StateStage {
     fn accepted(&mut self, record: &Arc<FeedRecord>) {
         self.stats.updates_applied.fetch_add(1, Ordering::Relaxed);
         self.count_history();
+        self.stats
+            .state_bytes
+            .store(self.state.used() as u64, Ordering::Relaxed);
         if let Some(tap) = &self.recorder {
             tap.offer(record);
         }
@@ -126,9 +133,8 @@ impl StateStage {
             return None;
         }
         let policy = self.namespaces.policy(record.channel.namespace());
-        let max_state_bytes = self.ingest.max_state_bytes;
         let id = self.by_name.len();
-        let cell = match ChannelCell::create(id, record, policy, max_state_bytes, &mut self.history)
+        let cell = match ChannelCell::create(id, record, policy, &mut self.state, &mut self.history)
         {
             Ok(cell) => Arc::new(cell),
             Err(too_large) => {
