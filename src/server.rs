@@ -50,6 +50,11 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
+    #[error(
+        "--feed stdin is given more than once: there is one standard input (pipe several \
+         producers into it with `cat a b |`, or use a tcp: feed for each)"
+    )]
+    StdinTwice,
     #[error("cannot read the listener's address: {0}")]
     Listener(std::io::Error),
     /// A rule the settings cannot keep (see `auth::check_startup`).
@@ -97,6 +102,11 @@ fn new_epoch() -> Arc<str> {
 /// stops the server with the reason instead of leaving it serving nothing.
 /// (A feed that fails later makes `/healthz` answer 503 with its name.)
 async fn check_feeds(feeds: &[FeedSpec]) -> Result<(), StartError> {
+    // Two readers of one stdin would each get some of its lines, in no
+    // order anyone could rely on.
+    if feeds.iter().filter(|f| **f == FeedSpec::Stdin).count() > 1 {
+        return Err(StartError::StdinTwice);
+    }
     for spec in feeds {
         match spec {
             FeedSpec::Replay { path } => {

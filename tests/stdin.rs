@@ -105,3 +105,23 @@ async fn piped_records_are_served_a_bad_line_is_rejected_by_number_and_eof_finis
     );
     child.kill().await.unwrap();
 }
+
+/// One standard input cannot feed two readers: start-up says so instead of
+/// splitting the lines between them.
+#[tokio::test]
+async fn stdin_given_twice_is_refused_at_start_up() {
+    let settings = tickcast::config::Settings {
+        feeds: vec![tickcast::feed::FeedSpec::Stdin; 2],
+        ..tickcast::config::Settings::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refused = tickcast::start(
+        listener,
+        settings,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .err()
+    .expect("two stdin feeds are refused");
+    assert!(refused.to_string().contains("more than once"), "{refused}");
+}
