@@ -201,6 +201,8 @@ export class ChannelTable {
     this.channels = new Map();
     /** The epoch of the latest snapshot: the server run we are in. @type {string | null} */
     this.epoch = null;
+    /** Patterns of subscribes not yet answered, by request id. @type {Map<number, string[]>} */
+    this.pendingPatterns = new Map();
   }
 
   /** @param {string} name */
@@ -232,6 +234,11 @@ export class ChannelTable {
       return { action: "deliver", channel, state: data, meta };
     }
     if (msg.type !== "update") return { action: "ignore" };
+    if (!entry && [...this.pendingPatterns.values()].some((ps) => ps.some((p) => matches(p, channel)))) {
+      // The tail of a stream we left (an unsubscribe just before): the
+      // pending subscribe starts this channel with a snapshot.
+      return { action: "ignore" };
+    }
     if (!entry || entry.data === undefined || msg.prev !== entry.seq) {
       // The one rule: a `prev` we do not hold is a gap. Deliver nothing of
       // this channel until the server's answer to a resubscribe.
@@ -272,6 +279,7 @@ export class ChannelTable {
    * @param {number} id
    */
   hold(patterns, id) {
+    this.pendingPatterns.set(id, patterns);
     for (const [name, entry] of this.channels) {
       if (patterns.some((p) => matches(p, name))) entry.waiting = id;
     }
@@ -279,6 +287,7 @@ export class ChannelTable {
 
   /** The answer to request `id` came: its channels flow again. @param {number} id */
   release(id) {
+    this.pendingPatterns.delete(id);
     for (const entry of this.channels.values()) if (entry.waiting === id) entry.waiting = 0;
   }
 
@@ -431,6 +440,7 @@ export class TickcastClient {
     this.pending = [];
     this._setStatus({ state: "open" });
     // A new connection has no old stream: nothing is waiting any more.
+    this.table.pendingPatterns.clear();
     for (const entry of this.table.channels.values()) entry.waiting = 0;
     for (const sub of this.subs) this._sendSubscribe(sub);
     this._watch();

@@ -173,3 +173,14 @@ test("a resync snapshot replaces the state and says so", () => {
   assert.equal(r.meta.resync, true);
   assert.equal(t.epoch, "e2");
 });
+
+test("updates of a channel not held yet wait for the pending subscribe's snapshot", () => {
+  const t = new ChannelTable();
+  t.hold(["quotes.*"], 7);
+  // The tail of an earlier stream (unsubscribed just before): no gap.
+  assert.equal(t.apply(upd("quotes.A", 9, 8, { bid: 1 })).action, "ignore");
+  t.release(7);
+  assert.equal(t.apply(snap("quotes.A", 12, { bid: 2 })).action, "deliver");
+  // With nothing pending, the same update would be a gap.
+  assert.equal(t.apply(upd("quotes.B", 9, 8, { bid: 1 })).action, "gap");
+});

@@ -91,7 +91,11 @@ impl Depth {
         self.asks.insert(ask, ask_size);
         let (tick, lot) = (self.tick, self.lot);
         let rng = &mut self.rng;
+        // Levels left far behind by a moving price go, so the ladder stays
+        // a dense few ticks deep rather than a scatter of stale prices.
+        let reach = LEVELS as i64 * 2 * tick;
         for (side, best, away) in [(&mut self.bids, bid, -1), (&mut self.asks, ask, 1)] {
+            side.retain(|&price, _| (price - best).abs() <= reach);
             for (&price, units) in side.iter_mut() {
                 if price != best && rng.gen_bool(RESIZE_CHANCE) {
                     *units = lot * rng.gen_range(1..=80);
