@@ -689,3 +689,82 @@ async fn the_demo_shows_quotes_scores_a_book_and_trades_changing() {
     let _ = std::fs::remove_dir_all(&profile);
     server.shutdown().await;
 }
+
+/// The page docs/client.md tells people to copy, as written there.
+fn docs_example() -> String {
+    let doc = include_str!("../docs/client.md");
+    let start = doc
+        .find("```html\n")
+        .expect("docs/client.md has an html example")
+        + 8;
+    let len = doc[start..].find("```").expect("the example ends");
+    doc[start..start + len].to_owned()
+}
+
+/// Serves `page` to every request on `listener` (a site other than
+/// tickcast), until the test ends.
+fn serve_page(listener: tokio::net::TcpListener, page: String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let page = page.clone();
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = tokio::time::timeout(DEADLINE, stream.read(&mut head)).await;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                    page.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_docs_example_page_works_from_another_site() {
+    // The example's site, on its own port: a different origin.
+    let site = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let site_addr = site.local_addr().unwrap();
+    let (addr, feed) = (free_port(), free_port());
+    let mut server = tickcast_binary(addr)
+        .args(["--feed", &format!("tcp:{feed}")])
+        .args(["--allowed-origin", &format!("http://{site_addr}")])
+        .spawn()
+        .expect("the tickcast binary starts");
+    wait_healthy(addr).await;
+    let example = docs_example().replace("127.0.0.1:8080", &addr.to_string());
+    assert!(example.contains(&format!("ws://{addr}/ws")), "{example}");
+    serve_page(site, example);
+    let mut producer = wait_for(
+        || async move { tokio::net::TcpStream::connect(feed).await.ok() },
+        "the tcp feed to take connections",
+    )
+    .await;
+
+    let profile = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("chromium-example-{}", std::process::id()));
+    let (mut chromium, mut page) = open(&format!("http://{site_addr}/"), &profile).await;
+    let probe = "JSON.stringify({status: document.getElementById('status').textContent, \
+                 bid: document.getElementById('bid').textContent, ask: document.getElementById('ask').textContent})";
+    for (bid, ask) in [(101.25, 101.5), (101.5, 101.75)] {
+        let line = json!({"channel": "quotes.AAPL", "data": {"bid": bid, "ask": ask, "volume": 7}});
+        tokio::io::AsyncWriteExt::write_all(&mut producer, format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        let mut poll = Poll::new("the docs example to show the published quote");
+        loop {
+            let shown = page.probe(probe).await;
+            if shown == json!({"status": "open", "bid": bid.to_string(), "ask": ask.to_string()}) {
+                break;
+            }
+            poll.tick(&format!("{shown} (page errors {:?})", page.errors))
+                .await;
+        }
+    }
+    assert!(page.errors.is_empty(), "page errors: {:?}", page.errors);
+    let _ = chromium.kill().await;
+    let _ = server.kill().await;
+    let _ = std::fs::remove_dir_all(&profile);
+}

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN, RETRY_AFTER, WWW_AUTHENTICATE,
+    HeaderValue, ACCESS_CONTROL_ALLOW_ORIGIN, CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN,
+    RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -214,9 +215,15 @@ async fn route(mut req: Request<Incoming>, state: &Arc<AppState>) -> Response<Bo
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served here\n");
     }
     if let Some(&(_, content_type, body)) = WEB.iter().find(|(p, _, _)| *p == path) {
-        return Response::builder()
+        let mut response = Response::builder()
             .header(CONTENT_TYPE, content_type)
-            .header(CACHE_CONTROL, "no-cache")
+            .header(CACHE_CONTROL, "no-cache");
+        if path == "/tickcast.js" {
+            // Pages of other sites import the client as a module, which
+            // browsers fetch with CORS; it is public code, readable by all.
+            response = response.header(ACCESS_CONTROL_ALLOW_ORIGIN, "*");
+        }
+        return response
             .body(Full::new(Bytes::from_static(body.as_bytes())))
             .expect("static response");
     }
