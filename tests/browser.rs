@@ -291,6 +291,7 @@ const SHOWN: &str = r#"JSON.stringify((() => {
   const matches = document.querySelectorAll('[id^="match-scores."]').length;
   return { rows, ladder, trades, matches, search: location.search,
     status: document.getElementById('status').dataset.state,
+    latency: document.getElementById('latency').textContent, rate: document.getElementById('rate').textContent,
     connects: Number(document.body.dataset.connects || 0),
     updates: Number(document.body.dataset.updates || 0) };
 })())"#;
@@ -678,6 +679,24 @@ async fn the_demo_shows_quotes_scores_a_book_and_trades_changing() {
         price("asks", LADDER_LEVELS - 1) > price("bids", 0),
         "{seen}"
     );
+    // The status bar counts updates per second and measures latency.
+    let mut poll = Poll::new("the status bar to show updates/s and latency");
+    loop {
+        let shown = page.probe(SHOWN).await;
+        let rate = shown["rate"].as_str().unwrap_or("");
+        let latency = shown["latency"].as_str().unwrap_or("");
+        let per_sec = rate
+            .strip_suffix(" upd/s")
+            .and_then(|n| n.parse::<u64>().ok());
+        if per_sec.is_some_and(|n| n > 0)
+            && latency.starts_with("latency ")
+            && latency.ends_with(" ms")
+        {
+            eprintln!("demo page status bar: {rate}, {latency}");
+            break;
+        }
+        poll.tick(&shown).await;
+    }
     page.screenshot("ticker-demo-desktop.png").await;
     // A phone, in the other theme.
     page.viewport(390, 844, true).await;
