@@ -703,6 +703,27 @@ async fn the_demo_shows_quotes_scores_a_book_and_trades_changing() {
     page.eval("document.getElementById('theme').click()").await;
     page.screenshot("ticker-demo-phone.png").await;
 
+    // The filter box narrows the quotes to the symbols typed, kept in the URL.
+    page.eval("const f = document.getElementById('filter'); f.value = 'aapl, BTC-USD'; f.dispatchEvent(new Event('change'))")
+        .await;
+    let mut poll = Poll::new("the filter to leave AAPL and BTC-USD");
+    loop {
+        let shown = page.probe(SHOWN).await;
+        let mut rows: Vec<&String> = shown["rows"]
+            .as_object()
+            .map(|r| r.keys().collect())
+            .unwrap_or_default();
+        rows.sort();
+        if rows == ["quotes.AAPL", "quotes.BTC-USD"]
+            && shown["search"]
+                .as_str()
+                .is_some_and(|s| s.contains("symbols=AAPL,BTC-USD"))
+        {
+            break;
+        }
+        poll.tick(&shown).await;
+    }
+
     assert!(page.errors.is_empty(), "page errors: {:?}", page.errors);
     let _ = child.kill().await;
     let _ = std::fs::remove_dir_all(&profile);

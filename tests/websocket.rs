@@ -347,6 +347,9 @@ async fn http_endpoints_report_channels_and_health() {
     // ... which talks to the server through the client library.
     let (status, client) = http_get(server.addr, "/tickcast.js").await;
     assert_eq!(status, 200);
-    assert!(client.contains("new this.WebSocket("), "the client opens a WebSocket");
+    assert!(
+        client.contains("new this.WebSocket("),
+        "the client opens a WebSocket"
+    );
     server.shutdown().await;
 }

@@ -178,11 +178,21 @@ function select(symbol) {
   subscribeSymbol();
 }
 
-$("filter").addEventListener("change", (ev) => {
-  symbols = parseSymbols(/** @type {HTMLInputElement} */ (ev.target).value);
+/** Applies the filter box, if it names other symbols than shown now. */
+function applyFilter() {
+  const wanted = parseSymbols(/** @type {HTMLInputElement} */ (/** @type {unknown} */ ($("filter"))).value);
+  if (wanted.join(",") === symbols.join(",")) return;
+  symbols = wanted;
   saveUrl();
   subscribeMain();
+}
+let typing = 0;
+$("filter").addEventListener("input", () => {
+  // While typing, wait for a pause rather than subscribing to every prefix.
+  clearTimeout(typing);
+  typing = setTimeout(applyFilter, 600);
 });
+$("filter").addEventListener("change", applyFilter);
 $("maxhz").addEventListener("change", (ev) => {
   maxHz = Number(/** @type {HTMLSelectElement} */ (ev.target).value) || 0;
   saveUrl();
