@@ -546,6 +546,10 @@ async fn the_page_shows_the_servers_states_and_resyncs_after_a_restart() {
         shown["ladder"]["bids"].as_array().unwrap().len(),
         LADDER_LEVELS
     );
+    assert!(
+        shown["search"].as_str().unwrap().contains("hz=2"),
+        "max_hz in the URL: {shown}"
+    );
     assert_eq!(shown["connects"], 1);
     page.screenshot("ticker-replay-desktop.png").await;
 
@@ -594,7 +598,8 @@ async fn the_page_shows_the_servers_states_and_resyncs_after_a_restart() {
     page.navigate(&format!("http://{addr}/dashboard")).await;
     let mut poll = Poll::new("the dashboard charts to receive data");
     let probe = r#"JSON.stringify(Object.fromEntries([...document.querySelectorAll('canvas[id^="chart-"]')]
-        .map(c => [c.id.slice(6), { points: Number(c.dataset.points), last: JSON.parse(c.dataset.last || 'null') }])))"#;
+        .map(c => [c.id.slice(6), { points: Number(c.dataset.points), last: JSON.parse(c.dataset.last || 'null') }])
+        .concat([['feeds', [...document.querySelectorAll('#feeds tr')].map(r => [...r.children].map(td => td.textContent))]])))"#;
     let mut bid = 0.0;
     let charts = loop {
         // Records keep arriving, so rates and latencies move.
@@ -605,9 +610,12 @@ async fn the_page_shows_the_servers_states_and_resyncs_after_a_restart() {
         )
         .await;
         let charts = page.probe(probe).await;
-        let filled = charts
-            .as_object()
-            .is_some_and(|c| c.len() == 10 && c.values().all(|c| c["points"].as_u64() >= Some(3)));
+        let filled = charts.as_object().is_some_and(|c| {
+            c.len() == 11
+                && c.iter()
+                    .filter(|(name, _)| *name != "feeds")
+                    .all(|(_, c)| c["points"].as_u64() >= Some(3))
+        });
         let moving = charts["throughput"]["last"][0]
             .as_f64()
             .is_some_and(|v| v > 0.0)
@@ -624,6 +632,14 @@ async fn the_page_shows_the_servers_states_and_resyncs_after_a_restart() {
         charts["sessions"]["last"][0].is_u64(),
         "connections charted: {charts}"
     );
+    // The feeds table: the replay (finished, 600 records) and the publish API.
+    let feeds = charts["feeds"].as_array().unwrap();
+    let replay_row = |row: &Value| {
+        row[0].as_str().unwrap_or("").starts_with("replay:")
+            && row[1] == "finished"
+            && row[2] == "600"
+    };
+    assert!(feeds.iter().any(replay_row), "{charts}");
     page.screenshot("dashboard-desktop.png").await;
     page.viewport(390, 844, true).await;
     page.screenshot("dashboard-phone.png").await;
