@@ -268,9 +268,16 @@ function drawBook() {
     `<tr class="${side}" data-price="${esc(price)}"><td class="price"><span>${esc(show(Number(price)))}</span></td>` +
     `<td class="size"><div class="bar" style="width:${((size / biggest) * 100).toFixed(1)}%"></div><span>${esc(show(size))}</span></td></tr>`;
   const spread = asks.length && bids.length
-    ? `<tr class="spread"><td colspan="2">spread ${show(Number((Number(asks[asks.length - 1][0]) - Number(bids[0][0])).toPrecision(10)))}</td></tr>`
+    ? `<tr class="spread"><td colspan="2">spread ${esc(difference(asks[asks.length - 1][0], bids[0][0]))}</td></tr>`
     : `<tr class="spread"><td colspan="2">–</td></tr>`;
   body.innerHTML = asks.map((l) => row("ask", l)).join("") + spread + bids.map((l) => row("bid", l)).join("");
+}
+
+/** `a - b` of two decimal price strings, to the decimals they have (no float dust). @param {string} a @param {string} b */
+function difference(a, b) {
+  const decimals = (/** @type {string} */ p) => (p.includes(".") ? p.replace(/0+$/, "").split(".")[1].length : 0);
+  const places = Math.min(12, Math.max(decimals(a), decimals(b)));
+  return (Number(a) - Number(b)).toFixed(places);
 }
 
 function drawTrades() {
