@@ -383,6 +383,17 @@ export class TickcastClient {
     return sub;
   }
 
+  /**
+   * Gives the connection a fresh token before its current one expires
+   * (`{"op":"auth"}`: the server answers `authed`, or `forbidden` and keeps
+   * the old one). Later reconnects use it too.
+   * @param {string} token
+   */
+  auth(token) {
+    this.opts = { ...this.opts, token };
+    if (this._isOpen()) this._send({ op: "auth", token });
+  }
+
   /** The state held for `channel` ({seq, epoch, data}), if any. @param {string} channel */
   state(channel) {
     return this.table.get(channel);

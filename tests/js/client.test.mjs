@@ -253,3 +253,16 @@ test("close() is final: no reconnect", () => {
   assert.equal(made.length, 1);
   assert.equal(statuses.at(-1).state, "closed");
 });
+
+test("auth sends a fresh token on the open connection and uses it for reconnects", () => {
+  const { ws, made, client, clock } = setup({ token: "old" });
+  assert.equal(ws().url, "ws://tickcast.test/ws?token=old");
+  ws().open();
+  client.auth("new");
+  assert.deepEqual(ws().take(), [{ op: "auth", token: "new", id: 1 }]);
+  ws().receive({ type: "authed", id: 1, exp: 1763703600 });
+  ws().serverClose(1006);
+  clock.advance(clock.soonest());
+  assert.equal(made.length, 2);
+  assert.equal(ws().url, "ws://tickcast.test/ws?token=new");
+});
