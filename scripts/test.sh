@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check tickcast has, from a fresh Debian machine: installs what is
 # missing, then formatting, lints, unit/integration/property tests, the loom
-# model of the ring, a browser check of the live page, and the fuzz targets.
+# model of the ring, the browser client's unit tests (node), a browser check
+# of the live page and dashboard, and the fuzz targets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,8 +23,12 @@ need_apt() { # need_apt COMMAND PACKAGE...
 }
 
 need_apt chromium chromium
+need_apt node nodejs
 command -v cargo >/dev/null || { echo "cargo is missing: install Rust (rustup) first" >&2; exit 1; }
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy || true
+
+say "browser client unit tests (node --test)"
+node --test tests/js/*.test.mjs
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

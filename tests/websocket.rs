@@ -343,6 +343,13 @@ async fn http_endpoints_report_channels_and_health() {
     assert_eq!(http_get(server.addr, "/channels/nope").await.0, 404);
     let (status, page) = http_get(server.addr, "/").await;
     assert_eq!(status, 200);
-    assert!(page.contains("new WebSocket"), "the page opens a WebSocket");
+    assert!(page.contains("/app.js"), "the page loads its script");
+    // ... which talks to the server through the client library.
+    let (status, client) = http_get(server.addr, "/tickcast.js").await;
+    assert_eq!(status, 200);
+    assert!(
+        client.contains("new this.WebSocket("),
+        "the client opens a WebSocket"
+    );
     server.shutdown().await;
 }

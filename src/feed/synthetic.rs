@@ -4,6 +4,9 @@
 //!   mean-reverting random walk on a 0.01 price grid, spread > 0, sizes in
 //!   lots, a `last` trade price and a `volume` that only grows. Busy symbols
 //!   update far more often than quiet ones, as on a real tape.
+//! - `book.<SYM>` and `trades.<SYM>` for a few of them ([`depth`]): a
+//!   depth ladder whose best levels are the quote, and every trade the
+//!   quote prints.
 //! - 4 `scores.<league>.<HOME>-<AWAY>` matches (two football, two basketball)
 //!   on an accelerated clock, about ten real minutes each, that start over
 //!   after full time (see [`matches`]).
@@ -11,7 +14,9 @@
 //! Each channel's first record carries its whole state; later records carry
 //! only what changed, as an RFC 7396 merge patch (vanished members are `null`).
 //! The quote rate is the configured total; match records come on top (about
-//! 30/s, mostly the ticking clocks), and so does the burst of first states.
+//! 30/s, mostly the ticking clocks), and so do book and trade records (one
+//! book record per quote update of a depth symbol, about a fifth of the
+//! quote rate, and a trade for 30 % of those) and the burst of first states.
 //! Records carry no `ts`: they happen as they are made, so the ingest time
 //! stamped by [`FeedOutput::send`] is their time.
 //!
@@ -31,6 +36,7 @@ use super::{FeedOutput, DEFAULT_SYNTHETIC_RATE};
 use crate::channel::ChannelName;
 use crate::record::{FeedRecord, JsonMap};
 
+pub mod depth;
 mod matches;
 
 /// The seed [`run`] uses. Fixed, so every demo (and any bug seen in one)
@@ -166,10 +172,16 @@ struct Quote {
     ask_size: u64,
     last: i64,
     volume: u64,
+    /// Book and trade tape, for [`depth::DEPTH_SYMBOLS`] only.
+    depth: Option<depth::Depth>,
 }
 
 impl Quote {
-    fn new(&(symbol, price, min_spread): &(&str, f64, i64), rng: &mut SmallRng) -> Self {
+    fn new(
+        &(symbol, price, min_spread): &(&str, f64, i64),
+        rng: &mut SmallRng,
+        depth_seed: u64,
+    ) -> Self {
         let crypto = symbol.ends_with("-USD");
         let (volatility, size_scale, lot) = match crypto {
             true => (VOLATILITY.1, CRYPTO_SIZE_SCALE, 100),
@@ -191,14 +203,26 @@ impl Quote {
             ask_size,
             last: 0,
             volume: lot * rng.gen_range(10_000..200_000),
+            depth: depth::DEPTH_SYMBOLS
+                .contains(&symbol)
+                .then(|| depth::Depth::new(symbol, min_spread, lot, depth_seed)),
         };
         quote.step(rng);
         quote.last = quote.bid;
+        let opening = depth::Print {
+            price: quote.last,
+            size: lot,
+            buy: false,
+        };
+        if let Some(depth) = &mut quote.depth {
+            depth.set_first_trade(opening);
+        }
         quote
     }
 
-    /// Moves the mid, requotes around it, and maybe prints a trade.
-    fn step(&mut self, rng: &mut SmallRng) {
+    /// Moves the mid, requotes around it, and maybe prints a trade
+    /// (returned).
+    fn step(&mut self, rng: &mut SmallRng) -> Option<depth::Print> {
         self.mid *= 1.0 + self.volatility * normal(rng);
         self.mid += (self.anchor - self.mid) * MEAN_REVERSION;
         let spread = self.min_spread * rng.gen_range(1..=3);
@@ -212,13 +236,33 @@ impl Quote {
         if side != 0 {
             self.ask_size = self.fresh_size(self.ask_size, rng);
         }
-        if rng.gen_bool(TRADE_CHANCE) {
-            self.last = if rng.gen_bool(0.5) {
-                self.bid
-            } else {
-                self.ask
-            };
-            self.volume += self.lot * rng.gen_range(1..=20);
+        if !rng.gen_bool(TRADE_CHANCE) {
+            return None;
+        }
+        let buy = !rng.gen_bool(0.5);
+        self.last = if buy { self.ask } else { self.bid };
+        let size = self.lot * rng.gen_range(1..=20);
+        self.volume += size;
+        Some(depth::Print {
+            price: self.last,
+            size,
+            buy,
+        })
+    }
+
+    /// The quote's records for this step: the quote, then (for a depth
+    /// symbol) its book and the trade it printed.
+    fn records(&mut self, print: Option<depth::Print>, out: &mut Vec<FeedRecord>) {
+        out.extend(self.out.record(self.state()));
+        let scale = self.size_scale;
+        let size = move |units: u64| size_value(units, scale);
+        let (bid, ask) = ((self.bid, self.bid_size), (self.ask, self.ask_size));
+        if let Some(depth) = &mut self.depth {
+            out.extend(depth.requote(bid, ask, &size));
+            out.extend(depth.first_trade(&size));
+            if let Some(print) = print {
+                out.push(depth.trade(&print, &size));
+            }
         }
     }
 
@@ -232,11 +276,7 @@ impl Quote {
     }
 
     fn size(&self, units: u64) -> Value {
-        if self.size_scale == 1.0 {
-            Value::from(units)
-        } else {
-            Value::from(units as f64 / self.size_scale)
-        }
+        size_value(units, self.size_scale)
     }
 
     fn state(&self) -> JsonMap {
@@ -248,6 +288,15 @@ impl Quote {
         m.insert("last".into(), cents(self.last));
         m.insert("volume".into(), self.size(self.volume));
         m
+    }
+}
+
+/// A size in lot units as JSON: whole shares, or coins (`scale` units each).
+fn size_value(units: u64, scale: f64) -> Value {
+    if scale == 1.0 {
+        Value::from(units)
+    } else {
+        Value::from(units as f64 / scale)
     }
 }
 
@@ -275,7 +324,13 @@ impl SyntheticFeed {
             DEFAULT_SYNTHETIC_RATE
         };
         let mut rng = SmallRng::seed_from_u64(seed);
-        let quotes = LISTINGS.iter().map(|l| Quote::new(l, &mut rng)).collect();
+        // Books draw from their own streams, so they leave the quotes as
+        // they were before books existed.
+        let quotes = LISTINGS
+            .iter()
+            .enumerate()
+            .map(|(i, l)| Quote::new(l, &mut rng, seed ^ (0xb00c << 16) ^ i as u64))
+            .collect();
         let cumulative = (0..LISTINGS.len())
             .scan(0.0, |sum, rank| {
                 *sum += 1.0 / ((rank + 1) as f64).powf(ACTIVITY_SKEW);
@@ -297,9 +352,12 @@ impl SyntheticFeed {
     /// goes back). The first call returns every channel's full state.
     pub fn next_records(&mut self, elapsed: Duration) -> Vec<FeedRecord> {
         let Some(previous) = self.last_step.replace(elapsed) else {
-            let quotes = self.quotes.iter_mut().map(|q| q.out.record(q.state()));
-            let matches = self.matches.iter_mut().map(|m| m.record());
-            return quotes.chain(matches).flatten().collect();
+            let mut records = Vec::new();
+            for quote in &mut self.quotes {
+                quote.records(None, &mut records);
+            }
+            records.extend(self.matches.iter_mut().filter_map(|m| m.record()));
+            return records;
         };
         let dt = elapsed.saturating_sub(previous);
         let most_owed = (self.rate * MAX_BACKLOG_SECS).max(1.0);
@@ -314,8 +372,8 @@ impl SyntheticFeed {
             let Some(quote) = self.quotes.get_mut(i) else {
                 continue;
             };
-            quote.step(&mut self.rng);
-            records.extend(quote.out.record(quote.state()));
+            let print = quote.step(&mut self.rng);
+            quote.records(print, &mut records);
         }
         let nanos = u64::try_from(dt.as_nanos()).unwrap_or(u64::MAX);
         for game in &mut self.matches {

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN, RETRY_AFTER, WWW_AUTHENTICATE,
+    HeaderValue, ACCESS_CONTROL_ALLOW_ORIGIN, CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN,
+    RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -32,8 +33,28 @@ pub mod client_ip;
 pub mod observe;
 pub mod publish;
 
-/// The live page served at `/`.
-const PAGE: &str = include_str!("page.html");
+/// The browser files, kept as plain files in `web/` and embedded:
+/// (path, content type, body). `/tickcast.js` is the client library.
+const WEB: [(&str, &str, &str); 8] = [
+    ("/", HTML, include_str!("../../web/index.html")),
+    ("/index.html", HTML, include_str!("../../web/index.html")),
+    ("/app.js", JS, include_str!("../../web/app.js")),
+    ("/tickcast.js", JS, include_str!("../../web/tickcast.js")),
+    ("/dashboard", HTML, include_str!("../../web/dashboard.html")),
+    ("/dashboard.js", JS, include_str!("../../web/dashboard.js")),
+    (
+        "/dashboard-data.js",
+        JS,
+        include_str!("../../web/dashboard-data.js"),
+    ),
+    (
+        "/web.css",
+        "text/css; charset=utf-8",
+        include_str!("../../web/web.css"),
+    ),
+];
+const HTML: &str = "text/html; charset=utf-8";
+const JS: &str = "text/javascript; charset=utf-8";
 
 /// Everything a request handler needs.
 pub struct AppState {
@@ -193,13 +214,21 @@ async fn route(mut req: Request<Incoming>, state: &Arc<AppState>) -> Response<Bo
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served here\n");
     }
+    if let Some(&(_, content_type, body)) = WEB.iter().find(|(p, _, _)| *p == path) {
+        let mut response = Response::builder()
+            .header(CONTENT_TYPE, content_type)
+            .header(CACHE_CONTROL, "no-cache");
+        if path == "/tickcast.js" {
+            // Pages of other sites import the client as a module, which
+            // browsers fetch with CORS; it is public code, readable by all.
+            response = response.header(ACCESS_CONTROL_ALLOW_ORIGIN, "*");
+        }
+        return response
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .expect("static response");
+    }
     match path.as_str() {
         "/ws" => upgrade(&mut req, state),
-        "/" | "/index.html" => Response::builder()
-            .header(CONTENT_TYPE, "text/html; charset=utf-8")
-            .header(CACHE_CONTROL, "no-cache")
-            .body(Full::new(Bytes::from_static(PAGE.as_bytes())))
-            .expect("static response"),
         "/healthz" => health(state),
         "/metrics" => Response::builder()
             .header(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
@@ -232,7 +261,7 @@ async fn route(mut req: Request<Incoming>, state: &Arc<AppState>) -> Response<Bo
             },
             None => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /, /ws, /channels, /channels/<name>, /stats, /metrics, /healthz\n",
+                "not found: try /, /dashboard, /tickcast.js, /ws, /channels, /channels/<name>, /stats, /metrics, /healthz\n",
             ),
         },
     }

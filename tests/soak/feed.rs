@@ -40,9 +40,16 @@ pub fn all_channels() -> Vec<String> {
         .collect()
 }
 
-/// Whether `channel` is fed by this producer (and so has an oracle).
+/// Whether `channel` is fed by this producer (and so has an oracle). Only
+/// its numbered names: the synthetic feed has `trades.*` channels of its
+/// own (`trades.AAPL`).
 pub fn is_ours(channel: &str) -> bool {
-    channel.starts_with("soak.") || channel.starts_with("trades.")
+    let numbered = |prefix: &str| {
+        channel
+            .strip_prefix(prefix)
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    numbered("soak.k") || numbered("trades.t")
 }
 
 pub fn is_stream(channel: &str) -> bool {

@@ -79,13 +79,15 @@ fn every_record_round_trips_through_the_parser() {
 fn first_records_are_full_states_and_patches_rebuild_the_state() {
     let mut feed = SyntheticFeed::new(2, 800.0);
     let first = feed.next_records(Duration::ZERO);
-    assert_eq!(first.len(), LISTINGS.len() + 4);
+    let depth = depth::DEPTH_SYMBOLS.len();
+    assert_eq!(first.len(), LISTINGS.len() + 4 + 2 * depth);
     let mut states: HashMap<String, JsonMap> = HashMap::new();
     for record in &first {
-        let fields = if record.channel.namespace() == "quotes" {
-            6
-        } else {
-            10
+        let fields = match record.channel.namespace() {
+            "quotes" => 6,
+            "book" => 2,
+            "trades" => 4,
+            _ => 10,
         };
         assert_eq!(record.data.len(), fields, "{}", to_line(record));
         assert!(states
@@ -100,6 +102,15 @@ fn first_records_are_full_states_and_patches_rebuild_the_state() {
     }
     for quote in &feed.quotes {
         assert_eq!(states[quote.out.channel.as_str()], quote.state());
+        if let Some(depth) = &quote.depth {
+            let (bids, asks) = depth.sides();
+            let book = &states[depth_channel("book", quote).as_str()];
+            assert_eq!(book["bids"].as_object().unwrap().len(), bids.len());
+            assert_eq!(book["asks"].as_object().unwrap().len(), asks.len());
+            for (price, units) in bids {
+                assert_eq!(book["bids"][depth::price_key(*price)], quote.size(*units));
+            }
+        }
     }
     for game in &feed.matches {
         let state = game.state();
@@ -212,16 +223,13 @@ fn quote_rate_over_a_simulated_second_matches_the_asked_rate() {
         let records = steps(&mut feed, step, second + step / 2, step);
         let quotes = records.iter().filter(|r| r.channel.namespace() == "quotes");
         let count = quotes.count() as f64;
+        let scores = records.iter().filter(|r| r.channel.namespace() == "scores");
         assert!(
             (count - rate).abs() <= 1.0,
             "rate {rate}, step {step:?}: {count}"
         );
         // Matches add their clocks and events on top (about 30/s).
-        assert!(
-            records.len() as f64 <= count + 60.0,
-            "{} records",
-            records.len()
-        );
+        assert!(scores.count() <= 60, "{} records", records.len());
     }
 }
 
@@ -274,4 +282,119 @@ async fn run_publishes_until_shutdown() {
         "run did not stop at shutdown"
     );
     assert!(stats.accepted() >= wanted as u64);
+}
+
+fn depth_channel(namespace: &str, quote: &Quote) -> String {
+    format!(
+        "{namespace}.{}",
+        &quote.out.channel.as_str()["quotes.".len()..]
+    )
+}
+
+/// A book rebuilt from its records, as a subscriber would.
+fn book_side(book: &JsonMap, side: &str) -> Vec<(f64, f64)> {
+    let mut levels: Vec<(f64, f64)> = book[side]
+        .as_object()
+        .expect("a side is an object")
+        .iter()
+        .map(|(price, size)| {
+            let price: f64 = price.parse().expect("price keys are decimal strings");
+            (price, size.as_f64().expect("sizes are numbers"))
+        })
+        .collect();
+    levels.sort_by(|a, b| a.0.total_cmp(&b.0));
+    levels
+}
+
+#[test]
+fn books_top_out_at_the_quote_and_stay_uncrossed_and_bounded() {
+    let mut feed = SyntheticFeed::new(6, 2000.0);
+    let mut states: HashMap<String, JsonMap> = HashMap::new();
+    let mut books_checked = 0;
+    for record in steps(&mut feed, Duration::ZERO, Duration::from_secs(10), 10 * MS) {
+        let name = record.channel.to_string();
+        merge(states.entry(name.clone()).or_default(), &record.data);
+        // A book record comes right after its quote's record.
+        let Some(symbol) = name.strip_prefix("book.") else {
+            continue;
+        };
+        let book = &states[&name];
+        let quote = &states[&format!("quotes.{symbol}")];
+        let (bids, asks) = (book_side(book, "bids"), book_side(book, "asks"));
+        assert!(
+            !bids.is_empty() && bids.len() <= depth::LEVELS,
+            "{symbol}: {bids:?}"
+        );
+        assert!(
+            !asks.is_empty() && asks.len() <= depth::LEVELS,
+            "{symbol}: {asks:?}"
+        );
+        let best_bid = *bids.last().unwrap();
+        let best_ask = asks[0];
+        assert_eq!(
+            best_bid,
+            (
+                quote["bid"].as_f64().unwrap(),
+                quote["bid_size"].as_f64().unwrap()
+            )
+        );
+        assert_eq!(
+            best_ask,
+            (
+                quote["ask"].as_f64().unwrap(),
+                quote["ask_size"].as_f64().unwrap()
+            )
+        );
+        assert!(best_bid.0 < best_ask.0, "{symbol} crossed");
+        assert!(bids.iter().chain(&asks).all(|&(p, s)| p > 0.0 && s > 0.0));
+        books_checked += 1;
+    }
+    assert!(books_checked > 1000, "{books_checked} book records");
+    for symbol in depth::DEPTH_SYMBOLS {
+        assert!(states.contains_key(&format!("book.{symbol}")), "{symbol}");
+    }
+}
+
+#[test]
+fn every_trade_is_whole_prints_at_the_quote_and_ids_count_up() {
+    let mut feed = SyntheticFeed::new(7, 2000.0);
+    let mut quotes: HashMap<String, JsonMap> = HashMap::new();
+    let mut last_id: HashMap<String, u64> = HashMap::new();
+    let mut trades = 0;
+    for record in steps(&mut feed, Duration::ZERO, Duration::from_secs(10), 10 * MS) {
+        let name = record.channel.to_string();
+        if let Some(symbol) = name.strip_prefix("quotes.") {
+            merge(quotes.entry(symbol.to_owned()).or_default(), &record.data);
+            continue;
+        }
+        let Some(symbol) = name.strip_prefix("trades.") else {
+            continue;
+        };
+        let trade = &record.data;
+        let keys: Vec<&str> = trade.keys().map(String::as_str).collect();
+        assert_eq!(keys.len(), 4, "{trade:?}");
+        let id = trade["id"].as_u64().expect("id");
+        assert_eq!(
+            id,
+            last_id.get(symbol).map_or(1, |last| last + 1),
+            "{symbol}"
+        );
+        last_id.insert(symbol.to_owned(), id);
+        // The quote's record came first; the trade printed at its `last`.
+        let quote = &quotes[symbol];
+        assert_eq!(
+            trade["price"], quote["last"],
+            "{symbol}: {trade:?} {quote:?}"
+        );
+        let side = trade["side"].as_str().expect("side");
+        let at = if side == "buy" { "ask" } else { "bid" };
+        assert!(
+            id == 1 || trade["price"] == quote[at],
+            "{side} at the {at}: {trade:?} {quote:?}"
+        );
+        assert!(trade["size"].as_f64().unwrap() > 0.0);
+        trades += 1;
+    }
+    assert!(trades > 100, "{trades} trades");
+    assert_eq!(last_id.len(), depth::DEPTH_SYMBOLS.len());
 }
