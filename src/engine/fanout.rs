@@ -9,6 +9,13 @@
 //! subscriber on every shard gets the same frame. Nothing is built that no
 //! subscriber needs (an update whose subscribers all filter it out encodes
 //! no frame at all).
+//!
+//! A session that agreed to permessage-deflate gets the compressed form of
+//! its frame where its agreement allows (`crate::deflate`): compressed
+//! lazily, once per distinct frame, the first time such a session needs
+//! it, and shared like the plain frame. Lazily rather than eagerly: an
+//! update no compressed subscriber receives costs nothing, and no shard has
+//! to know in advance whether any compressed subscriber exists.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -17,8 +24,20 @@ use bytes::Bytes;
 
 use super::cell::ChannelCell;
 use super::filter::FieldFilter;
+use crate::deflate;
+use crate::outbox::Outbox;
 use crate::record::{FeedRecord, JsonMap};
 use crate::wire;
+
+/// The payload length of a server frame as `wire` builds it.
+fn payload_len(frame: &[u8]) -> usize {
+    let header = match frame.get(1) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    frame.len().saturating_sub(header)
+}
 
 /// What the state stage hands to every fanout shard.
 #[derive(Clone)]
@@ -51,6 +70,8 @@ pub struct Applied {
     data_json: Bytes,
     /// The unfiltered frame with `prev = seq - 1`.
     in_chain: OnceLock<Bytes>,
+    /// Its compressed form; `None` when compressing does not shrink it.
+    in_chain_deflated: OnceLock<Option<Bytes>>,
     shapes: Mutex<Shapes>,
 }
 
@@ -61,6 +82,8 @@ struct Shapes {
     parts: HashMap<u64, Option<Arc<Part>>>,
     /// By (filter id, prev); id 0 is "no filter".
     frames: HashMap<(u64, u64), Bytes>,
+    /// Compressed forms of `frames`, by the same key.
+    deflated: HashMap<(u64, u64), Option<Bytes>>,
 }
 
 /// A filter's process-wide identity (0: no filter).
@@ -85,6 +108,7 @@ impl Applied {
             record,
             data_json,
             in_chain: OnceLock::new(),
+            in_chain_deflated: OnceLock::new(),
             shapes: Mutex::new(Shapes::default()),
         }
     }
@@ -138,6 +162,30 @@ impl Applied {
     }
 }
 
+impl Applied {
+    /// The compressed form of `plain`, the frame for `filter` and `prev`,
+    /// compressed by the first caller and shared with the rest.
+    fn deflated(
+        &self,
+        filter: &Option<Arc<FieldFilter>>,
+        prev: u64,
+        plain: &Bytes,
+    ) -> Option<Bytes> {
+        if filter.is_none() && prev + 1 == self.seq {
+            return self
+                .in_chain_deflated
+                .get_or_init(|| deflate::deflate_frame(plain))
+                .clone();
+        }
+        let mut shapes = self.shapes.lock().unwrap_or_else(|e| e.into_inner());
+        shapes
+            .deflated
+            .entry((filter_id(filter), prev))
+            .or_insert_with(|| deflate::deflate_frame(plain))
+            .clone()
+    }
+}
+
 /// One shard's view of an [`Applied`] during its fanout: a local memo in
 /// front of the shared shapes, so the shared lock is taken once per shape
 /// per shard, not once per subscriber.
@@ -145,6 +193,7 @@ pub struct UpdateFrames<'a> {
     applied: &'a Applied,
     parts: HashMap<u64, Option<Arc<Part>>>,
     frames: HashMap<(u64, u64), Bytes>,
+    deflated: HashMap<(u64, u64), Option<Bytes>>,
     encoded: usize,
 }
 
@@ -154,8 +203,43 @@ impl<'a> UpdateFrames<'a> {
             applied,
             parts: HashMap::new(),
             frames: HashMap::new(),
+            deflated: HashMap::new(),
             encoded: 0,
         }
+    }
+
+    /// [`frame`](Self::frame) as `outbox`'s session is sent it: compressed
+    /// (shared, compressed once) if it agreed to permessage-deflate and its
+    /// agreement allows this frame's size, else plain.
+    pub fn frame_for(
+        &mut self,
+        filter: &Option<Arc<FieldFilter>>,
+        prev: u64,
+        outbox: &Outbox,
+    ) -> Bytes {
+        let plain = self.frame(filter, prev);
+        match outbox.deflate() {
+            Some(agreed) if agreed.compresses(payload_len(&plain)) => {
+                self.deflated(filter, prev, &plain).unwrap_or(plain)
+            }
+            _ => plain,
+        }
+    }
+
+    fn deflated(
+        &mut self,
+        filter: &Option<Arc<FieldFilter>>,
+        prev: u64,
+        plain: &Bytes,
+    ) -> Option<Bytes> {
+        let applied = self.applied;
+        if filter.is_none() && prev + 1 == applied.seq {
+            return applied.deflated(filter, prev, plain);
+        }
+        self.deflated
+            .entry((filter_id(filter), prev))
+            .or_insert_with(|| applied.deflated(filter, prev, plain))
+            .clone()
     }
 
     /// The patch a subscriber with `filter` gets, and its serialized length;
