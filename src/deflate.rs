@@ -334,6 +334,40 @@ mod tests {
         }
     }
 
+    /// `[compression]` in a config file reaches the sessions, and a bad
+    /// value stops start-up naming the key.
+    #[test]
+    fn the_config_table_is_read_and_checked() {
+        use crate::config::{Config, ServeArgs};
+        let read = |text: &str| {
+            let config: Config = toml::from_str(text).expect("parses");
+            config.resolve(&ServeArgs::default(), None)
+        };
+        let settings = read("[compression]\nenabled = false\nmin_bytes = 200\n").unwrap();
+        let session = settings.limits.session(false).compression;
+        assert_eq!(
+            (
+                session.enabled,
+                session.min_bytes,
+                session.server_max_window_bits
+            ),
+            (false, 200, 15)
+        );
+        for bad in [
+            "[compression]\nserver_max_window_bits = 16\n",
+            "[compression]\nserver_max_window_bits = 7\n",
+            "[compression]\nmin_bytes = 70000\n",
+        ] {
+            let Err(error) = read(bad) else {
+                panic!("{bad:?} was accepted");
+            };
+            let error = error.to_string();
+            assert!(error.contains("compression."), "{error}");
+        }
+        let typo: Result<Config, _> = toml::from_str("[compression]\nenable = true\n");
+        assert!(typo.is_err(), "unknown keys are refused");
+    }
+
     fn agreed(offer: &str) -> Option<u8> {
         negotiate([offer.as_bytes()], &config()).map(|(n, _)| n.window_bits())
     }
