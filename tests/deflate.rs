@@ -380,3 +380,57 @@ async fn compressed_requests_work_and_a_bomb_is_closed_with_1009() {
     after.send(json!({"op":"ping","id":9})).await;
     assert_eq!(after.recv().await, json!({"type":"pong","id":9}));
 }
+
+/// A client that asks for a 512-byte server window gets it honoured on a
+/// real feed: frames that fit come compressed, longer ones plain, and all
+/// of them are the right messages (checked against an uncompressed client).
+#[tokio::test]
+async fn a_smaller_window_asked_for_is_honoured() {
+    let (server, feed) = start_with_tcp_feed(|_| {}).await;
+    let mut plain = Client::connect(server.addr).await;
+    let offer = "permessage-deflate; server_max_window_bits=9";
+    let mut packed = DeflateClient::connect(server.addr, Some(offer)).await;
+    assert!(packed
+        .agreed
+        .as_deref()
+        .is_some_and(|a| a.ends_with("server_max_window_bits=9")));
+    let subscribe = r#"{"op":"subscribe","id":1,"channels":["book.*","quotes.*"]}"#;
+    plain.send_text(subscribe).await;
+    packed.send(0x80 | OP_TEXT, subscribe.as_bytes()).await;
+    plain.recv().await;
+    packed.message().await;
+
+    let recorded =
+        include_str!("../feeds/coinbase-advanced-trade_2026-08-09_BTC-USD-ETH-USD.ndjson");
+    let mut producer = Producer::connect(feed).await;
+    for line in recorded.lines().take(300) {
+        producer.send_line(line).await;
+    }
+    producer.publish("quotes.end", json!({"done": true})).await;
+    let (mut small_compressed, mut large_plain) = (0, 0);
+    loop {
+        let want = match plain.next().await {
+            tokio_tungstenite::tungstenite::Message::Text(text) => text.to_string(),
+            other => panic!("expected text, got {other:?}"),
+        };
+        let (got, rsv1) = packed.message().await;
+        assert_eq!(got, want);
+        if got.len() > 512 {
+            assert!(
+                !rsv1,
+                "a {}-byte message past the 512-byte window came compressed",
+                got.len()
+            );
+            large_plain += usize::from(got.contains(r#""type":"update""#));
+        } else if rsv1 {
+            small_compressed += 1;
+        }
+        if got.contains("quotes.end") {
+            break;
+        }
+    }
+    assert!(
+        small_compressed > 10 && large_plain > 0,
+        "{small_compressed} / {large_plain}"
+    );
+}

@@ -335,6 +335,35 @@ mod tests {
         assert_eq!(shard_a.encoded() + shard_b.encoded(), 2);
     }
 
+    /// A compressed frame is made once and shared by every compressed
+    /// subscriber on every shard; a plain one keeps the plain frame, and
+    /// so does a session whose window the frame does not fit.
+    #[test]
+    fn the_compressed_frame_is_made_once_and_shared() {
+        use crate::deflate::Negotiated;
+        let text = "x".repeat(600);
+        let update = applied(json!({ "note": text }), 3);
+        let wide = Outbox::new(1 << 20).with_deflate(Some(Negotiated::new(15, 96)));
+        let narrow = Outbox::new(1 << 20).with_deflate(Some(Negotiated::new(9, 96)));
+        let plain = Outbox::new(1 << 20);
+        let (mut shard_a, mut shard_b) = (UpdateFrames::new(&update), UpdateFrames::new(&update));
+        let a = shard_a.frame_for(&None, 2, &wide);
+        let b = shard_b.frame_for(&None, 2, &wide);
+        assert_eq!(a[0], 0xC1, "FIN, RSV1, text");
+        assert_eq!(a.as_ptr(), b.as_ptr(), "compressed once, shared");
+        assert!(a.len() < 200, "{} bytes", a.len());
+        let p = shard_a.frame_for(&None, 2, &plain);
+        assert_eq!(p[0], 0x81);
+        assert_eq!(p.as_ptr(), shard_b.frame(&None, 2).as_ptr());
+        let n = shard_b.frame_for(&None, 2, &narrow);
+        assert_eq!(n.as_ptr(), p.as_ptr(), "over a 512-byte window: plain");
+        // Another prev, another shape: its own compressed frame, once.
+        let c = shard_a.frame_for(&None, 1, &wide);
+        let d = shard_b.frame_for(&None, 1, &wide);
+        assert_eq!(c.as_ptr(), d.as_ptr());
+        assert_ne!(c.as_ptr(), a.as_ptr());
+    }
+
     #[test]
     fn one_encoding_per_distinct_filter_and_prev() {
         let mut interner = FilterInterner::default();
