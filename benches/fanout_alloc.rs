@@ -17,6 +17,11 @@
 //! update is printed too, as a rough figure (`benches/encode.rs` has the
 //! careful timings).
 //!
+//! Then again with every session compressed (permessage-deflate agreed,
+//! the default threshold and window): each update's frame is compressed
+//! once, by the first delivery that needs it, and the compressed bytes are
+//! shared like the plain ones, so the per-delivery figure must stay as low.
+//!
 //! The drain here keeps its buffer, which the outbox takes back as its
 //! queue's room. The server's session writer does not: it drops its buffer
 //! after each written batch so that an idle session holds none
@@ -31,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use tickcast::channel::{ChannelName, Pattern};
+use tickcast::deflate::{CompressionConfig, Negotiated};
 use tickcast::engine::patch::merge_patch;
 use tickcast::engine::{Engine, EngineLimits, EngineStats};
 use tickcast::record::{record_from_value, FeedRecord};
@@ -104,20 +110,23 @@ struct Run {
     elapsed: Duration,
 }
 
-/// Moves everything queued out of every outbox (not counted).
-fn drain(outboxes: &[Arc<Outbox>], sink: &mut Vec<QueuedFrame>) -> u64 {
-    let mut frames = 0;
+/// Moves everything queued out of every outbox (not counted): how many
+/// frames, and how many of them compressed (RSV1 set).
+fn drain(outboxes: &[Arc<Outbox>], sink: &mut Vec<QueuedFrame>) -> (u64, u64) {
+    let (mut frames, mut compressed) = (0, 0);
     for outbox in outboxes {
         // Something is queued, so `take` returns without waiting.
         outbox.take(sink).now_or_never().expect("outbox has frames");
         frames += sink.len() as u64;
+        compressed += sink.iter().filter(|f| f.bytes[0] & 0x40 != 0).count() as u64;
         sink.clear();
     }
-    frames
+    (frames, compressed)
 }
 
-/// Applies `UPDATES` records with `sessions` subscribers; counts only `apply`.
-fn run(sessions: u64) -> Run {
+/// Applies `UPDATES` records with `sessions` subscribers, compressed ones
+/// if `deflate`; counts only `apply`.
+fn run(sessions: u64, deflate: Option<Negotiated>) -> Run {
     let stats = Arc::new(EngineStats::default());
     let limits = EngineLimits {
         max_targets_per_session: 16,
@@ -125,7 +134,7 @@ fn run(sessions: u64) -> Run {
     };
     let mut engine = Engine::new(Arc::from("bench"), limits, stats);
     let outboxes: Vec<Arc<Outbox>> = (0..sessions)
-        .map(|_| Arc::new(Outbox::new(64 << 20)))
+        .map(|_| Arc::new(Outbox::new(64 << 20).with_deflate(deflate)))
         .collect();
     for (id, outbox) in (1..).zip(&outboxes) {
         engine.register(id, outbox.clone());
@@ -152,6 +161,7 @@ fn run(sessions: u64) -> Run {
     drain(&outboxes, &mut sink);
 
     let (mut allocs, mut deliveries, mut elapsed) = (0, 0, Duration::ZERO);
+    let mut compressed = 0;
     for round in measured.chunks(ROUND) {
         let before = ALLOCS.load(Ordering::Relaxed);
         let start = Instant::now();
@@ -161,8 +171,12 @@ fn run(sessions: u64) -> Run {
         }
         elapsed += start.elapsed();
         allocs += ALLOCS.load(Ordering::Relaxed) - before;
-        deliveries += drain(&outboxes, &mut sink);
+        let (frames, deflated) = drain(&outboxes, &mut sink);
+        deliveries += frames;
+        compressed += deflated;
     }
+    let want = if deflate.is_some() { deliveries } else { 0 };
+    assert_eq!(compressed, want, "frames sent compressed");
     assert_eq!(
         deliveries,
         sessions * UPDATES as u64,
@@ -205,14 +219,27 @@ fn per_step() -> [(&'static str, u64); 3] {
 }
 
 fn main() {
-    let one = run(1);
-    let many = run(SESSIONS);
+    let config = CompressionConfig::default();
+    let compressed = Negotiated::new(config.server_max_window_bits, config.min_bytes);
+    for deflate in [None, Some(compressed)] {
+        measure(deflate);
+    }
+}
+
+fn measure(deflate: Option<Negotiated>) {
+    let one = run(1, deflate);
+    let many = run(SESSIONS, deflate);
     let updates = UPDATES as f64;
     let per_update = one.allocs as f64 / updates;
     let per_delivery =
         (many.allocs as f64 - one.allocs as f64) / (many.deliveries - one.deliveries) as f64;
+    let how = if deflate.is_some() {
+        "every session compressed"
+    } else {
+        "uncompressed"
+    };
     println!(
-        "fanout_alloc: {UPDATES} quote updates on one channel, allocation calls in Engine::apply"
+        "fanout_alloc ({how}): {UPDATES} quote updates on one channel, allocation calls in Engine::apply"
     );
     for (sessions, r) in [(1, &one), (SESSIONS, &many)] {
         println!(

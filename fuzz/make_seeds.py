@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes the seed corpus in fuzz/seeds/ (committed; run again only to change it).
 
-frames:   byte 0 picks max_payload, byte 1 the read schedule (see
+frames:   byte 0 picks max_payload (and, high bit, permessage-deflate),
+          byte 1 the read schedule (see
           fuzz/src/frames.rs), then masked client frames.
 protocol: client messages as docs/protocol.md shows them, valid and not.
 record:   feed lines from tests/fixtures (the dirty ones one per file).
@@ -11,6 +12,7 @@ merge:    [target, first, second] from RFC 7396's examples and the
 import json
 import os
 import struct
+import zlib
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 SEEDS = os.path.join(ROOT, "seeds")
@@ -39,6 +41,14 @@ def frame(first, payload, mask=b"\x12\x34\x56\x78", length=None, wide=False):
     return head + mask + body
 
 
+def deflated(message):
+    """A message compressed as a permessage-deflate client sends it."""
+    c = zlib.compressobj(wbits=-15)
+    out = c.compress(message) + c.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(b"\x00\x00\xff\xff")
+    return out[:-4]
+
+
 # max_payload picks (index into MAX_PAYLOADS): 0 -> 0, 2 -> 125, 5 -> 65535,
 # 7 -> 64 KiB + 1. Schedule byte: high 3 bits * 3 = read-ahead length.
 PING = b'{"op":"ping","id":4}'
@@ -59,6 +69,14 @@ frames = {
     "truncated": (7, 0xEB, frame(0x81, SUB)[:9]),
     "empty-frames": (0, 0x0D, frame(0x81, b"") * 5 + frame(0x80, b"")),
     "many": (5, 0x6E, b"".join(frame(0x81, PING) for _ in range(40))),
+    # With permessage-deflate agreed (high bit of byte 0): RSV1 marks a
+    # compressed message; a bomb inflates past max_payload.
+    "deflate-text": (0x87, 0x01, frame(0xC1, deflated(SUB))),
+    "deflate-fragmented": (0x87, 0x03, frame(0x41, deflated(PING)[:4]) + frame(0x80, deflated(PING)[4:])),
+    "deflate-bomb": (0x87, 0x44, frame(0xC1, deflated(b"0" * (1 << 20)))),
+    "deflate-rsv1-continuation": (0x87, 0x05, frame(0x01, b"a") + frame(0xC0, b"b")),
+    "deflate-rsv1-ping": (0x87, 0x06, frame(0xC9, b"a")),
+    "deflate-corrupt": (0x87, 0x07, frame(0xC1, b"\xff\xff\xff\x00\x12")),
 }
 for name, (pick, seed, data) in frames.items():
     write("frames", name, bytes([pick, seed]) + data)

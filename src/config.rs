@@ -18,6 +18,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 use crate::auth::{Access, Auth, OriginPolicy, PublishKey, SubscribeRules, TokenVerifier};
+use crate::deflate::CompressionConfig;
 use crate::engine::{EngineLimits, IngestLimits, Mode, NamespacePolicy, Namespaces};
 use crate::feed::record::RecordOptions;
 use crate::feed::{FeedLimits, FeedSpec, ReplayFrom, ReplayOptions, Speed};
@@ -190,6 +191,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[tls]`: the certificate and key files.
     pub tls: TlsConfig,
+    /// `[compression]`: permessage-deflate (`crate::deflate`).
+    pub compression: CompressionConfig,
 }
 
 /// `[tls]`: both keys or neither; flags win.
@@ -301,6 +304,7 @@ impl Default for Config {
             namespaces: BTreeMap::new(),
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
+            compression: CompressionConfig::default(),
         }
     }
 }
@@ -433,6 +437,9 @@ pub struct Limits {
     /// left out of the recording (counted), never waited for.
     #[serde(deserialize_with = "check::record_queue")]
     pub record_queue: usize,
+    /// `[compression]`, carried here to the sessions (not a `[limits]` key).
+    #[serde(skip)]
+    pub compression: CompressionConfig,
 }
 
 impl Default for Limits {
@@ -473,6 +480,7 @@ impl Default for Limits {
             max_publish_body_bytes: 1 << 20,
             max_concurrent_publishes: 16,
             record_queue: 65_536,
+            compression: CompressionConfig::default(),
         }
     }
 }
@@ -519,6 +527,7 @@ impl Limits {
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
             direct_writes,
             auth: Auth::open(),
+            compression: self.compression,
             messages: MessageLimit::new(
                 self.messages_per_sec,
                 self.message_burst,
@@ -642,6 +651,9 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(format!("{}: {e}", place("trusted_proxy_header"))))?;
         let (auth, publish_key) = self.auth_settings(args, &feeds)?;
         let tls = self.tls_settings(args)?;
+        self.compression
+            .check()
+            .map_err(|e| ConfigError::Invalid(format!("{e} ({})", place("[compression]"))))?;
         Ok(Settings {
             listen: args.listen.unwrap_or(self.listen),
             feeds,
@@ -668,7 +680,10 @@ impl Config {
             direct_writes: args.direct_writes.unwrap_or(self.direct_writes),
             engine_shards: resolve_shards(args.engine_shards.unwrap_or(self.engine_shards))
                 .map_err(ConfigError::Invalid)?,
-            limits: self.limits,
+            limits: Limits {
+                compression: self.compression,
+                ..self.limits
+            },
             namespaces,
             auth,
             publish_key,
@@ -1003,6 +1018,7 @@ mod tests {
             defaults.limits.max_token_channels
         );
         assert_eq!(parsed.auth.allowed_origins, defaults.auth.allowed_origins);
+        assert_eq!(parsed.compression, defaults.compression);
         assert!(parsed.auth.jwt_secret.is_none() && parsed.auth.publish_key.is_none());
         let (p, d) = (&parsed.limits, &defaults.limits);
         assert_eq!(

@@ -32,6 +32,7 @@ pub mod auth;
 pub mod channel;
 pub mod clock;
 pub mod config;
+pub mod deflate;
 pub mod engine;
 pub mod fault;
 pub mod feed;

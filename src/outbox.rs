@@ -29,6 +29,7 @@ use bytes::Bytes;
 use crate::activity::Activity;
 use crate::auth::Grant;
 use crate::clock;
+use crate::deflate::Negotiated;
 use crate::metrics::{Metrics, Stage};
 
 /// A frame waiting in an outbox, with what the latency histograms need.
@@ -75,7 +76,13 @@ struct Direct {
 
 pub struct Outbox {
     queue: Mutex<Queue>,
-    limit_bytes: usize,
+    /// 32 bits, so that `deflate` fits beside it in one word (a bound past
+    /// 4 GiB per connection is taken as 4 GiB).
+    limit_bytes: u32,
+    /// permessage-deflate, if the handshake agreed to it: the fanout then
+    /// sends the compressed form of frames it allows (`crate::deflate`),
+    /// and the reader inflates messages with RSV1 set.
+    deflate: Option<Negotiated>,
     /// The session's stamps for the read timeouts; kept here, in an
     /// allocation every session has anyway, rather than in one more.
     activity: Activity,
@@ -124,9 +131,21 @@ impl Outbox {
     pub fn new(limit_bytes: usize) -> Self {
         Self {
             queue: Mutex::new(Queue::default()),
-            limit_bytes,
+            limit_bytes: u32::try_from(limit_bytes).unwrap_or(u32::MAX),
+            deflate: None,
             activity: Activity::default(),
         }
+    }
+
+    /// This outbox for a connection that agreed to permessage-deflate.
+    pub fn with_deflate(mut self, deflate: Option<Negotiated>) -> Self {
+        self.deflate = deflate;
+        self
+    }
+
+    /// What the connection agreed to, if it compresses.
+    pub fn deflate(&self) -> Option<Negotiated> {
+        self.deflate
     }
 
     /// The connection's token is now `grant`: it allows what its claim
@@ -184,7 +203,7 @@ impl Outbox {
             return false;
         }
         let backlog = queue.bytes + queue.in_flight;
-        if bounded && backlog > 0 && backlog + frame.bytes.len() > self.limit_bytes {
+        if bounded && backlog > 0 && backlog + frame.bytes.len() > self.limit_bytes() {
             // Refused with a backlog the writer has yet to take: when it has
             // written it, `done` reports the drain, so a caller holding data
             // back is always called again. (Set under the same lock as the
@@ -245,7 +264,7 @@ impl Outbox {
 
     /// The byte bound given at creation: nothing bigger can ever be queued.
     pub fn limit_bytes(&self) -> usize {
-        self.limit_bytes
+        self.limit_bytes as usize
     }
 
     pub fn is_closing(&self) -> bool {

@@ -15,6 +15,8 @@ use crate::record::JsonMap;
 const MAX_HEADER: usize = 10;
 
 const OP_TEXT: u8 = 0x1;
+/// Set on the first frame of a compressed message (permessage-deflate).
+const RSV1: u8 = 0x40;
 const OP_CLOSE: u8 = 0x8;
 const OP_PONG: u8 = 0xA;
 
@@ -60,6 +62,11 @@ impl FrameBuilder {
 
     pub fn finish_text(self) -> Bytes {
         self.finish(OP_TEXT)
+    }
+
+    /// A text frame whose payload is compressed (RSV1 set, RFC 7692).
+    pub fn finish_deflated_text(self) -> Bytes {
+        self.finish(RSV1 | OP_TEXT)
     }
 }
 

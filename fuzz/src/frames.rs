@@ -1,14 +1,18 @@
 //! The WebSocket frame reader (`tickcast::session::frames`, RFC 6455
 //! section 5.2) against a plain reference parser.
 //!
-//! Input: byte 0 picks `max_payload`, byte 1 seeds the read schedule and
+//! Input: byte 0 picks `max_payload` (low bits) and whether the connection
+//! agreed to permessage-deflate (high bit), byte 1 seeds the read schedule and
 //! how much of the stream arrives as read-ahead (bytes hyper read past the
 //! upgrade); the rest is what the client sent. Checked:
 //! - no panic, and the reader ends (no endless poll loop);
 //! - the frames and the final error are exactly the reference parser's,
 //!   however the bytes are cut into reads and whatever reads would block;
 //! - no frame's payload is over `max_payload`;
-//! - the reader never allocates more than one frame's worth at a time.
+//! - the reader never allocates more than one frame's worth at a time;
+//! - with deflate, RSV1 is read only on a message's first frame, and a
+//!   compressed payload inflates to at most `max_payload` bytes or is
+//!   refused (`tickcast::deflate::inflate`), never more.
 
 use std::io;
 
@@ -34,10 +38,12 @@ pub fn check(data: &[u8]) {
     let [pick, seed, stream @ ..] = data else {
         return;
     };
-    let max_payload = MAX_PAYLOADS[usize::from(*pick) % MAX_PAYLOADS.len()];
+    let max_payload = MAX_PAYLOADS[usize::from(*pick & 0x7F) % MAX_PAYLOADS.len()];
+    let deflate = pick & 0x80 != 0;
     let ahead_len = stream.len().min(usize::from(seed >> 5) * 3);
     let (ahead, rest) = stream.split_at(ahead_len);
-    let want = reference(stream, max_payload);
+    let want = reference(stream, max_payload, deflate);
+    let mut compressed = Vec::new();
 
     let socket = Chunked {
         state: Mutex::new((rest, Schedule::new(u64::from(*seed)), false)),
@@ -47,17 +53,20 @@ pub fn check(data: &[u8]) {
         block_on(read_all(
             socket,
             ahead,
-            max_payload,
-            |fin, opcode, payload| {
+            (max_payload, deflate),
+            |fin, opcode, rsv1, payload| {
                 assert!(payload.len() <= max_payload, "payload over max_payload");
                 let Some(expected) = want.frames.get(seen) else {
                     panic!("frame {seen} read; the reference ends before it");
                 };
                 assert_eq!(
-                    (fin, opcode),
-                    (expected.fin, expected.opcode),
+                    (fin, opcode, rsv1),
+                    (expected.fin, expected.opcode, expected.rsv1),
                     "frame {seen}"
                 );
+                if rsv1 {
+                    compressed.push(payload.to_vec());
+                }
                 assert!(payload == &expected.payload[..], "payload of frame {seen}");
                 seen += 1;
             },
@@ -77,6 +86,13 @@ pub fn check(data: &[u8]) {
         usage.peak,
         2 * one_frame
     );
+    // Outside the meter: the thread's inflater is made on first use.
+    for payload in compressed {
+        // Err: too large (1009) or not deflate data (1007).
+        if let Ok(message) = tickcast::deflate::inflate(&payload, max_payload) {
+            assert!(message.len() <= max_payload, "inflated past the bound");
+        }
+    }
 }
 
 /// The one place the target calls tickcast's frame reader: reads frames
@@ -84,14 +100,14 @@ pub fn check(data: &[u8]) {
 async fn read_all(
     socket: Chunked<'_>,
     ahead: &[u8],
-    max_payload: usize,
-    mut on_frame: impl FnMut(bool, OpCode, &[u8]),
+    (max_payload, deflate): (usize, bool),
+    mut on_frame: impl FnMut(bool, OpCode, bool, &[u8]),
 ) -> End {
     let mut reader = FrameReader::new(socket, ahead);
     let activity = Activity::default();
     loop {
-        match reader.read_frame(&activity, max_payload).await {
-            Ok(frame) => on_frame(frame.fin, frame.opcode, &frame.payload),
+        match reader.read_frame(&activity, max_payload, deflate).await {
+            Ok(frame) => on_frame(frame.fin, frame.opcode, frame.compressed, &frame.payload),
             Err(FrameError::Eof) => return End::Eof,
             Err(FrameError::TooLarge(len)) => return End::TooLarge(len),
             Err(FrameError::Protocol(_)) => return End::Protocol,
@@ -112,6 +128,7 @@ enum End {
 struct Expected {
     fin: bool,
     opcode: OpCode,
+    rsv1: bool,
     payload: Vec<u8>,
 }
 
@@ -121,14 +138,16 @@ struct Reference {
 }
 
 /// RFC 6455 section 5.2, written for clarity over the whole stream at once.
-fn reference(mut bytes: &[u8], max_payload: usize) -> Reference {
+fn reference(mut bytes: &[u8], max_payload: usize, deflate: bool) -> Reference {
     let mut frames = Vec::new();
     let end = loop {
         let [b0, b1, rest @ ..] = bytes else {
             break End::Eof;
         };
-        // No extension is negotiated, so RSV1-3 must be 0 (section 5.2).
-        if b0 & 0x70 != 0 {
+        // RSV2 and RSV3 must be 0 (section 5.2); RSV1 too unless
+        // permessage-deflate was agreed (RFC 7692 section 6).
+        let rsv1 = b0 & 0x40 != 0;
+        if b0 & 0x30 != 0 || (rsv1 && !deflate) {
             break End::Protocol;
         }
         let opcode = match b0 & 0x0F {
@@ -140,6 +159,11 @@ fn reference(mut bytes: &[u8], max_payload: usize) -> Reference {
             0xA => OpCode::Pong,
             _ => break End::Protocol,
         };
+        // RSV1 marks a message's first frame: never a control or
+        // continuation frame (RFC 7692 section 6.1).
+        if rsv1 && !matches!(opcode, OpCode::Text | OpCode::Binary) {
+            break End::Protocol;
+        }
         // Every client-to-server frame is masked (section 5.1).
         if b1 & 0x80 == 0 {
             break End::Protocol;
@@ -179,6 +203,7 @@ fn reference(mut bytes: &[u8], max_payload: usize) -> Reference {
         frames.push(Expected {
             fin,
             opcode,
+            rsv1,
             payload,
         });
         bytes = &rest[len..];

@@ -151,6 +151,12 @@ pub struct Args {
     #[arg(long)]
     pub no_progress: bool,
 
+    /// Offer permessage-deflate (with client_no_context_takeover, as a browser would with
+    /// its window) and inflate every compressed frame; a server that declines fails the
+    /// connect. For servers that agree to server_no_context_takeover (tickcast does).
+    #[arg(long)]
+    pub deflate: bool,
+
     /// A name for this run in the table, the JSON and the default folder (e.g. tickcast, uws).
     #[arg(long, default_value = "run")]
     pub label: String,
@@ -194,6 +200,7 @@ impl Args {
         cfg.close_timeout = self.close_timeout;
         cfg.max_reconnects = self.max_reconnects;
         cfg.progress = !self.no_progress;
+        cfg.deflate = self.deflate;
         cfg.label = self.label;
         cfg.command_line = command_line;
         cfg

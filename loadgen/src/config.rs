@@ -79,6 +79,8 @@ pub struct Config {
     pub max_reconnects: u32,
     /// Draw the live progress bar on stderr (only when it is a terminal).
     pub progress: bool,
+    /// Offer permessage-deflate and inflate compressed frames (`--deflate`).
+    pub deflate: bool,
     /// A name for this run in the table and the JSON (`tickcast`, `uws`, ...).
     pub label: String,
     /// The command line, recorded in the result file.
@@ -114,6 +116,7 @@ impl Config {
             close_timeout: Duration::from_secs(3),
             max_reconnects: 3,
             progress: false,
+            deflate: false,
             label: "run".into(),
             command_line: String::new(),
         }

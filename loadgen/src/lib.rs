@@ -23,6 +23,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod hgrm;
+pub mod inflate;
 pub mod mix;
 pub mod plot;
 pub mod progress;

@@ -48,7 +48,8 @@ async fn run_phases(cfg: Config) -> anyhow::Result<Report> {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let target = Target::parse(&cfg.url)?;
+    let mut target = Target::parse(&cfg.url)?;
+    target.deflate = cfg.deflate;
     let fd_limit = raise_fd_limit(cfg.clients + cfg.stalled)?;
     let sources = source_addresses(&cfg, &target)?;
     let published = mix::published_channels(&cfg.mix);

@@ -12,6 +12,8 @@ use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
 use fastwebsockets::{Role, WebSocketRead, WebSocketWrite};
+
+use crate::inflate::{self, Inflating};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
@@ -25,6 +27,9 @@ pub struct Target {
     /// Path and query, at least `/`.
     pub path: String,
     pub addr: SocketAddr,
+    /// Offer permessage-deflate and inflate what comes compressed (`--deflate`);
+    /// a server that declines fails the connect.
+    pub deflate: bool,
 }
 
 impl Target {
@@ -59,6 +64,7 @@ impl Target {
             authority: authority.to_string(),
             path: path.into(),
             addr,
+            deflate: false,
         })
     }
 }
@@ -127,7 +133,7 @@ impl std::fmt::Display for ConnectError {
     }
 }
 
-pub type Reader = WebSocketRead<OwnedReadHalf>;
+pub type Reader = WebSocketRead<Inflating<OwnedReadHalf>>;
 pub type Writer = WebSocketWrite<OwnedWriteHalf>;
 
 /// An open client connection and the server's `Server` header, if it sent one.
@@ -187,9 +193,14 @@ pub async fn connect_with(
     };
     stream.set_nodelay(true)?;
     let key = websocket_key(rand::random());
+    let extensions = if target.deflate {
+        format!("Sec-WebSocket-Extensions: {}\r\n", inflate::OFFER)
+    } else {
+        String::new()
+    };
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extensions}\
          User-Agent: tickcast-loadgen/{}\r\n\r\n",
         target.path,
         target.authority,
@@ -199,7 +210,15 @@ pub async fn connect_with(
     stream.write_all(request.as_bytes()).await?;
     let head = read_response_head(&mut stream).await?;
     let server = check_response(&head)?;
+    let deflate = inflate::agreed(header(&head, "sec-websocket-extensions").as_deref())
+        .map_err(ConnectError::BadResponse)?;
+    if target.deflate && !deflate {
+        return Err(ConnectError::BadResponse(
+            "the server declined permessage-deflate (--deflate)",
+        ));
+    }
     let (r, w) = stream.into_split();
+    let r = Inflating::new(r, deflate);
     let (mut read, mut write) = fastwebsockets::after_handshake_split(r, w, Role::Client);
     // Pings and closes are answered by the client loop itself, which owns the write half.
     read.set_auto_close(false);
@@ -293,6 +312,17 @@ fn check_response(head: &[u8]) -> Result<Option<String>, ConnectError> {
         name.eq_ignore_ascii_case("server")
             .then(|| value.trim().to_string())
     }))
+}
+
+/// The value of header `name` (lower case) in a response head.
+fn header(head: &[u8], name: &str) -> Option<String> {
+    let text = std::str::from_utf8(head).ok()?;
+    text.split("\r\n").skip(1).find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| value.trim().to_string())
+    })
 }
 
 /// Base64 of 16 random bytes, as `Sec-WebSocket-Key` wants.

@@ -9,6 +9,13 @@
 //! subscriber on every shard gets the same frame. Nothing is built that no
 //! subscriber needs (an update whose subscribers all filter it out encodes
 //! no frame at all).
+//!
+//! A session that agreed to permessage-deflate gets the compressed form of
+//! its frame where its agreement allows (`crate::deflate`): compressed
+//! lazily, once per distinct frame, the first time such a session needs
+//! it, and shared like the plain frame. Lazily rather than eagerly: an
+//! update no compressed subscriber receives costs nothing, and no shard has
+//! to know in advance whether any compressed subscriber exists.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -17,8 +24,20 @@ use bytes::Bytes;
 
 use super::cell::ChannelCell;
 use super::filter::FieldFilter;
+use crate::deflate;
+use crate::outbox::Outbox;
 use crate::record::{FeedRecord, JsonMap};
 use crate::wire;
+
+/// The payload length of a server frame as `wire` builds it.
+fn payload_len(frame: &[u8]) -> usize {
+    let header = match frame.get(1) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    frame.len().saturating_sub(header)
+}
 
 /// What the state stage hands to every fanout shard.
 #[derive(Clone)]
@@ -51,6 +70,8 @@ pub struct Applied {
     data_json: Bytes,
     /// The unfiltered frame with `prev = seq - 1`.
     in_chain: OnceLock<Bytes>,
+    /// Its compressed form; `None` when compressing does not shrink it.
+    in_chain_deflated: OnceLock<Option<Bytes>>,
     shapes: Mutex<Shapes>,
 }
 
@@ -61,6 +82,8 @@ struct Shapes {
     parts: HashMap<u64, Option<Arc<Part>>>,
     /// By (filter id, prev); id 0 is "no filter".
     frames: HashMap<(u64, u64), Bytes>,
+    /// Compressed forms of `frames`, by the same key.
+    deflated: HashMap<(u64, u64), Option<Bytes>>,
 }
 
 /// A filter's process-wide identity (0: no filter).
@@ -85,6 +108,7 @@ impl Applied {
             record,
             data_json,
             in_chain: OnceLock::new(),
+            in_chain_deflated: OnceLock::new(),
             shapes: Mutex::new(Shapes::default()),
         }
     }
@@ -138,6 +162,30 @@ impl Applied {
     }
 }
 
+impl Applied {
+    /// The compressed form of `plain`, the frame for `filter` and `prev`,
+    /// compressed by the first caller and shared with the rest.
+    fn deflated(
+        &self,
+        filter: &Option<Arc<FieldFilter>>,
+        prev: u64,
+        plain: &Bytes,
+    ) -> Option<Bytes> {
+        if filter.is_none() && prev + 1 == self.seq {
+            return self
+                .in_chain_deflated
+                .get_or_init(|| deflate::deflate_frame(plain))
+                .clone();
+        }
+        let mut shapes = self.shapes.lock().unwrap_or_else(|e| e.into_inner());
+        shapes
+            .deflated
+            .entry((filter_id(filter), prev))
+            .or_insert_with(|| deflate::deflate_frame(plain))
+            .clone()
+    }
+}
+
 /// One shard's view of an [`Applied`] during its fanout: a local memo in
 /// front of the shared shapes, so the shared lock is taken once per shape
 /// per shard, not once per subscriber.
@@ -145,6 +193,7 @@ pub struct UpdateFrames<'a> {
     applied: &'a Applied,
     parts: HashMap<u64, Option<Arc<Part>>>,
     frames: HashMap<(u64, u64), Bytes>,
+    deflated: HashMap<(u64, u64), Option<Bytes>>,
     encoded: usize,
 }
 
@@ -154,8 +203,43 @@ impl<'a> UpdateFrames<'a> {
             applied,
             parts: HashMap::new(),
             frames: HashMap::new(),
+            deflated: HashMap::new(),
             encoded: 0,
         }
+    }
+
+    /// [`frame`](Self::frame) as `outbox`'s session is sent it: compressed
+    /// (shared, compressed once) if it agreed to permessage-deflate and its
+    /// agreement allows this frame's size, else plain.
+    pub fn frame_for(
+        &mut self,
+        filter: &Option<Arc<FieldFilter>>,
+        prev: u64,
+        outbox: &Outbox,
+    ) -> Bytes {
+        let plain = self.frame(filter, prev);
+        match outbox.deflate() {
+            Some(agreed) if agreed.compresses(payload_len(&plain)) => {
+                self.deflated(filter, prev, &plain).unwrap_or(plain)
+            }
+            _ => plain,
+        }
+    }
+
+    fn deflated(
+        &mut self,
+        filter: &Option<Arc<FieldFilter>>,
+        prev: u64,
+        plain: &Bytes,
+    ) -> Option<Bytes> {
+        let applied = self.applied;
+        if filter.is_none() && prev + 1 == applied.seq {
+            return applied.deflated(filter, prev, plain);
+        }
+        self.deflated
+            .entry((filter_id(filter), prev))
+            .or_insert_with(|| applied.deflated(filter, prev, plain))
+            .clone()
     }
 
     /// The patch a subscriber with `filter` gets, and its serialized length;
@@ -250,6 +334,35 @@ mod tests {
         assert_eq!(c.as_ptr(), d.as_ptr());
         assert_ne!(a, c);
         assert_eq!(shard_a.encoded() + shard_b.encoded(), 2);
+    }
+
+    /// A compressed frame is made once and shared by every compressed
+    /// subscriber on every shard; a plain one keeps the plain frame, and
+    /// so does a session whose window the frame does not fit.
+    #[test]
+    fn the_compressed_frame_is_made_once_and_shared() {
+        use crate::deflate::Negotiated;
+        let text = "x".repeat(600);
+        let update = applied(json!({ "note": text }), 3);
+        let wide = Outbox::new(1 << 20).with_deflate(Some(Negotiated::new(15, 96)));
+        let narrow = Outbox::new(1 << 20).with_deflate(Some(Negotiated::new(9, 96)));
+        let plain = Outbox::new(1 << 20);
+        let (mut shard_a, mut shard_b) = (UpdateFrames::new(&update), UpdateFrames::new(&update));
+        let a = shard_a.frame_for(&None, 2, &wide);
+        let b = shard_b.frame_for(&None, 2, &wide);
+        assert_eq!(a[0], 0xC1, "FIN, RSV1, text");
+        assert_eq!(a.as_ptr(), b.as_ptr(), "compressed once, shared");
+        assert!(a.len() < 200, "{} bytes", a.len());
+        let p = shard_a.frame_for(&None, 2, &plain);
+        assert_eq!(p[0], 0x81);
+        assert_eq!(p.as_ptr(), shard_b.frame(&None, 2).as_ptr());
+        let n = shard_b.frame_for(&None, 2, &narrow);
+        assert_eq!(n.as_ptr(), p.as_ptr(), "over a 512-byte window: plain");
+        // Another prev, another shape: its own compressed frame, once.
+        let c = shard_a.frame_for(&None, 1, &wide);
+        let d = shard_b.frame_for(&None, 1, &wide);
+        assert_eq!(c.as_ptr(), d.as_ptr());
+        assert_ne!(c.as_ptr(), a.as_ptr());
     }
 
     #[test]

@@ -290,7 +290,7 @@ impl Shard {
                 held += 1;
                 continue;
             }
-            let frame = frames.frame(&delivery.filter, delivery.last_sent);
+            let frame = frames.frame_for(&delivery.filter, delivery.last_sent, &delivery.outbox);
             let len = frame.len() as u64;
             let timed = QueuedFrame {
                 bytes: frame,

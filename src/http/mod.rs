@@ -10,7 +10,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
     HeaderValue, ACCESS_CONTROL_ALLOW_ORIGIN, CACHE_CONTROL, CONTENT_TYPE, HOST, ORIGIN,
-    RETRY_AFTER, WWW_AUTHENTICATE,
+    RETRY_AFTER, SEC_WEBSOCKET_EXTENSIONS, WWW_AUTHENTICATE,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -328,7 +328,10 @@ fn upgrade(req: &mut Request<Incoming>, state: &Arc<AppState>) -> Response<Body>
             "too many connections (limits.max_connections)\n",
         );
     }
-    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(req) {
+    // permessage-deflate: the first offer the server can accept, if any.
+    let offers = headers_of(req, SEC_WEBSOCKET_EXTENSIONS);
+    let deflate = crate::deflate::negotiate(offers, &state.session_limits.compression);
+    let (mut response, upgrade) = match fastwebsockets::upgrade::upgrade(req) {
         Ok(pair) => pair,
         Err(e) => {
             state.live_sessions.fetch_sub(1, Ordering::Relaxed);
@@ -339,8 +342,15 @@ fn upgrade(req: &mut Request<Incoming>, state: &Arc<AppState>) -> Response<Body>
             );
         }
     };
+    let deflate = deflate.and_then(|(agreed, accepted)| {
+        let value = HeaderValue::from_str(&accepted).ok()?;
+        response
+            .headers_mut()
+            .insert(SEC_WEBSOCKET_EXTENSIONS, value);
+        Some(agreed)
+    });
     let slot = ConnectionSlot(state.clone(), admitted);
-    let outbox = session::new_outbox(&state.session_limits, grant);
+    let outbox = session::new_outbox(&state.session_limits, grant, deflate);
     state.sessions.spawn(session::run(
         upgrade,
         state.session_shared.clone(),
@@ -348,6 +358,17 @@ fn upgrade(req: &mut Request<Incoming>, state: &Arc<AppState>) -> Response<Body>
         slot,
     ));
     response.map(|_| Full::new(Bytes::new()))
+}
+
+/// Every value of a request header, as bytes.
+fn headers_of(
+    req: &Request<Incoming>,
+    name: hyper::header::HeaderName,
+) -> impl Iterator<Item = &[u8]> {
+    req.headers()
+        .get_all(name)
+        .into_iter()
+        .map(|v| v.as_bytes())
 }
 
 /// 401 with the reason in the body and in `WWW-Authenticate` (RFC 6750).

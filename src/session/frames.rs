@@ -52,6 +52,9 @@ impl OpCode {
 pub struct Frame {
     pub fin: bool,
     pub opcode: OpCode,
+    /// RSV1 on a message's first frame: its payload is compressed
+    /// (permessage-deflate, RFC 7692); only where the handshake agreed.
+    pub compressed: bool,
     pub payload: BytesMut,
 }
 
@@ -163,16 +166,18 @@ impl<S: ReadSocket> FrameReader<S> {
     /// far stay in the buffer. Every read, and every frame left half
     /// received, is stamped on `activity` for the read timeouts (`watch`).
     /// `max_payload` is passed each time rather than kept: one word less
-    /// in every idle connection's reader.
+    /// in every idle connection's reader. `deflate`: the connection agreed
+    /// to permessage-deflate, so RSV1 may mark a compressed message.
     pub async fn read_frame(
         &mut self,
         activity: &Activity,
         max_payload: usize,
+        deflate: bool,
     ) -> Result<Frame, FrameError> {
         loop {
             // Decided before the wait, so the parse result is not held
             // across it (80 bytes in every idle connection's reader).
-            let want = match self.parse(max_payload)? {
+            let want = match self.parse(max_payload, deflate)? {
                 Parsed::Frame(frame) => return Ok(frame),
                 Parsed::Need(want) => want,
             };
@@ -185,18 +190,25 @@ impl<S: ReadSocket> FrameReader<S> {
 
     /// Takes one whole frame off the buffer, or says how many bytes the
     /// buffer must hold before it can.
-    fn parse(&mut self, max_payload: usize) -> Result<Parsed, FrameError> {
+    fn parse(&mut self, max_payload: usize, deflate: bool) -> Result<Parsed, FrameError> {
         if self.buf.len() < 2 {
             return Ok(Parsed::Need(2));
         }
         let (b0, b1) = (self.buf[0], self.buf[1]);
-        if b0 & 0x70 != 0 {
+        let compressed = b0 & 0x40 != 0;
+        if b0 & 0x30 != 0 || (compressed && !deflate) {
             return Err(FrameError::Protocol(
-                "reserved bits set (no extensions were agreed)",
+                "reserved bits set (no extension agreed to them)",
             ));
         }
         let fin = b0 & 0x80 != 0;
         let opcode = OpCode::from_bits(b0 & 0x0F).ok_or(FrameError::Protocol("unknown opcode"))?;
+        if compressed && (opcode.is_control() || opcode == OpCode::Continuation) {
+            // RFC 7692 section 6: RSV1 marks a message's first frame only.
+            return Err(FrameError::Protocol(
+                "RSV1 set on a control or continuation frame",
+            ));
+        }
         if b1 & 0x80 == 0 {
             return Err(FrameError::Protocol("client frames must be masked"));
         }
@@ -239,6 +251,7 @@ impl<S: ReadSocket> FrameReader<S> {
         Ok(Parsed::Frame(Frame {
             fin,
             opcode,
+            compressed,
             payload,
         }))
     }
@@ -297,12 +310,13 @@ mod tests {
         out
     }
 
-    /// A reader with its `max_payload`, as the session's reader holds it.
-    struct Limited(FrameReader<Script>, usize);
+    /// A reader with its `max_payload` and whether deflate was agreed, as
+    /// the session's reader holds them.
+    struct Limited(FrameReader<Script>, usize, bool);
 
     impl Limited {
         async fn read_frame(&mut self, activity: &Activity) -> Result<Frame, FrameError> {
-            self.0.read_frame(activity, self.1).await
+            self.0.read_frame(activity, self.1, self.2).await
         }
         fn buffered_capacity(&self) -> usize {
             self.0.buffered_capacity()
@@ -310,7 +324,40 @@ mod tests {
     }
 
     fn reader(chunks: Vec<Vec<u8>>, max: usize) -> Limited {
-        Limited(FrameReader::new(Script(Mutex::new(chunks)), b""), max)
+        Limited(
+            FrameReader::new(Script(Mutex::new(chunks)), b""),
+            max,
+            false,
+        )
+    }
+
+    fn deflate_reader(chunks: Vec<Vec<u8>>) -> Limited {
+        Limited(FrameReader::new(Script(Mutex::new(chunks)), b""), 100, true)
+    }
+
+    /// With permessage-deflate agreed, RSV1 marks a compressed message's
+    /// first frame, and is still refused anywhere else.
+    #[tokio::test]
+    async fn rsv1_is_read_only_where_deflate_allows_it() {
+        let a = Activity::default();
+        let mut r = deflate_reader(vec![masked(0xC1, b"x"), masked(0x01, b"y")]);
+        let f = r.read_frame(&a).await.unwrap();
+        assert!(f.compressed && f.opcode == OpCode::Text && f.fin);
+        let f = r.read_frame(&a).await.unwrap();
+        assert!(!f.compressed && !f.fin);
+        for (first, what) in [
+            (0xC0, "continuation"),
+            (0xC9, "ping"),
+            (0xC8, "close"),
+            (0xA1, "rsv2"),
+            (0x91, "rsv3"),
+        ] {
+            let mut r = deflate_reader(vec![masked(first, b"z")]);
+            assert!(
+                matches!(r.read_frame(&a).await, Err(FrameError::Protocol(_))),
+                "{what}"
+            );
+        }
     }
 
     #[tokio::test]

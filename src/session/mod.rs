@@ -67,6 +67,8 @@ pub struct SessionLimits {
     pub messages: message_rate::MessageLimit,
     /// Who may subscribe where, and how a refreshed token is checked.
     pub auth: Arc<crate::auth::Auth>,
+    /// permessage-deflate: whether to agree to it, and how.
+    pub compression: crate::deflate::CompressionConfig,
 }
 
 /// Most bytes the kernel keeps queued and not yet sent on a session's
@@ -94,8 +96,13 @@ pub struct Shared {
 /// A session's outbox, holding what its token allows (`None`: no token,
 /// public namespaces only); checked on each subscribe, and the sweeper
 /// closes the session with 1008 at the token's exp.
-pub fn new_outbox(limits: &SessionLimits, grant: Option<Arc<Grant>>) -> Arc<Outbox> {
-    let outbox = Arc::new(Outbox::new(limits.outbox_bytes));
+/// `deflate` is what the handshake agreed to (`crate::deflate::negotiate`).
+pub fn new_outbox(
+    limits: &SessionLimits,
+    grant: Option<Arc<Grant>>,
+    deflate: Option<crate::deflate::Negotiated>,
+) -> Arc<Outbox> {
+    let outbox = Arc::new(Outbox::new(limits.outbox_bytes).with_deflate(deflate));
     if let Some(grant) = grant {
         outbox.set_grant(grant);
     }
@@ -361,7 +368,7 @@ mod tests {
         let task = run(
             upgrade,
             shared.clone(),
-            new_outbox(&shared.limits, None),
+            new_outbox(&shared.limits, None, None),
             slot,
         );
 

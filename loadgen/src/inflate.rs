@@ -1,0 +1,252 @@
+//! permessage-deflate (RFC 7692) on the receiving side, for `--deflate`.
+//!
+//! fastwebsockets refuses frames with RSV1 set, so the socket's read half is
+//! wrapped: whole server frames are taken off the stream, a compressed one
+//! (RSV1) is inflated and handed on as the plain frame it stands for, and
+//! anything else is handed on untouched. The loadgen offers
+//! `client_no_context_takeover` and never sends compressed messages, and
+//! every message is inflated on its own (tickcast agrees to no context
+//! takeover both ways; a server that keeps its context gets a fresh inflater
+//! per message too, which is wrong for it, so `--deflate` is for servers
+//! that agree to `server_no_context_takeover`: the handshake checks that).
+//!
+//! Without the extension agreed the wrapper passes reads straight through.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use flate2::{Decompress, FlushDecompress, Status};
+use tokio::io::{AsyncRead, ReadBuf};
+
+/// What the loadgen offers with `--deflate`.
+pub const OFFER: &str = "permessage-deflate; client_no_context_takeover; client_max_window_bits";
+
+/// The tail a sync flush ends with, dropped by the sender (RFC 7692 7.2.1).
+const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+
+/// Largest message inflated; more fails the connection (as fastwebsockets'
+/// own limit, set to 16 MiB in `ws::connect_with`).
+const MAX_MESSAGE: usize = 16 << 20;
+
+/// Compressed frames inflated by this process so far.
+static INFLATED: AtomicU64 = AtomicU64::new(0);
+
+/// How many compressed frames this process has inflated.
+pub fn inflated_frames() -> u64 {
+    INFLATED.load(Ordering::Relaxed)
+}
+
+/// The read half, inflating compressed frames when `active`.
+pub struct Inflating<R> {
+    inner: R,
+    /// Compressed frames arrive: take frames apart. Off: pass reads through.
+    inflater: Option<Box<Decompress>>,
+    /// Bytes read, not yet a whole frame.
+    raw: BytesMut,
+    /// Frames ready to hand on.
+    ready: BytesMut,
+}
+
+impl<R> Inflating<R> {
+    pub fn new(inner: R, active: bool) -> Self {
+        Self {
+            inner,
+            inflater: active.then(|| Box::new(Decompress::new(false))),
+            raw: BytesMut::new(),
+            ready: BytesMut::new(),
+        }
+    }
+}
+
+/// Whether the server's `Sec-WebSocket-Extensions` answer agrees to
+/// permessage-deflate with no server context takeover; an error for an
+/// answer the loadgen cannot follow.
+pub fn agreed(answer: Option<&str>) -> Result<bool, &'static str> {
+    let Some(answer) = answer else {
+        return Ok(false);
+    };
+    let mut params = answer.split(';').map(str::trim);
+    if !params
+        .next()
+        .is_some_and(|t| t.eq_ignore_ascii_case("permessage-deflate"))
+    {
+        return Err("the server answered with an extension that was not offered");
+    }
+    if !params.any(|p| p.eq_ignore_ascii_case("server_no_context_takeover")) {
+        return Err("permessage-deflate without server_no_context_takeover (not supported)");
+    }
+    Ok(true)
+}
+
+/// One whole frame at the start of `raw`: (header length, payload length).
+fn frame_at(raw: &[u8]) -> Option<(usize, usize)> {
+    let (&b1, rest) = raw.get(1).zip(raw.get(2..))?;
+    let (head, len) = match b1 & 0x7F {
+        126 => (
+            4,
+            u64::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?)),
+        ),
+        127 => (10, u64::from_be_bytes(rest.get(..8)?.try_into().ok()?)),
+        n => (2, u64::from(n)),
+    };
+    let len = usize::try_from(len).ok()?;
+    (raw.len() >= head + len).then_some((head, len))
+}
+
+fn inflate(inflater: &mut Decompress, payload: &[u8]) -> io::Result<Vec<u8>> {
+    inflater.reset(false);
+    let mut out = Vec::with_capacity(payload.len() * 4 + 64);
+    for (input, flush) in [
+        (payload, FlushDecompress::None),
+        (&TAIL[..], FlushDecompress::Sync),
+    ] {
+        let start = inflater.total_in();
+        loop {
+            let offset = (inflater.total_in() - start) as usize;
+            let status = inflater
+                .decompress_vec(&input[offset..], &mut out, flush)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            if status == Status::StreamEnd {
+                return Ok(out);
+            }
+            if out.len() > MAX_MESSAGE {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "inflated message too large",
+                ));
+            }
+            if out.len() == out.capacity() {
+                out.reserve(out.capacity());
+                continue;
+            }
+            if (inflater.total_in() - start) as usize == input.len() {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl<R: AsyncRead + Unpin> Inflating<R> {
+    /// Moves every whole frame from `raw` to `ready`, inflating as needed.
+    fn take_frames(&mut self) -> io::Result<()> {
+        let inflater = self.inflater.as_mut().expect("only when active");
+        while let Some((head, len)) = frame_at(&self.raw) {
+            let b0 = self.raw[0];
+            if b0 & 0x40 == 0 {
+                self.ready.extend_from_slice(&self.raw[..head + len]);
+            } else {
+                let message = inflate(inflater, &self.raw[head..head + len])?;
+                INFLATED.fetch_add(1, Ordering::Relaxed);
+                self.ready.extend_from_slice(&[b0 & !0x40]);
+                match message.len() {
+                    n if n < 126 => self.ready.extend_from_slice(&[n as u8]),
+                    n if n <= 0xFFFF => {
+                        self.ready.extend_from_slice(&[126]);
+                        self.ready.extend_from_slice(&(n as u16).to_be_bytes());
+                    }
+                    n => {
+                        self.ready.extend_from_slice(&[127]);
+                        self.ready.extend_from_slice(&(n as u64).to_be_bytes());
+                    }
+                }
+                self.ready.extend_from_slice(&message);
+            }
+            self.raw.advance(head + len);
+        }
+        Ok(())
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Inflating<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.inflater.is_none() {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        loop {
+            if !this.ready.is_empty() {
+                let n = this.ready.len().min(buf.remaining());
+                buf.put_slice(&this.ready[..n]);
+                this.ready.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let mut read = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                // The end: hand on what is left (a cut frame), then the end.
+                let rest = this.raw.split();
+                this.ready.extend_from_slice(&rest);
+                if this.ready.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            this.raw.extend_from_slice(read.filled());
+            this.take_frames()?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::{Compress, Compression, FlushCompress};
+    use tokio::io::AsyncReadExt;
+
+    fn compressed_frame(message: &[u8]) -> Vec<u8> {
+        let mut c = Compress::new(Compression::fast(), false);
+        let mut out = Vec::with_capacity(message.len() + 64);
+        c.compress_vec(message, &mut out, FlushCompress::Sync)
+            .unwrap();
+        out.truncate(out.len() - 4);
+        let mut frame = vec![0xC1];
+        match out.len() {
+            n if n < 126 => frame.push(n as u8),
+            n => {
+                frame.push(126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&out);
+        frame
+    }
+
+    #[tokio::test]
+    async fn compressed_frames_come_out_plain_and_others_untouched() {
+        let big = br#"{"type":"update","data":{"bids":"#.repeat(40);
+        let mut stream = compressed_frame(&big);
+        stream.extend_from_slice(&[0x81, 2, b'h', b'i']);
+        stream.extend_from_slice(&compressed_frame(b"{\"a\":1}"));
+        let mut reader = Inflating::new(&stream[..], true);
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).await.unwrap();
+        let mut want = vec![0x81, 126];
+        want.extend_from_slice(&(big.len() as u16).to_be_bytes());
+        want.extend_from_slice(&big);
+        want.extend_from_slice(&[0x81, 2, b'h', b'i', 0x81, 7]);
+        want.extend_from_slice(b"{\"a\":1}");
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn only_no_server_context_takeover_is_followed() {
+        assert_eq!(agreed(None), Ok(false));
+        assert_eq!(
+            agreed(Some(
+                "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+            )),
+            Ok(true)
+        );
+        assert!(agreed(Some("permessage-deflate")).is_err());
+        assert!(agreed(Some("x-other")).is_err());
+    }
+}
