@@ -236,6 +236,28 @@ async fn the_demo_shows_quotes_scores_a_book_and_trades_changing() {
         }
         poll.tick(&shown).await;
     }
+    // Chromium offers permessage-deflate and the server agrees to it by
+    // default, so the values above came through compressed frames (quote
+    // updates are over `compression.min_bytes`). A socket opened the same
+    // way shows what was agreed.
+    let agreed = page
+        .page(
+            "Runtime.evaluate",
+            json!({
+                "expression": "new Promise((ok, fail) => { \
+                    const ws = new WebSocket(`ws://${location.host}/ws`); \
+                    ws.onopen = () => { ok(ws.extensions); ws.close(); }; \
+                    ws.onerror = () => fail('no connection'); })",
+                "awaitPromise": true,
+                "returnByValue": true,
+            }),
+        )
+        .await;
+    assert_eq!(
+        agreed["result"]["value"],
+        "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+        "{agreed}"
+    );
     page.screenshot("ticker-demo-desktop.png").await;
     // A phone, in the other theme.
     page.viewport(390, 844, true).await;
