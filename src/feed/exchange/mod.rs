@@ -1,0 +1,325 @@
+//! Live exchange feeds: `--feed binance:BTCUSDT,ETHUSDT` and
+//! `--feed coinbase:BTC-USD,ETH-USD` (public market data, no keys).
+//!
+//! The exchange logic is sans-IO: [`binance::Binance`] and
+//! [`coinbase::Coinbase`] are state machines fed with frame text (and REST
+//! bodies) that answer with [`Action`]s: records to publish, rejections,
+//! "fetch a REST snapshot", "send this frame". [`driver`] does the sockets:
+//! connect ([`ws`], [`rest`]), answer pings, a silence timeout, reconnect
+//! with [`backoff`] and resubscribe, and the `feeds.<name>` [`status`]
+//! channel. docs/feeds.md has the mapping tables and the book rules.
+//!
+//! Spec syntax: `KIND:SYM[,SYM...][?key=value&...]`, keys `depth` (levels
+//! kept per side), `ws_url`, `rest_url` (upstream overrides, e.g. a local
+//! test server), `name` (the status channel's last segment) and, for
+//! Binance, `trades=trade|agg`.
+
+pub mod backoff;
+pub mod binance;
+pub mod book;
+pub mod coinbase;
+pub mod driver;
+pub mod number;
+pub mod rest;
+pub mod status;
+pub mod ws;
+
+use std::fmt;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::channel::ChannelName;
+use crate::record::{FeedRecord, JsonMap, RejectReason};
+
+/// Which exchange a feed talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exchange {
+    Binance,
+    Coinbase,
+}
+
+impl Exchange {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Exchange::Binance => "binance",
+            Exchange::Coinbase => "coinbase",
+        }
+    }
+}
+
+/// Default upstream URLs (overridden by `[exchanges.*]` and the spec).
+pub const BINANCE_WS_URL: &str = "wss://stream.binance.com:9443";
+pub const BINANCE_REST_URL: &str = "https://api.binance.com";
+pub const COINBASE_WS_URL: &str = "wss://ws-feed.exchange.coinbase.com";
+
+/// Which Binance trade stream to subscribe to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TradeStream {
+    /// `<sym>@trade`: one record per trade.
+    #[default]
+    Trade,
+    /// `<sym>@aggTrade`: trades aggregated by taker order and price.
+    Agg,
+}
+
+/// A parsed `binance:...` or `coinbase:...` spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExchangeSpec {
+    pub exchange: Exchange,
+    pub symbols: Vec<String>,
+    /// `depth=N`: book levels kept per side (`limits.max_book_levels` if unset).
+    pub depth: Option<usize>,
+    pub ws_url: Option<String>,
+    pub rest_url: Option<String>,
+    /// `name=X`: status channel `feeds.X` (the exchange's name if unset).
+    pub name: Option<String>,
+    pub trades: TradeStream,
+    /// The text the spec was given as (its display and feed name).
+    pub text: String,
+}
+
+/// Most symbols one exchange feed subscribes to (a URL or subscribe
+/// message with more gets refused upstream anyway).
+pub const MAX_SYMBOLS: usize = 200;
+
+impl ExchangeSpec {
+    /// Parses what follows `binance:` or `coinbase:`.
+    pub fn parse(exchange: Exchange, arg: &str, text: &str) -> Result<Self, String> {
+        let kind = exchange.as_str();
+        let (symbols, options) = arg.split_once('?').unwrap_or((arg, ""));
+        let symbols: Vec<String> = symbols
+            .split(',')
+            .map(|s| s.trim().to_ascii_uppercase())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if symbols.is_empty() {
+            return Err(format!(
+                "{kind}: needs at least one symbol, e.g. {}",
+                example(exchange)
+            ));
+        }
+        if symbols.len() > MAX_SYMBOLS {
+            return Err(format!("{kind}: at most {MAX_SYMBOLS} symbols per feed"));
+        }
+        for s in &symbols {
+            let ok = s.len() <= 32
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok {
+                return Err(format!(
+                    "{kind}: symbol {s:?} must be letters, digits, '-' or '_' (at most 32)"
+                ));
+            }
+        }
+        let mut spec = ExchangeSpec {
+            exchange,
+            symbols,
+            depth: None,
+            ws_url: None,
+            rest_url: None,
+            name: None,
+            trades: TradeStream::Trade,
+            text: text.to_owned(),
+        };
+        for option in options.split('&').filter(|o| !o.is_empty()) {
+            let (key, value) = option
+                .split_once('=')
+                .ok_or_else(|| format!("{kind}: option {option:?} must be key=value"))?;
+            match key {
+                "depth" => match value.parse::<usize>() {
+                    Ok(n) if n > 0 => spec.depth = Some(n),
+                    _ => return Err(format!("{kind}: depth must be a positive number of levels, not {value:?}")),
+                },
+                "ws_url" => spec.ws_url = Some(check_url(kind, value, &["ws", "wss"])?),
+                "rest_url" if exchange == Exchange::Binance => {
+                    spec.rest_url = Some(check_url(kind, value, &["http", "https"])?)
+                }
+                "name" if ChannelName::new(&format!("feeds.{value}")).is_ok() && !value.contains('.') => {
+                    spec.name = Some(value.to_owned())
+                }
+                "name" => return Err(format!("{kind}: name {value:?} must be one channel segment (letters, digits, '-', '_')")),
+                "trades" if exchange == Exchange::Binance => {
+                    spec.trades = match value {
+                        "trade" => TradeStream::Trade,
+                        "agg" => TradeStream::Agg,
+                        _ => return Err(format!("binance: trades must be trade or agg, not {value:?}")),
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "{kind}: unknown option {key:?} (use depth, ws_url{}, name{})",
+                        if exchange == Exchange::Binance { ", rest_url" } else { "" },
+                        if exchange == Exchange::Binance { ", trades" } else { "" },
+                    ))
+                }
+            }
+        }
+        Ok(spec)
+    }
+
+    /// The status channel's last segment.
+    pub fn status_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(self.exchange.as_str())
+    }
+}
+
+fn example(exchange: Exchange) -> &'static str {
+    match exchange {
+        Exchange::Binance => "binance:BTCUSDT,ETHUSDT",
+        Exchange::Coinbase => "coinbase:BTC-USD,ETH-USD",
+    }
+}
+
+fn check_url(kind: &str, value: &str, schemes: &[&str]) -> Result<String, String> {
+    let scheme = value.split("://").next().unwrap_or("");
+    if value.contains("://") && schemes.contains(&scheme) {
+        Ok(value.trim_end_matches('/').to_owned())
+    } else {
+        Err(format!(
+            "{kind}: {value:?} must be a {} URL",
+            schemes.join(" or ")
+        ))
+    }
+}
+
+impl fmt::Display for ExchangeSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Everything an exchange feed needs to run: its spec with the config's
+/// defaults filled in, and the `[limits]` it keeps to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upstream {
+    pub spec: ExchangeSpec,
+    pub ws_url: String,
+    pub rest_url: String,
+    pub depth: usize,
+    pub limits: UpstreamLimits,
+}
+
+/// `[limits]` keys of the exchange feeds (see `config::Limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamLimits {
+    /// Largest upstream WebSocket message or REST body; bigger is rejected
+    /// (`too_long`) and the connection made again.
+    pub max_message_bytes: usize,
+    /// Nothing received (not even a ping) for this long: reconnect.
+    pub silence_timeout: Duration,
+    /// Connecting, the handshake, and one REST snapshot each get this long.
+    pub connect_timeout: Duration,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// Book levels per side when the spec gives no `depth`.
+    pub max_book_levels: usize,
+}
+
+impl Default for UpstreamLimits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 4 << 20,
+            silence_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(10),
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            max_book_levels: 5000,
+        }
+    }
+}
+
+/// `[exchanges.binance]` / `[exchanges.coinbase]` URLs from the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeUrls {
+    pub binance_ws: String,
+    pub binance_rest: String,
+    pub coinbase_ws: String,
+}
+
+impl Default for ExchangeUrls {
+    fn default() -> Self {
+        Self {
+            binance_ws: BINANCE_WS_URL.into(),
+            binance_rest: BINANCE_REST_URL.into(),
+            coinbase_ws: COINBASE_WS_URL.into(),
+        }
+    }
+}
+
+impl Upstream {
+    /// The spec's own options win over the config's URLs and limits.
+    pub fn resolve(spec: ExchangeSpec, urls: &ExchangeUrls, limits: UpstreamLimits) -> Self {
+        let (ws, rest) = match spec.exchange {
+            Exchange::Binance => (&urls.binance_ws, &urls.binance_rest),
+            Exchange::Coinbase => (&urls.coinbase_ws, &urls.binance_rest),
+        };
+        Upstream {
+            ws_url: spec.ws_url.clone().unwrap_or_else(|| ws.clone()),
+            rest_url: spec.rest_url.clone().unwrap_or_else(|| rest.clone()),
+            depth: spec.depth.unwrap_or(limits.max_book_levels),
+            limits,
+            spec,
+        }
+    }
+}
+
+/// What an exchange state machine asks its driver to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Publish this record.
+    Publish(FeedRecord),
+    /// Count and log a frame that could not be mapped; go on.
+    Reject(RejectReason, String),
+    /// GET this URL path (on the REST base URL) and hand the body to
+    /// `on_snapshot` with `symbol`.
+    FetchSnapshot { symbol: String, path: String },
+    /// Send this text frame upstream.
+    Send(String),
+    /// A book was found out of sequence and is being synchronised again.
+    Resync { symbol: String, why: String },
+    /// Drop the connection and make it again (after the backoff).
+    Reconnect(String),
+}
+
+/// The sans-IO side of an exchange feed.
+pub trait ExchangeLogic: Send + Sync {
+    /// The WebSocket URL to connect to (on the configured base).
+    fn ws_url(&self, base: &str) -> String;
+    /// A connection is open: forget what the last one synchronised and say
+    /// what to send or fetch first.
+    fn on_connect(&mut self, out: &mut Vec<Action>);
+    /// One text frame from upstream.
+    fn on_frame(&mut self, text: &str, out: &mut Vec<Action>);
+    /// The REST body of a requested snapshot.
+    fn on_snapshot(&mut self, symbol: &str, body: &str, out: &mut Vec<Action>);
+    /// The last upstream sequence number (update id) seen.
+    fn last_sequence(&self) -> Option<u64>;
+}
+
+/// A record for `channel` (a valid name is built by the caller from a
+/// checked symbol; anything else is a bug reported as a rejection).
+pub fn record(channel: String, data: JsonMap) -> Action {
+    match ChannelName::new(&channel) {
+        Ok(channel) => Action::Publish(FeedRecord {
+            channel,
+            data,
+            ts: None,
+            ingest_ns: 0,
+        }),
+        Err(e) => Action::Reject(RejectReason::BadChannel, format!("{channel:?}: {e}")),
+    }
+}
+
+/// A member of a JSON object as a string, for mapping errors.
+pub fn str_field<'a>(v: &'a Value, key: &str) -> Result<&'a str, String> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("no string {key:?}"))
+}
+
+pub fn u64_field(v: &Value, key: &str) -> Result<u64, String> {
+    v.get(key)
+        .and_then(Value::as_u64)
+        .ok_or_else(|| format!("no unsigned integer {key:?}"))
+}
