@@ -323,3 +323,58 @@ pub fn u64_field(v: &Value, key: &str) -> Result<u64, String> {
         .and_then(Value::as_u64)
         .ok_or_else(|| format!("no unsigned integer {key:?}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feed::FeedSpec;
+
+    fn upstream(text: &str) -> Upstream {
+        match text.parse::<FeedSpec>() {
+            Ok(FeedSpec::Exchange(upstream)) => *upstream,
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn specs_name_symbols_and_options() {
+        let b = upstream("binance:btcusdt, ETHUSDT?depth=50&trades=agg&name=spot");
+        assert_eq!(b.spec.exchange, Exchange::Binance);
+        assert_eq!(b.spec.symbols, ["BTCUSDT", "ETHUSDT"]);
+        assert_eq!((b.depth, b.spec.trades), (50, TradeStream::Agg));
+        assert_eq!(b.spec.status_name(), "spot");
+        assert_eq!(b.ws_url, BINANCE_WS_URL);
+        assert_eq!(b.rest_url, BINANCE_REST_URL);
+        assert_eq!(
+            "binance:BTCUSDT?depth=5"
+                .parse::<FeedSpec>()
+                .unwrap()
+                .to_string(),
+            "binance:BTCUSDT?depth=5"
+        );
+        let c = upstream("coinbase:BTC-USD?ws_url=ws://127.0.0.1:9/");
+        assert_eq!(c.ws_url, "ws://127.0.0.1:9");
+        assert_eq!(c.spec.status_name(), "coinbase");
+        assert_eq!(c.depth, UpstreamLimits::default().max_book_levels);
+    }
+
+    #[test]
+    fn bad_specs_say_what_is_wrong() {
+        for (text, says) in [
+            ("binance:", "at least one symbol"),
+            ("binance:BTC/USDT", "letters, digits"),
+            ("binance:BTCUSDT?depth=0", "depth"),
+            ("binance:BTCUSDT?depth", "key=value"),
+            ("binance:BTCUSDT?ws_url=http://x", "ws or wss"),
+            ("coinbase:BTC-USD?rest_url=http://x", "unknown option"),
+            ("coinbase:BTC-USD?trades=agg", "unknown option"),
+            ("binance:BTCUSDT?name=a.b", "one channel segment"),
+            ("binance:BTCUSDT?trades=some", "trade or agg"),
+        ] {
+            let err = text.parse::<FeedSpec>().unwrap_err();
+            assert!(err.contains(says), "{text}: {err}");
+        }
+        let many = vec!["S"; MAX_SYMBOLS + 1].join(",");
+        assert!(format!("binance:{many}").parse::<FeedSpec>().is_err());
+    }
+}
