@@ -73,7 +73,8 @@ pub struct ServeArgs {
     /// market data: quotes, trades, order books). Exchange options follow a
     /// `?`, joined by `&`: `depth=N` (book levels kept per side), `ws_url=`,
     /// `rest_url=` (Binance) to point at another server, `name=X` (status
-    /// channel `feeds.X`), `trades=agg` (Binance aggTrade). See docs/feeds.md.
+    /// channel `feeds.X`), `trades=agg` (Binance aggTrade), `api=advanced`
+    /// (Coinbase Advanced Trade). See docs/feeds.md.
     /// Repeat for several feeds.
     /// [default: synthetic]
     #[arg(long = "feed", value_name = "SPEC")]
@@ -228,13 +229,17 @@ impl Default for BinanceConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CoinbaseConfig {
+    /// The Exchange feed.
     pub ws_url: String,
+    /// Advanced Trade (`api=advanced`).
+    pub advanced_ws_url: String,
 }
 
 impl Default for CoinbaseConfig {
     fn default() -> Self {
         Self {
             ws_url: crate::feed::exchange::COINBASE_WS_URL.into(),
+            advanced_ws_url: crate::feed::exchange::COINBASE_ADVANCED_WS_URL.into(),
         }
     }
 }
@@ -261,6 +266,11 @@ impl ExchangesConfig {
                 ["http", "https"],
             )?,
             coinbase_ws: check("coinbase.ws_url", &self.coinbase.ws_url, ["ws", "wss"])?,
+            coinbase_advanced_ws: check(
+                "coinbase.advanced_ws_url",
+                &self.coinbase.advanced_ws_url,
+                ["ws", "wss"],
+            )?,
         })
     }
 }
@@ -563,7 +573,7 @@ impl Default for Limits {
             max_publish_body_bytes: 1 << 20,
             max_concurrent_publishes: 16,
             record_queue: 65_536,
-            max_upstream_message_bytes: 4 << 20,
+            max_upstream_message_bytes: 8 << 20,
             upstream_silence_timeout_ms: 60_000,
             upstream_connect_timeout_ms: 10_000,
             upstream_backoff_base_ms: 500,

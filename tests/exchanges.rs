@@ -79,6 +79,18 @@ async fn coinbase_recording() -> Vec<String> {
         .collect()
 }
 
+/// The cryptofeed Coinbase Advanced Trade capture: the received frames of
+/// its JSON lines.
+async fn advanced_recording() -> Vec<String> {
+    gunzip_lines("coinbase-advanced-trade_2026-08-09_ETH-USD.capture.jsonl.gz")
+        .await
+        .into_iter()
+        .map(|l| serde_json::from_str::<Value>(&l).unwrap())
+        .filter(|v| v["t"] == "recv")
+        .map(|v| v["data"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// A decimal string as the record number the docs promise: the value,
 /// trailing zeros gone, whole numbers as integers.
 fn number(text: &str) -> Value {
@@ -162,6 +174,20 @@ impl Book {
             .to_string()
     }
 
+    fn advanced_snapshot(&self, product: &str) -> String {
+        let side = |name: &str, levels: &BTreeMap<String, String>| -> Vec<Value> {
+            levels
+                .iter()
+                .map(|(p, q)| json!({"side": name, "event_time": "2026-08-09T21:06:00Z", "price_level": p, "new_quantity": q}))
+                .collect()
+        };
+        let mut updates = side("bid", &self.bids);
+        updates.extend(side("offer", &self.asks));
+        json!({"channel": "l2_data", "timestamp": "2026-08-09T21:06:00Z", "sequence_num": 0,
+            "events": [{"type": "snapshot", "product_id": product, "updates": updates}]})
+        .to_string()
+    }
+
     fn coinbase_snapshot(&self, product: &str) -> String {
         let side = |levels: &BTreeMap<String, String>| -> Value {
             levels.iter().map(|(p, q)| json!([p, q])).collect()
@@ -230,6 +256,33 @@ impl Truth {
             _ => {}
         }
     }
+
+    /// Advanced Trade: `l2_data` snapshot and update events.
+    fn advanced(&mut self, text: &str) {
+        let v: Value = serde_json::from_str(text).unwrap();
+        if v["channel"] != "l2_data" {
+            return;
+        }
+        for event in v["events"].as_array().unwrap() {
+            let product = event["product_id"].as_str().unwrap().to_owned();
+            if event["type"] == "snapshot" {
+                self.books.insert(product.clone(), Book::default());
+            }
+            let book = self.books.get_mut(&product).expect("snapshot first");
+            for u in event["updates"].as_array().unwrap() {
+                let side = if u["side"] == "bid" {
+                    &mut book.bids
+                } else {
+                    &mut book.asks
+                };
+                set_level(
+                    side,
+                    u["price_level"].as_str().unwrap(),
+                    u["new_quantity"].as_str().unwrap(),
+                );
+            }
+        }
+    }
 }
 
 /// The last quote and trade per symbol, mapped as docs/feeds.md says.
@@ -279,6 +332,8 @@ enum Step {
     Ping,
     /// Send this text as a frame.
     Text(String),
+    /// Read until the adapter sends a `subscribe`.
+    AwaitSubscribe,
     /// Send one text frame of this many bytes.
     Huge(usize),
     /// Send the header of a 100-byte text frame and 10 bytes of it, then nothing.
@@ -291,6 +346,8 @@ enum Step {
 enum Kind {
     Binance,
     Coinbase,
+    /// Coinbase Advanced Trade: frames renumbered per connection.
+    Advanced,
 }
 
 struct Fake {
@@ -302,8 +359,12 @@ struct Fake {
     connections: AtomicUsize,
     rest_served: AtomicUsize,
     pongs: AtomicUsize,
+    /// Connections that reached a `Hold` step (sent all they were to).
+    held: AtomicUsize,
     /// Coinbase subscribe messages received.
     subscribes: Mutex<Vec<Value>>,
+    /// Advanced Trade: the `sequence_num` each recorded frame was sent with.
+    numbered: Mutex<BTreeMap<usize, u64>>,
     ws_addr: Mutex<Option<SocketAddr>>,
     rest_addr: Mutex<Option<SocketAddr>>,
     /// Connections are accepted only once this is true, so a test can
@@ -321,6 +382,7 @@ impl Fake {
         let (binance, coinbase) = match kind {
             Kind::Binance => (binance_recording().await, Vec::new()),
             Kind::Coinbase => (Vec::new(), coinbase_recording().await),
+            Kind::Advanced => (Vec::new(), advanced_recording().await),
         };
         let mut truth = Truth::default();
         // Binance's REST snapshots exist before the stream is read.
@@ -338,7 +400,9 @@ impl Fake {
             connections: AtomicUsize::new(0),
             rest_served: AtomicUsize::new(0),
             pongs: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
             subscribes: Mutex::new(Vec::new()),
+            numbered: Mutex::new(BTreeMap::new()),
             ws_addr: Mutex::new(None),
             rest_addr: Mutex::new(None),
             gate: tokio::sync::watch::Sender::new(!closed),
@@ -387,6 +451,7 @@ impl Fake {
             Kind::Coinbase => {
                 format!("coinbase:BAND-GBP,SKL-GBP,NU-GBP,NMR-EUR?ws_url=ws://{ws}{extra}")
             }
+            Kind::Advanced => format!("coinbase:ETH-USD?api=advanced&ws_url=ws://{ws}{extra}"),
         }
     }
 
@@ -405,15 +470,40 @@ impl Fake {
                 truth.coinbase(&self.coinbase[i]);
                 Some(self.coinbase[i].clone())
             }
+            Kind::Advanced => {
+                truth.advanced(&self.coinbase[i]);
+                Some(self.coinbase[i].clone())
+            }
         }
+    }
+
+    /// Advanced Trade numbers every message of a connection; the fake does
+    /// too (a lost message takes its number with it).
+    fn renumber(&self, text: String, counter: &mut u64, index: Option<usize>) -> String {
+        if self.kind != Kind::Advanced {
+            return text;
+        }
+        let mut v: Value = serde_json::from_str(&text).unwrap();
+        v["sequence_num"] = json!(*counter);
+        if let Some(i) = index {
+            self.numbered.lock().unwrap().insert(i, *counter);
+        }
+        *counter += 1;
+        v.to_string()
     }
 
     async fn serve_ws(self: Arc<Self>, tcp: TcpStream, script: Vec<Step>) {
         let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
             return;
         };
-        if self.kind == Kind::Coinbase {
-            // The subscription comes first.
+        // Coinbase: the subscription comes first (Advanced Trade: one
+        // message per channel).
+        let subscriptions = match self.kind {
+            Kind::Binance => 0,
+            Kind::Coinbase => 1,
+            Kind::Advanced => 4,
+        };
+        for _ in 0..subscriptions {
             let Some(Ok(Message::Text(text))) = ws.next().await else {
                 return;
             };
@@ -422,12 +512,14 @@ impl Fake {
                 .unwrap()
                 .push(serde_json::from_str(&text).unwrap());
         }
+        let mut counter = 0u64;
         for step in script {
             let sent = match step {
                 Step::Send(range) => {
                     let mut ok = true;
                     for i in range {
                         if let Some(text) = self.advance(i) {
+                            let text = self.renumber(text, &mut counter, Some(i));
                             if ws.send(Message::text(text)).await.is_err() {
                                 ok = false;
                                 break;
@@ -438,8 +530,22 @@ impl Fake {
                 }
                 Step::Lose(i) => {
                     self.advance(i);
+                    counter += 1;
                     true
                 }
+                Step::AwaitSubscribe => loop {
+                    match tokio::time::timeout(DEADLINE, ws.next()).await {
+                        Ok(Some(Ok(Message::Text(text)))) => {
+                            let v: Value = serde_json::from_str(&text).unwrap();
+                            self.subscribes.lock().unwrap().push(v.clone());
+                            if v["type"] == "subscribe" {
+                                break true;
+                            }
+                        }
+                        Ok(Some(Ok(_))) => continue,
+                        _ => return,
+                    }
+                },
                 Step::WaitRest(n) => {
                     let rest = &self.rest_served;
                     wait_for(
@@ -453,10 +559,12 @@ impl Fake {
                     let books = self.truth.lock().unwrap().books.clone();
                     let mut ok = true;
                     for (product, book) in books {
-                        ok &= ws
-                            .send(Message::text(book.coinbase_snapshot(&product)))
-                            .await
-                            .is_ok();
+                        let text = match self.kind {
+                            Kind::Advanced => book.advanced_snapshot(&product),
+                            _ => book.coinbase_snapshot(&product),
+                        };
+                        let text = self.renumber(text, &mut counter, None);
+                        ok &= ws.send(Message::text(text)).await.is_ok();
                     }
                     ok
                 }
@@ -496,6 +604,7 @@ impl Fake {
                     return;
                 }
                 Step::Hold => {
+                    self.held.fetch_add(1, Ordering::SeqCst);
                     // Read (answering nothing) until the adapter closes.
                     while let Some(Ok(_)) = ws.next().await {}
                     return;
@@ -563,7 +672,8 @@ async fn wait_for_state(server: &RunningServer, name: &str, expected: &Value) {
             if channel_data(server, name).await.as_ref() == Some(expected) {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            // Books are large: look again often, but not in a busy loop.
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
@@ -701,6 +811,7 @@ async fn fake_final_truth(fake: &Arc<Fake>) -> Truth {
     match fake.kind {
         Kind::Binance => binance_truth(&fake.binance).clone_into(&mut t),
         Kind::Coinbase => fake.coinbase.iter().for_each(|f| t.coinbase(f)),
+        Kind::Advanced => fake.coinbase.iter().for_each(|f| t.advanced(f)),
     }
     t
 }
@@ -943,6 +1054,117 @@ async fn coinbase_books_quotes_and_trades_equal_the_raw_recording_across_a_recon
     let status = status(&server, "cb").await;
     assert_eq!(status["exchange"], "coinbase");
     assert_eq!(status["reconnects"], 1, "{status}");
+    assert_eq!(status["rejects"], 0, "{status}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coinbase_advanced_trade_books_quotes_and_trades_equal_the_raw_recording_across_a_gap() {
+    let frames = advanced_recording().await;
+    let n = frames.len();
+    let l2: Vec<usize> = (0..n)
+        .filter(|&i| frames[i].contains("\"l2_data\""))
+        .collect();
+    // Lose an l2 update in the middle; the next message shows the gap.
+    let lost = l2[l2.len() / 2];
+    let scripts = vec![vec![
+        Step::Send(0..lost),
+        Step::Lose(lost),
+        Step::Send(lost + 1..lost + 2),
+        // The adapter resubscribes level2; the exchange answers with a snapshot.
+        Step::AwaitSubscribe,
+        Step::Snapshots,
+        Step::Send(lost + 2..n),
+        Step::Hold,
+    ]];
+    let fake = Fake::start(Kind::Advanced, scripts).await;
+    // The whole recorded book (23,334 levels at first) is kept.
+    let spec = fake.spec("&depth=100000");
+    let server = start_server(&[&spec], fast_upstream_limits_long_silence).await;
+    // Big books (2.5 MB snapshot frames): let the fake finish sending
+    // before comparing whole books.
+    let held = &fake.held;
+    wait_for(
+        || async { (held.load(Ordering::SeqCst) == 1).then_some(()) },
+        "the whole recording sent",
+    )
+    .await;
+    check_books(&server, &fake_final_truth(&fake).await).await;
+    // The last quote and trade, with the numbers the fake sent them under.
+    let numbered = fake.numbered.lock().unwrap().clone();
+    let (mut quote, mut trade) = (None, None);
+    for (i, text) in frames.iter().enumerate() {
+        let v: Value = serde_json::from_str(text).unwrap();
+        let Some(&seq) = numbered.get(&i) else {
+            continue;
+        };
+        let event = &v["events"][0];
+        if v["channel"] == "ticker" {
+            let t = &event["tickers"][0];
+            let exch_ts = {
+                // "2026-08-09T21:05:54.29826762Z"
+                let ts = v["timestamp"].as_str().unwrap();
+                let secs = 1_786_233_600 // 2026-08-09T00:00:00Z
+                    + ts[11..13].parse::<u64>().unwrap() * 3600
+                    + ts[14..16].parse::<u64>().unwrap() * 60
+                    + ts[17..19].parse::<u64>().unwrap();
+                secs * 1_000_000_000
+                    + format!("{:0<9}", &ts[20..ts.len() - 1])
+                        .parse::<u64>()
+                        .unwrap()
+            };
+            quote = Some(json!({"bid": number(t["best_bid"].as_str().unwrap()),
+                "bid_size": number(t["best_bid_quantity"].as_str().unwrap()),
+                "ask": number(t["best_ask"].as_str().unwrap()),
+                "ask_size": number(t["best_ask_quantity"].as_str().unwrap()),
+                "sequence_num": seq, "exch_ts": exch_ts}));
+        } else if v["channel"] == "market_trades" && event["type"] == "update" {
+            let t = &event["trades"][0];
+            let maker = t["side"].as_str().unwrap().to_lowercase();
+            trade = Some((t["trade_id"].clone(), maker, seq));
+        }
+    }
+    wait_for_state(&server, "quotes.ETH-USD", &quote.expect("a ticker")).await;
+    let (id, maker, seq) = trade.expect("a trade");
+    let held = channel_data(&server, "trades.ETH-USD").await.unwrap();
+    assert_eq!(
+        (
+            &held["id"],
+            held["maker_side"].as_str().unwrap(),
+            held["sequence_num"].as_u64().unwrap()
+        ),
+        (&id, maker.as_str(), seq)
+    );
+    assert_eq!(held["side"], if maker == "buy" { "sell" } else { "buy" });
+    let subscribes = fake.subscribes.lock().unwrap().clone();
+    let channels: Vec<(String, String)> = subscribes
+        .iter()
+        .map(|s| {
+            (
+                s["type"].as_str().unwrap().to_owned(),
+                s["channel"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        channels,
+        pairs(&[
+            ("subscribe", "level2"),
+            ("subscribe", "ticker"),
+            ("subscribe", "market_trades"),
+            ("subscribe", "heartbeats"),
+            ("unsubscribe", "level2"),
+            ("subscribe", "level2")
+        ])
+    );
+    let status = status(&server, "coinbase").await;
+    assert_eq!(status["resyncs"], 1, "{status}");
+    assert_eq!(status["reconnects"], 0, "{status}");
     assert_eq!(status["rejects"], 0, "{status}");
     server.shutdown().await;
 }

@@ -18,6 +18,7 @@
 //!   no sequence number, so a lost message cannot be seen in them; the book
 //!   is made afresh from a new snapshot on every (re)connection, and when an
 //!   update cannot be applied (the product is resubscribed for a snapshot).
+//!   Advanced Trade numbers its messages: see [`super::coinbase_advanced`].
 
 use std::collections::HashMap;
 

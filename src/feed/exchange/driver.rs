@@ -25,9 +25,10 @@ use tokio_util::sync::CancellationToken;
 use super::backoff::Backoff;
 use super::binance::Binance;
 use super::coinbase::Coinbase;
+use super::coinbase_advanced::CoinbaseAdvanced;
 use super::rest::{self, GetError};
 use super::status::{Status, STATUS_INTERVAL};
-use super::{ws, Action, Exchange, ExchangeLogic, Upstream};
+use super::{ws, Action, CoinbaseApi, Exchange, ExchangeLogic, Upstream};
 use crate::feed::FeedOutput;
 use crate::record::{RejectReason, Rejection};
 
@@ -44,6 +45,9 @@ pub async fn run(
             upstream.depth,
             spec.trades,
         )),
+        Exchange::Coinbase if spec.api == CoinbaseApi::Advanced => {
+            Box::new(CoinbaseAdvanced::new(spec.symbols.clone(), upstream.depth))
+        }
         Exchange::Coinbase => Box::new(Coinbase::new(spec.symbols.clone(), upstream.depth)),
     };
     let mut conn = Connection {

@@ -11,13 +11,15 @@
 //!
 //! Spec syntax: `KIND:SYM[,SYM...][?key=value&...]`, keys `depth` (levels
 //! kept per side), `ws_url`, `rest_url` (upstream overrides, e.g. a local
-//! test server), `name` (the status channel's last segment) and, for
-//! Binance, `trades=trade|agg`.
+//! test server), `name` (the status channel's last segment); for Binance
+//! `trades=trade|agg`, for Coinbase `api=exchange|advanced` (the Exchange
+//! feed, or Advanced Trade: [`coinbase_advanced`]).
 
 pub mod backoff;
 pub mod binance;
 pub mod book;
 pub mod coinbase;
+pub mod coinbase_advanced;
 pub mod driver;
 pub mod number;
 pub mod rest;
@@ -52,6 +54,17 @@ impl Exchange {
 pub const BINANCE_WS_URL: &str = "wss://stream.binance.com:9443";
 pub const BINANCE_REST_URL: &str = "https://api.binance.com";
 pub const COINBASE_WS_URL: &str = "wss://ws-feed.exchange.coinbase.com";
+pub const COINBASE_ADVANCED_WS_URL: &str = "wss://advanced-trade-ws.coinbase.com";
+
+/// Which of Coinbase's two public feeds (`api=` option).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CoinbaseApi {
+    /// The Exchange feed (`ws-feed`): level2, ticker, matches.
+    #[default]
+    Exchange,
+    /// Advanced Trade: l2_data, ticker, market_trades with `sequence_num`.
+    Advanced,
+}
 
 /// Which Binance trade stream to subscribe to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -75,6 +88,8 @@ pub struct ExchangeSpec {
     /// `name=X`: status channel `feeds.X` (the exchange's name if unset).
     pub name: Option<String>,
     pub trades: TradeStream,
+    /// `api=exchange|advanced` (Coinbase only).
+    pub api: CoinbaseApi,
     /// The text the spec was given as (its display and feed name).
     pub text: String,
 }
@@ -120,6 +135,7 @@ impl ExchangeSpec {
             rest_url: None,
             name: None,
             trades: TradeStream::Trade,
+            api: CoinbaseApi::Exchange,
             text: text.to_owned(),
         };
         for option in options.split('&').filter(|o| !o.is_empty()) {
@@ -146,11 +162,20 @@ impl ExchangeSpec {
                         _ => return Err(format!("binance: trades must be trade or agg, not {value:?}")),
                     }
                 }
+                "api" if exchange == Exchange::Coinbase => {
+                    spec.api = match value {
+                        "exchange" => CoinbaseApi::Exchange,
+                        "advanced" => CoinbaseApi::Advanced,
+                        _ => return Err(format!("coinbase: api must be exchange or advanced, not {value:?}")),
+                    }
+                }
                 _ => {
                     return Err(format!(
-                        "{kind}: unknown option {key:?} (use depth, ws_url{}, name{})",
-                        if exchange == Exchange::Binance { ", rest_url" } else { "" },
-                        if exchange == Exchange::Binance { ", trades" } else { "" },
+                        "{kind}: unknown option {key:?} (use depth, ws_url, name, {})",
+                        match exchange {
+                            Exchange::Binance => "rest_url, trades",
+                            Exchange::Coinbase => "api",
+                        }
                     ))
                 }
             }
@@ -219,7 +244,7 @@ pub struct UpstreamLimits {
 impl Default for UpstreamLimits {
     fn default() -> Self {
         Self {
-            max_message_bytes: 4 << 20,
+            max_message_bytes: 8 << 20,
             silence_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
             backoff_base: Duration::from_millis(500),
@@ -235,6 +260,7 @@ pub struct ExchangeUrls {
     pub binance_ws: String,
     pub binance_rest: String,
     pub coinbase_ws: String,
+    pub coinbase_advanced_ws: String,
 }
 
 impl Default for ExchangeUrls {
@@ -243,6 +269,7 @@ impl Default for ExchangeUrls {
             binance_ws: BINANCE_WS_URL.into(),
             binance_rest: BINANCE_REST_URL.into(),
             coinbase_ws: COINBASE_WS_URL.into(),
+            coinbase_advanced_ws: COINBASE_ADVANCED_WS_URL.into(),
         }
     }
 }
@@ -250,9 +277,12 @@ impl Default for ExchangeUrls {
 impl Upstream {
     /// The spec's own options win over the config's URLs and limits.
     pub fn resolve(spec: ExchangeSpec, urls: &ExchangeUrls, limits: UpstreamLimits) -> Self {
-        let (ws, rest) = match spec.exchange {
-            Exchange::Binance => (&urls.binance_ws, &urls.binance_rest),
-            Exchange::Coinbase => (&urls.coinbase_ws, &urls.binance_rest),
+        let (ws, rest) = match (spec.exchange, spec.api) {
+            (Exchange::Binance, _) => (&urls.binance_ws, &urls.binance_rest),
+            (Exchange::Coinbase, CoinbaseApi::Exchange) => (&urls.coinbase_ws, &urls.binance_rest),
+            (Exchange::Coinbase, CoinbaseApi::Advanced) => {
+                (&urls.coinbase_advanced_ws, &urls.binance_rest)
+            }
         };
         Upstream {
             ws_url: spec.ws_url.clone().unwrap_or_else(|| ws.clone()),
