@@ -19,6 +19,7 @@ use std::io;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_util::sync::CancellationToken;
 
@@ -134,8 +135,14 @@ impl Connection<'_> {
         logic.on_connect(&mut actions);
         let mut fetches: JoinSet<Fetched> = JoinSet::new();
         let mut fetching: HashSet<String> = HashSet::new();
-        let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
+        // At least four status updates per silence window, so a watcher
+        // sees the counters move well before the feed would be declared silent.
+        let mut status_tick =
+            tokio::time::interval(STATUS_INTERVAL.min(limits.silence_timeout / 4));
         status_tick.tick().await;
+        // Silence is measured from the last message, not from the last turn
+        // of this loop (a status tick or a snapshot must not restart it).
+        let mut silent_from = Instant::now();
         let mut delivered = false;
         loop {
             for action in actions.drain(..) {
@@ -174,19 +181,23 @@ impl Connection<'_> {
                 }
             }
             tokio::select! {
-                frame = tokio::time::timeout(limits.silence_timeout, stream.next()) => {
+                _ = tokio::time::sleep_until(silent_from + limits.silence_timeout) => {
+                    return format!(
+                        "nothing received for {} ms (limits.upstream_silence_timeout_ms)",
+                        limits.silence_timeout.as_millis()
+                    );
+                }
+                // Cancel-safe: a message half read stays in the stream.
+                frame = stream.next() => {
                     let message = match frame {
-                        Err(_) => return format!(
-                            "nothing received for {} ms (limits.upstream_silence_timeout_ms)",
-                            limits.silence_timeout.as_millis()
-                        ),
-                        Ok(None) => return "the connection ended".to_owned(),
-                        Ok(Some(Err(e))) => {
+                        None => return "the connection ended".to_owned(),
+                        Some(Err(e)) => {
                             self.frames += 1;
                             return self.read_error(e);
                         }
-                        Ok(Some(Ok(message))) => message,
+                        Some(Ok(message)) => message,
                     };
+                    silent_from = Instant::now();
                     match message {
                         Message::Text(text) => {
                             self.frames += 1;

@@ -6,7 +6,8 @@
 //!   "reconnects":N,"resyncs":N}`
 //!
 //! It is published on every change of state, on every book re-sync, and
-//! every [`STATUS_INTERVAL`] while the feed runs. While a feed is down its data
+//! every [`STATUS_INTERVAL`] (or a quarter of the silence timeout, if
+//! shorter) while the feed is connected. While a feed is down its data
 //! channels keep their last state (nothing is cleared); a book is replaced
 //! by a clear and a full snapshot once the feed is back in step.
 
