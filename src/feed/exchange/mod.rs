@@ -102,20 +102,22 @@ impl ExchangeSpec {
     /// Parses what follows `binance:` or `coinbase:`.
     pub fn parse(exchange: Exchange, arg: &str, text: &str) -> Result<Self, String> {
         let kind = exchange.as_str();
-        let (symbols, options) = arg.split_once('?').unwrap_or((arg, ""));
-        let symbols: Vec<String> = symbols
-            .split(',')
-            .map(|s| s.trim().to_ascii_uppercase())
-            .filter(|s| !s.is_empty())
-            .collect();
+        let (listed, options) = arg.split_once('?').unwrap_or((arg, ""));
+        let mut symbols: Vec<String> = Vec::new();
+        for symbol in listed.split(',').map(|s| s.trim().to_ascii_uppercase()) {
+            // Each once, in the order given.
+            if !symbol.is_empty() && !symbols.contains(&symbol) {
+                symbols.push(symbol);
+            }
+            if symbols.len() > MAX_SYMBOLS {
+                return Err(format!("{kind}: at most {MAX_SYMBOLS} symbols per feed"));
+            }
+        }
         if symbols.is_empty() {
             return Err(format!(
                 "{kind}: needs at least one symbol, e.g. {}",
                 example(exchange)
             ));
-        }
-        if symbols.len() > MAX_SYMBOLS {
-            return Err(format!("{kind}: at most {MAX_SYMBOLS} symbols per feed"));
         }
         for s in &symbols {
             let ok = s.len() <= 32
@@ -368,7 +370,7 @@ mod tests {
 
     #[test]
     fn specs_name_symbols_and_options() {
-        let b = upstream("binance:btcusdt, ETHUSDT?depth=50&trades=agg&name=spot");
+        let b = upstream("binance:btcusdt, ETHUSDT,BTCUSDT?depth=50&trades=agg&name=spot");
         assert_eq!(b.spec.exchange, Exchange::Binance);
         assert_eq!(b.spec.symbols, ["BTCUSDT", "ETHUSDT"]);
         assert_eq!((b.depth, b.spec.trades), (50, TradeStream::Agg));
@@ -404,7 +406,8 @@ mod tests {
             let err = text.parse::<FeedSpec>().unwrap_err();
             assert!(err.contains(says), "{text}: {err}");
         }
-        let many = vec!["S"; MAX_SYMBOLS + 1].join(",");
+        let many: Vec<String> = (0..=MAX_SYMBOLS).map(|i| format!("S{i}")).collect();
+        let many = many.join(",");
         assert!(format!("binance:{many}").parse::<FeedSpec>().is_err());
     }
 }
