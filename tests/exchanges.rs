@@ -363,6 +363,8 @@ struct Fake {
     held: AtomicUsize,
     /// Coinbase subscribe messages received.
     subscribes: Mutex<Vec<Value>>,
+    /// The REST paths asked for.
+    rest_paths: Mutex<Vec<String>>,
     /// Advanced Trade: the `sequence_num` each recorded frame was sent with.
     numbered: Mutex<BTreeMap<usize, u64>>,
     ws_addr: Mutex<Option<SocketAddr>>,
@@ -403,6 +405,7 @@ impl Fake {
             held: AtomicUsize::new(0),
             subscribes: Mutex::new(Vec::new()),
             numbered: Mutex::new(BTreeMap::new()),
+            rest_paths: Mutex::new(Vec::new()),
             ws_addr: Mutex::new(None),
             rest_addr: Mutex::new(None),
             gate: tokio::sync::watch::Sender::new(!closed),
@@ -635,6 +638,7 @@ impl Fake {
             .unwrap_or("")
             .to_owned();
         assert!(path.starts_with("/api/v3/depth?"), "{path}");
+        self.rest_paths.lock().unwrap().push(path.clone());
         let body = self
             .truth
             .lock()
@@ -1166,5 +1170,83 @@ async fn coinbase_advanced_trade_books_quotes_and_trades_equal_the_raw_recording
     assert_eq!(status["resyncs"], 1, "{status}");
     assert_eq!(status["reconnects"], 0, "{status}");
     assert_eq!(status["rejects"], 0, "{status}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binance_depth_caps_the_levels_kept_and_the_best_levels_stay_right() {
+    let n = binance_recording().await.len();
+    let fake = Fake::start(Kind::Binance, vec![vec![Step::Send(0..n), Step::Hold]]).await;
+    let server = start_server(
+        &[&fake.spec("&depth=20")],
+        fast_upstream_limits_long_silence,
+    )
+    .await;
+    let held = &fake.held;
+    wait_for(
+        || async { (held.load(Ordering::SeqCst) == 1).then_some(()) },
+        "the whole recording sent",
+    )
+    .await;
+    let truth = fake_final_truth(&fake).await;
+    for (symbol, book) in &truth.books {
+        // The best five levels a side, by price, from the raw book.
+        let best = |levels: &BTreeMap<String, String>, bids: bool| -> Vec<(String, Value)> {
+            let mut sorted: Vec<_> = levels.iter().collect();
+            sorted.sort_by(|a, b| {
+                a.0.parse::<f64>()
+                    .unwrap()
+                    .total_cmp(&b.0.parse::<f64>().unwrap())
+            });
+            if bids {
+                sorted.reverse();
+            }
+            sorted
+                .into_iter()
+                .take(5)
+                .map(|(p, q)| (p.clone(), number(q)))
+                .collect()
+        };
+        let expected = (best(&book.bids, true), best(&book.asks, false));
+        let channel = format!("book.{symbol}");
+        let found = tokio::time::timeout(DEADLINE, async {
+            loop {
+                if let Some(held) = channel_data(&server, &channel).await {
+                    let side = |key: &str, bids: bool| -> Vec<(String, Value)> {
+                        let map = held[key].as_object().cloned().unwrap_or_default();
+                        assert!(
+                            map.len() <= 20,
+                            "{channel} {key}: {} levels kept",
+                            map.len()
+                        );
+                        let strings: BTreeMap<String, String> = map
+                            .iter()
+                            .map(|(p, q)| (p.clone(), q.to_string()))
+                            .collect();
+                        best(&strings, bids)
+                    };
+                    if (side("bids", true), side("asks", false)) == expected {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(
+            found.is_ok(),
+            "{channel}: the best levels never matched the raw book's"
+        );
+    }
+    // The snapshots were asked for with the cap.
+    let mut paths = fake.rest_paths.lock().unwrap().clone();
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "/api/v3/depth?symbol=BTCUSDT&limit=20",
+            "/api/v3/depth?symbol=ETHUSDT&limit=20"
+        ]
+    );
     server.shutdown().await;
 }
