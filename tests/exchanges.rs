@@ -10,7 +10,6 @@ mod common;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -319,13 +318,13 @@ fn binance_expected_quotes_and_trades(recording: &[Recorded]) -> BTreeMap<String
 /// What one upstream connection does, step by step.
 #[derive(Clone, Debug)]
 enum Step {
-    /// Send these recorded frames (Binance: REST snapshots in the range only
-    /// advance nothing; they are served by the HTTP side).
-    Send(Range<usize>),
-    /// Frame `i` is lost on the way: the raw book moves on, nothing is sent.
-    Lose(usize),
-    /// Wait until the REST side has served this many snapshots in all.
-    WaitRest(usize),
+    /// Send the recorded frames from where the last connection stopped up
+    /// to (not including) this index (Binance: the REST snapshots among
+    /// them are served by the HTTP side instead). A connection that drops
+    /// early leaves the rest to the next one, so nothing is skipped.
+    SendUntil(usize),
+    /// The next frame is lost on the way: the raw book moves on, nothing is sent.
+    Lose,
     /// Coinbase: send a snapshot of every product's raw book as it is now.
     Snapshots,
     /// Send a ping and wait for its pong.
@@ -334,6 +333,8 @@ enum Step {
     Text(String),
     /// Read until the adapter sends a `subscribe`.
     AwaitSubscribe,
+    /// Wait until the test calls [`Fake::proceed`].
+    WaitProceed,
     /// Send one text frame of this many bytes.
     Huge(usize),
     /// Send the header of a 100-byte text frame and 10 bytes of it, then nothing.
@@ -361,6 +362,8 @@ struct Fake {
     pongs: AtomicUsize,
     /// Connections that reached a `Hold` step (sent all they were to).
     held: AtomicUsize,
+    /// The next recorded frame to send, over all connections.
+    cursor: AtomicUsize,
     /// Coinbase subscribe messages received.
     subscribes: Mutex<Vec<Value>>,
     /// The REST paths asked for.
@@ -372,6 +375,8 @@ struct Fake {
     /// Connections are accepted only once this is true, so a test can
     /// subscribe its client before the feed connects.
     gate: tokio::sync::watch::Sender<bool>,
+    /// Opened by the test to let a `WaitProceed` step go on.
+    proceed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Fake {
@@ -403,12 +408,14 @@ impl Fake {
             rest_served: AtomicUsize::new(0),
             pongs: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
+            cursor: AtomicUsize::new(0),
             subscribes: Mutex::new(Vec::new()),
             numbered: Mutex::new(BTreeMap::new()),
             rest_paths: Mutex::new(Vec::new()),
             ws_addr: Mutex::new(None),
             rest_addr: Mutex::new(None),
             gate: tokio::sync::watch::Sender::new(!closed),
+            proceed: tokio::sync::watch::Sender::new(false),
         });
         let ws = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let rest = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -424,7 +431,7 @@ impl Fake {
                     .lock()
                     .unwrap()
                     .pop_front()
-                    .unwrap_or(vec![Step::Hold]);
+                    .unwrap_or_else(|| f.rest_of_recording());
                 f.connections.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(f.clone().serve_ws(tcp, script));
             }
@@ -436,6 +443,26 @@ impl Fake {
             }
         });
         fake
+    }
+
+    /// What a connection beyond the scripted ones does: what the exchange
+    /// would (Coinbase: snapshots first), then the rest of the recording.
+    fn rest_of_recording(&self) -> Vec<Step> {
+        let n = match self.kind {
+            Kind::Binance => self.binance.len(),
+            Kind::Coinbase | Kind::Advanced => self.coinbase.len(),
+        };
+        match self.kind {
+            Kind::Binance => vec![Step::SendUntil(n), Step::Hold],
+            Kind::Coinbase | Kind::Advanced => {
+                vec![Step::Snapshots, Step::SendUntil(n), Step::Hold]
+            }
+        }
+    }
+
+    /// Lets a `WaitProceed` step go on.
+    fn proceed(&self) {
+        self.proceed.send_replace(true);
     }
 
     /// Lets the feed connect.
@@ -518,20 +545,25 @@ impl Fake {
         let mut counter = 0u64;
         for step in script {
             let sent = match step {
-                Step::Send(range) => {
+                Step::SendUntil(end) => {
                     let mut ok = true;
-                    for i in range {
+                    while ok {
+                        // Taken whether or not it gets through: the raw
+                        // book has moved on either way.
+                        let i = self.cursor.fetch_add(1, Ordering::SeqCst);
+                        if i >= end {
+                            self.cursor.fetch_sub(1, Ordering::SeqCst);
+                            break;
+                        }
                         if let Some(text) = self.advance(i) {
                             let text = self.renumber(text, &mut counter, Some(i));
-                            if ws.send(Message::text(text)).await.is_err() {
-                                ok = false;
-                                break;
-                            }
+                            ok = ws.send(Message::text(text)).await.is_ok();
                         }
                     }
                     ok
                 }
-                Step::Lose(i) => {
+                Step::Lose => {
+                    let i = self.cursor.fetch_add(1, Ordering::SeqCst);
                     self.advance(i);
                     counter += 1;
                     true
@@ -549,13 +581,9 @@ impl Fake {
                         _ => return,
                     }
                 },
-                Step::WaitRest(n) => {
-                    let rest = &self.rest_served;
-                    wait_for(
-                        || async { (rest.load(Ordering::SeqCst) >= n).then_some(()) },
-                        "REST snapshots",
-                    )
-                    .await;
+                Step::WaitProceed => {
+                    let mut proceed = self.proceed.subscribe();
+                    let _ = proceed.wait_for(|go| *go).await;
                     true
                 }
                 Step::Snapshots => {
@@ -758,7 +786,7 @@ async fn binance_books_quotes_and_trades_equal_the_raw_recording() {
     let n = binance_recording().await.len();
     let fake = Fake::start(
         Kind::Binance,
-        vec![vec![Step::Send(0..n), Step::Ping, Step::Hold]],
+        vec![vec![Step::SendUntil(n), Step::Ping, Step::Hold]],
     )
     .await;
     let spec = fake.spec("");
@@ -789,8 +817,8 @@ async fn binance_reconnects_after_a_drop_and_the_book_is_right_again() {
     let n = binance_recording().await.len();
     let half = n / 2;
     let scripts = vec![
-        vec![Step::Send(0..half)],
-        vec![Step::WaitRest(4), Step::Send(half..n), Step::Hold],
+        vec![Step::SendUntil(half)],
+        vec![Step::SendUntil(n), Step::Hold],
     ];
     let fake = Fake::start(Kind::Binance, scripts).await;
     let server = start_server(&[&fake.spec("")], fast_upstream_limits_long_silence).await;
@@ -851,13 +879,14 @@ async fn binance_gap_resyncs_and_clients_see_a_clear_then_the_raw_book() {
     // Lose one BTCUSDT diff in the middle; the next one shows the gap.
     let (lost, next) = (btc[btc.len() / 2], btc[btc.len() / 2 + 1]);
     let scripts = vec![vec![
-        Step::Send(0..lost),
-        Step::Lose(lost),
-        Step::Send(lost + 1..next + 1),
-        // Hold the stream until the re-sync snapshot was served, so the
-        // book the client gets equals the raw book at that point.
-        Step::WaitRest(3),
-        Step::Send(next + 1..n),
+        Step::SendUntil(lost),
+        Step::Lose,
+        Step::SendUntil(next + 1),
+        // Hold the stream until the client saw the re-synced book, so it
+        // holds no diff sent after the snapshot (those would be applied
+        // to it, rightly, before it is published).
+        Step::WaitProceed,
+        Step::SendUntil(n),
         Step::Hold,
     ]];
     let fake = Fake::start_gated(Kind::Binance, scripts, true).await;
@@ -885,6 +914,7 @@ async fn binance_gap_resyncs_and_clients_see_a_clear_then_the_raw_book() {
     })
     .await
     .expect("a clear record after the gap");
+    fake.proceed();
     assert!(
         full == at_resync,
         "the re-synced book is not the raw book at the re-sync point: {}",
@@ -904,8 +934,8 @@ async fn binance_silence_marks_the_feed_down_then_it_reconnects() {
     let half = n / 2;
     let scripts = vec![
         // Sends half, then nothing while keeping the connection open.
-        vec![Step::Send(0..half), Step::Hold],
-        vec![Step::WaitRest(4), Step::Send(half..n), Step::Hold],
+        vec![Step::SendUntil(half), Step::Hold],
+        vec![Step::SendUntil(n), Step::Hold],
     ];
     let fake = Fake::start_gated(Kind::Binance, scripts, true).await;
     let server = start_server(&[&fake.spec("")], fast_upstream_limits).await;
@@ -938,20 +968,27 @@ async fn bad_upstream_input_is_counted_and_nothing_else_stops() {
     let scripts = vec![
         // Garbage is rejected and the connection goes on.
         vec![
-            Step::Send(0..100),
+            Step::SendUntil(100),
             Step::Text("this is not json".into()),
             Step::Text(r#"{"stream":"x","data":{"e":"kline"}}"#.into()),
-            Step::Send(100..200),
+            Step::SendUntil(200),
             // 10 MB in one frame: refused from its header, connection remade.
             Step::Huge(10 << 20),
         ],
         // A frame that never completes: the silence timeout ends it.
-        vec![Step::WaitRest(4), Step::Send(200..300), Step::StallMidFrame],
-        vec![Step::WaitRest(6), Step::Send(300..n), Step::Hold],
+        vec![Step::SendUntil(300), Step::StallMidFrame],
+        vec![Step::SendUntil(n), Step::Hold],
     ];
     let fake = Fake::start(Kind::Binance, scripts).await;
     // A second feed on the same server keeps flowing meanwhile.
-    let server = start_server(&[&fake.spec(""), "synthetic:200"], fast_upstream_limits).await;
+    // A silence timeout well above the time the fake takes to make and
+    // send the 10 MB frame on a loaded machine, so that frame is what ends
+    // the first connection.
+    let server = start_server(&[&fake.spec(""), "synthetic:200"], |s| {
+        fast_upstream_limits(s);
+        s.limits.upstream_silence_timeout_ms = 2000;
+    })
+    .await;
     check_books(&server, &fake_final_truth(&fake).await).await;
     let feed = fake.spec("");
     let m = metrics(&server).await;
@@ -985,9 +1022,9 @@ async fn coinbase_books_quotes_and_trades_equal_the_raw_recording_across_a_recon
     let n = frames.len();
     let half = n / 2;
     let scripts = vec![
-        vec![Step::Send(0..half)],
+        vec![Step::SendUntil(half)],
         // As Coinbase does on subscribing: a snapshot of each book now.
-        vec![Step::Snapshots, Step::Send(half..n), Step::Ping, Step::Hold],
+        vec![Step::Snapshots, Step::SendUntil(n), Step::Ping, Step::Hold],
     ];
     let fake = Fake::start(Kind::Coinbase, scripts).await;
     let server = start_server(&[&fake.spec("&name=cb")], fast_upstream_limits_long_silence).await;
@@ -1072,13 +1109,13 @@ async fn coinbase_advanced_trade_books_quotes_and_trades_equal_the_raw_recording
     // Lose an l2 update in the middle; the next message shows the gap.
     let lost = l2[l2.len() / 2];
     let scripts = vec![vec![
-        Step::Send(0..lost),
-        Step::Lose(lost),
-        Step::Send(lost + 1..lost + 2),
+        Step::SendUntil(lost),
+        Step::Lose,
+        Step::SendUntil(lost + 2),
         // The adapter resubscribes level2; the exchange answers with a snapshot.
         Step::AwaitSubscribe,
         Step::Snapshots,
-        Step::Send(lost + 2..n),
+        Step::SendUntil(n),
         Step::Hold,
     ]];
     let fake = Fake::start(Kind::Advanced, scripts).await;
@@ -1176,7 +1213,7 @@ async fn coinbase_advanced_trade_books_quotes_and_trades_equal_the_raw_recording
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binance_depth_caps_the_levels_kept_and_the_best_levels_stay_right() {
     let n = binance_recording().await.len();
-    let fake = Fake::start(Kind::Binance, vec![vec![Step::Send(0..n), Step::Hold]]).await;
+    let fake = Fake::start(Kind::Binance, vec![vec![Step::SendUntil(n), Step::Hold]]).await;
     let server = start_server(
         &[&fake.spec("&depth=20")],
         fast_upstream_limits_long_silence,
