@@ -20,6 +20,7 @@ use serde::Deserialize;
 use crate::auth::{Access, Auth, OriginPolicy, PublishKey, SubscribeRules, TokenVerifier};
 use crate::deflate::CompressionConfig;
 use crate::engine::{EngineLimits, IngestLimits, Mode, NamespacePolicy, Namespaces};
+use crate::feed::exchange::{ExchangeUrls, UpstreamLimits};
 use crate::feed::record::RecordOptions;
 use crate::feed::{FeedLimits, FeedSpec, ReplayFrom, ReplayOptions, Speed};
 use crate::http::admission::AdmissionLimits;
@@ -68,7 +69,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
     /// A feed to ingest: `synthetic[:RATE]`, `replay:PATH` (NDJSON, `.gz` ok),
-    /// `tcp:ADDR` (producers write NDJSON records) or `stdin` (NDJSON piped in).
+    /// `tcp:ADDR` (producers write NDJSON records), `stdin` (NDJSON piped in),
+    /// `binance:BTCUSDT,ETHUSDT` or `coinbase:BTC-USD,ETH-USD` (live public
+    /// market data: quotes, trades, order books). Exchange options follow a
+    /// `?`, joined by `&`: `depth=N` (book levels kept per side), `ws_url=`,
+    /// `rest_url=` (Binance) to point at another server, `name=X` (status
+    /// channel `feeds.X`), `trades=agg` (Binance aggTrade), `api=advanced`
+    /// (Coinbase Advanced Trade). See docs/feeds.md.
     /// Repeat for several feeds.
     /// [default: synthetic]
     #[arg(long = "feed", value_name = "SPEC")]
@@ -193,6 +200,82 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `[compression]`: permessage-deflate (`crate::deflate`).
     pub compression: CompressionConfig,
+    /// `[exchanges.binance]`, `[exchanges.coinbase]`: upstream URLs.
+    pub exchanges: ExchangesConfig,
+}
+
+/// `[exchanges]`: where the exchange feeds connect (a spec's `ws_url=` /
+/// `rest_url=` option wins).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExchangesConfig {
+    pub binance: BinanceConfig,
+    pub coinbase: CoinbaseConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BinanceConfig {
+    pub ws_url: String,
+    pub rest_url: String,
+}
+
+impl Default for BinanceConfig {
+    fn default() -> Self {
+        Self {
+            ws_url: crate::feed::exchange::BINANCE_WS_URL.into(),
+            rest_url: crate::feed::exchange::BINANCE_REST_URL.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoinbaseConfig {
+    /// The Exchange feed.
+    pub ws_url: String,
+    /// Advanced Trade (`api=advanced`).
+    pub advanced_ws_url: String,
+}
+
+impl Default for CoinbaseConfig {
+    fn default() -> Self {
+        Self {
+            ws_url: crate::feed::exchange::COINBASE_WS_URL.into(),
+            advanced_ws_url: crate::feed::exchange::COINBASE_ADVANCED_WS_URL.into(),
+        }
+    }
+}
+
+impl ExchangesConfig {
+    /// The URLs, each checked for its scheme.
+    fn urls(&self) -> Result<ExchangeUrls, String> {
+        let check = |key: &str, url: &str, schemes: [&str; 2]| -> Result<String, String> {
+            let scheme = url.split("://").next().unwrap_or("");
+            if url.contains("://") && schemes.contains(&scheme) {
+                Ok(url.trim_end_matches('/').to_owned())
+            } else {
+                Err(format!(
+                    "exchanges.{key} must be a {} URL, not {url:?}",
+                    schemes.join(" or ")
+                ))
+            }
+        };
+        Ok(ExchangeUrls {
+            binance_ws: check("binance.ws_url", &self.binance.ws_url, ["ws", "wss"])?,
+            binance_rest: check(
+                "binance.rest_url",
+                &self.binance.rest_url,
+                ["http", "https"],
+            )?,
+            coinbase_ws: check("coinbase.ws_url", &self.coinbase.ws_url, ["ws", "wss"])?,
+            coinbase_advanced_ws: check(
+                "coinbase.advanced_ws_url",
+                &self.coinbase.advanced_ws_url,
+                ["ws", "wss"],
+            )?,
+        })
+    }
 }
 
 /// `[tls]`: both keys or neither; flags win.
@@ -305,6 +388,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             compression: CompressionConfig::default(),
+            exchanges: ExchangesConfig::default(),
         }
     }
 }
@@ -440,6 +524,27 @@ pub struct Limits {
     /// `[compression]`, carried here to the sessions (not a `[limits]` key).
     #[serde(skip)]
     pub compression: CompressionConfig,
+    /// Largest message an exchange feed takes from upstream (WebSocket
+    /// message or REST snapshot); a bigger one is rejected (`too_long`) and
+    /// the connection made again.
+    #[serde(deserialize_with = "check::max_upstream_message_bytes")]
+    pub max_upstream_message_bytes: usize,
+    /// An exchange connection that receives nothing (not even a ping or
+    /// heartbeat) for this long is dropped and made again.
+    #[serde(deserialize_with = "check::upstream_silence_timeout_ms")]
+    pub upstream_silence_timeout_ms: u64,
+    /// Time to connect to an exchange (TCP, TLS, WebSocket handshake), to
+    /// send a subscription, and to fetch one REST snapshot.
+    #[serde(deserialize_with = "check::upstream_connect_timeout_ms")]
+    pub upstream_connect_timeout_ms: u64,
+    /// Reconnect delays: random in [0, base * 2^failures), capped at max.
+    #[serde(deserialize_with = "check::upstream_backoff_base_ms")]
+    pub upstream_backoff_base_ms: u64,
+    #[serde(deserialize_with = "check::upstream_backoff_max_ms")]
+    pub upstream_backoff_max_ms: u64,
+    /// Order-book levels kept per side when a feed's spec gives no `depth`.
+    #[serde(deserialize_with = "check::max_book_levels")]
+    pub max_book_levels: usize,
 }
 
 impl Default for Limits {
@@ -481,6 +586,12 @@ impl Default for Limits {
             max_concurrent_publishes: 16,
             record_queue: 65_536,
             compression: CompressionConfig::default(),
+            max_upstream_message_bytes: 8 << 20,
+            upstream_silence_timeout_ms: 60_000,
+            upstream_connect_timeout_ms: 10_000,
+            upstream_backoff_base_ms: 500,
+            upstream_backoff_max_ms: 30_000,
+            max_book_levels: 5000,
         }
     }
 }
@@ -509,6 +620,17 @@ impl Limits {
             producer_idle_timeout: Duration::from_millis(self.producer_idle_timeout_ms),
             reject_log_per_interval: self.reject_log_per_interval,
             reject_log_interval: Duration::from_millis(self.reject_log_interval_ms),
+        }
+    }
+
+    pub fn upstream(&self) -> UpstreamLimits {
+        UpstreamLimits {
+            max_message_bytes: self.max_upstream_message_bytes,
+            silence_timeout: Duration::from_millis(self.upstream_silence_timeout_ms),
+            connect_timeout: Duration::from_millis(self.upstream_connect_timeout_ms),
+            backoff_base: Duration::from_millis(self.upstream_backoff_base_ms),
+            backoff_max: Duration::from_millis(self.upstream_backoff_max_ms),
+            max_book_levels: self.max_book_levels,
         }
     }
 
@@ -589,6 +711,8 @@ pub struct Settings {
     pub publish_key: Option<PublishKey>,
     /// The certificate https and wss are served with, if one is configured.
     pub tls: Option<Arc<crate::tls::Tls>>,
+    /// Where exchange feeds connect unless their spec says otherwise.
+    pub exchanges: ExchangeUrls,
 }
 
 impl Default for Settings {
@@ -654,6 +778,10 @@ impl Config {
         self.compression
             .check()
             .map_err(|e| ConfigError::Invalid(format!("{e} ({})", place("[compression]"))))?;
+        let exchanges = self
+            .exchanges
+            .urls()
+            .map_err(|e| ConfigError::Invalid(place(&e)))?;
         Ok(Settings {
             listen: args.listen.unwrap_or(self.listen),
             feeds,
@@ -689,6 +817,7 @@ impl Config {
             publish_key,
             trusted_proxy,
             tls,
+            exchanges,
         })
     }
 
@@ -872,6 +1001,12 @@ mod check {
         max_publish_body_bytes: usize = "limits.max_publish_body_bytes";
         max_concurrent_publishes: usize = "limits.max_concurrent_publishes";
         record_queue: usize = "limits.record_queue";
+        max_upstream_message_bytes: usize = "limits.max_upstream_message_bytes";
+        upstream_silence_timeout_ms: u64 = "limits.upstream_silence_timeout_ms";
+        upstream_connect_timeout_ms: u64 = "limits.upstream_connect_timeout_ms";
+        upstream_backoff_base_ms: u64 = "limits.upstream_backoff_base_ms";
+        upstream_backoff_max_ms: u64 = "limits.upstream_backoff_max_ms";
+        max_book_levels: usize = "limits.max_book_levels";
         record_flush_ms: u64 = "record_flush_ms";
     }
 
@@ -1387,6 +1522,36 @@ mod tests {
             ),
             ("record_flush_ms = 0\n", "record_flush_ms", 1),
             ("[limits]\nrecord_queue = 0\n", "limits.record_queue", 2),
+            (
+                "[limits]\nmax_upstream_message_bytes = 0\n",
+                "limits.max_upstream_message_bytes",
+                2,
+            ),
+            (
+                "[limits]\nupstream_silence_timeout_ms = 0\n",
+                "limits.upstream_silence_timeout_ms",
+                2,
+            ),
+            (
+                "[limits]\nupstream_connect_timeout_ms = 0\n",
+                "limits.upstream_connect_timeout_ms",
+                2,
+            ),
+            (
+                "[limits]\nupstream_backoff_base_ms = 0\n",
+                "limits.upstream_backoff_base_ms",
+                2,
+            ),
+            (
+                "[limits]\nupstream_backoff_max_ms = 0\n",
+                "limits.upstream_backoff_max_ms",
+                2,
+            ),
+            (
+                "[limits]\nmax_book_levels = 0\n",
+                "limits.max_book_levels",
+                2,
+            ),
         ];
         for (text, key, line) in cases {
             let err = toml::from_str::<Config>(text).unwrap_err().to_string();
@@ -1396,6 +1561,41 @@ mod tests {
                 "line {line} missing from: {err}"
             );
         }
+    }
+
+    #[test]
+    fn exchange_urls_come_from_the_config_and_a_spec_option_wins() {
+        let text = "[exchanges.binance]\nws_url = \"ws://127.0.0.1:9001/\"\n\
+                    rest_url = \"http://127.0.0.1:9002\"\n[exchanges.coinbase]\n\
+                    ws_url = \"ws://127.0.0.1:9003\"\n[limits]\nmax_book_levels = 20\n";
+        let settings = toml::from_str::<Config>(text)
+            .unwrap()
+            .resolve(&ServeArgs::default(), None)
+            .unwrap();
+        assert_eq!(settings.exchanges.binance_ws, "ws://127.0.0.1:9001");
+        let resolve = |spec: &str| match spec
+            .parse::<FeedSpec>()
+            .unwrap()
+            .with_upstream_defaults(&settings.exchanges, settings.limits.upstream())
+        {
+            FeedSpec::Exchange(upstream) => *upstream,
+            other => panic!("not an exchange feed: {other:?}"),
+        };
+        let binance = resolve("binance:btcusdt");
+        assert_eq!(binance.spec.symbols, ["BTCUSDT"]);
+        assert_eq!(binance.ws_url, "ws://127.0.0.1:9001");
+        assert_eq!(binance.rest_url, "http://127.0.0.1:9002");
+        assert_eq!(binance.depth, 20);
+        let coinbase = resolve("coinbase:BTC-USD?ws_url=ws://127.0.0.1:7&depth=5");
+        assert_eq!(coinbase.ws_url, "ws://127.0.0.1:7");
+        assert_eq!(coinbase.depth, 5);
+        let bad = "[exchanges.coinbase]\nws_url = \"ftp://example.com\"\n";
+        let err = toml::from_str::<Config>(bad)
+            .unwrap()
+            .resolve(&ServeArgs::default(), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exchanges.coinbase.ws_url"), "{err}");
     }
 
     #[test]

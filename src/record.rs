@@ -44,10 +44,13 @@ pub enum RejectReason {
     MissingData,
     DataNotObject,
     BadTs,
+    /// An exchange message (feed `binance:`/`coinbase:`) that is valid JSON
+    /// but cannot be mapped to a record: unknown type, missing field.
+    Unmapped,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 9] = [
+    pub const ALL: [RejectReason; 10] = [
         Self::TooLong,
         Self::InvalidUtf8,
         Self::InvalidJson,
@@ -57,6 +60,7 @@ impl RejectReason {
         Self::MissingData,
         Self::DataNotObject,
         Self::BadTs,
+        Self::Unmapped,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -70,6 +74,7 @@ impl RejectReason {
             Self::MissingData => "missing_data",
             Self::DataNotObject => "data_not_object",
             Self::BadTs => "bad_ts",
+            Self::Unmapped => "unmapped",
         }
     }
 }

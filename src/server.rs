@@ -129,7 +129,7 @@ async fn check_feeds(feeds: &[FeedSpec]) -> Result<(), StartError> {
                         })?,
                 );
             }
-            FeedSpec::Synthetic { .. } | FeedSpec::Stdin => {}
+            FeedSpec::Synthetic { .. } | FeedSpec::Stdin | FeedSpec::Exchange(_) => {}
         }
     }
     Ok(())
@@ -224,8 +224,11 @@ pub async fn start(
             .with_max_json_depth(settings.limits.max_json_depth)
             .with_limits(settings.limits.feed())
             .with_publish_key(settings.publish_key.clone());
+        let spec = spec
+            .clone()
+            .with_upstream_defaults(&settings.exchanges, settings.limits.upstream());
         feed_tasks.push(feed::spawn(
-            spec.clone(),
+            spec,
             settings.replay,
             output,
             feed_shutdown.clone(),

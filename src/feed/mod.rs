@@ -9,11 +9,13 @@
 //! - [`replay`]: NDJSON files (optionally gzip), paced by their `ts`.
 //! - [`tcp`]: a listener that producers write NDJSON records to.
 //! - [`stdin`]: NDJSON records piped into the process.
+//! - [`exchange`]: live Binance and Coinbase market data, with order books.
 //!
 //! Rejected lines are counted exactly per reason, but logged at most
 //! `limits.reject_log_per_interval` times per interval per feed, each with
 //! a short escaped excerpt ([`log_budget`]).
 
+pub mod exchange;
 pub mod log_budget;
 pub mod record;
 pub mod replay;
@@ -85,6 +87,10 @@ pub enum FeedSpec {
     Tcp { addr: SocketAddr },
     /// `stdin`: NDJSON records from standard input, until its end.
     Stdin,
+    /// `binance:SYMS[?opts]` or `coinbase:SYMS[?opts]`: a live exchange.
+    /// Parsed with the built-in URLs and limits; the server fills in the
+    /// config's ([`FeedSpec::with_upstream_defaults`]).
+    Exchange(Box<exchange::Upstream>),
 }
 
 /// Default total rate of the synthetic feed, in updates per second.
@@ -109,8 +115,22 @@ impl FromStr for FeedSpec {
             "tcp" => arg.parse().map(|addr| FeedSpec::Tcp { addr }).map_err(|_| {
                 format!("tcp:ADDR needs an address like tcp:127.0.0.1:9100, not {arg:?}")
             }),
+            "binance" | "coinbase" => {
+                let which = if kind == "binance" {
+                    exchange::Exchange::Binance
+                } else {
+                    exchange::Exchange::Coinbase
+                };
+                let spec = exchange::ExchangeSpec::parse(which, arg, s)?;
+                Ok(FeedSpec::Exchange(Box::new(exchange::Upstream::resolve(
+                    spec,
+                    &exchange::ExchangeUrls::default(),
+                    exchange::UpstreamLimits::default(),
+                ))))
+            }
             _ => Err(format!(
-                "unknown feed {s:?}: use synthetic[:RATE], replay:PATH, tcp:ADDR or stdin"
+                "unknown feed {s:?}: use synthetic[:RATE], replay:PATH, tcp:ADDR, stdin, \
+                 binance:SYMBOLS or coinbase:PRODUCTS"
             )),
         }
     }
@@ -123,6 +143,24 @@ impl fmt::Display for FeedSpec {
             FeedSpec::Replay { path } => write!(f, "replay:{}", path.display()),
             FeedSpec::Tcp { addr } => write!(f, "tcp:{addr}"),
             FeedSpec::Stdin => f.write_str("stdin"),
+            FeedSpec::Exchange(upstream) => upstream.spec.fmt(f),
+        }
+    }
+}
+
+impl FeedSpec {
+    /// An exchange feed takes the config's URLs and limits where its spec
+    /// gives none; other feeds are returned as they are.
+    pub fn with_upstream_defaults(
+        self,
+        urls: &exchange::ExchangeUrls,
+        limits: exchange::UpstreamLimits,
+    ) -> Self {
+        match self {
+            FeedSpec::Exchange(upstream) => FeedSpec::Exchange(Box::new(
+                exchange::Upstream::resolve(upstream.spec, urls, limits),
+            )),
+            other => other,
         }
     }
 }
@@ -663,6 +701,9 @@ pub fn spawn(
                 FeedSpec::Replay { path } => replay::run(&path, replay, output, shutdown).await,
                 FeedSpec::Tcp { addr } => tcp::run(addr, output, shutdown).await,
                 FeedSpec::Stdin => stdin::run(output, shutdown).await,
+                FeedSpec::Exchange(upstream) => {
+                    exchange::driver::run(*upstream, output, shutdown).await
+                }
             }
         };
         match crate::fault::contain(work).await {
