@@ -148,6 +148,16 @@ pub struct ServeArgs {
     /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1, unencrypted).
     #[arg(long, value_name = "PATH")]
     pub tls_key: Option<PathBuf>,
+    /// Scale out over NATS JetStream: the server URL, e.g.
+    /// nats://127.0.0.1:4222 (credentials and TLS: `[nats]` in the config;
+    /// docs/scaling.md). Without it everything stays in this process.
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
+    /// With --nats: `ingest` (runs the feeds, assigns seqs, publishes),
+    /// `edge` (no feeds; follows the stream, serves clients) or `both`
+    /// [default: both].
+    #[arg(long, value_name = "ROLE")]
+    pub role: Option<crate::nats::Role>,
 }
 
 /// The default configuration file; also the documentation of every key.
@@ -190,6 +200,111 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[tls]`: the certificate and key files.
     pub tls: TlsConfig,
+    /// `[nats]`: scale-out over NATS JetStream (off without a url).
+    pub nats: NatsConfig,
+}
+
+/// `[nats]` (docs/scaling.md); `--nats` and `--role` win.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// NATS server URL; empty: no NATS, one process (the default).
+    pub url: String,
+    /// `ingest`, `edge` or `both`.
+    pub role: String,
+    pub stream: String,
+    pub subject_prefix: String,
+    /// A NATS credentials file (JWT and NKey seed).
+    pub creds: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    /// A PEM CA file: the connection must then be TLS, checked against it.
+    pub tls_ca: Option<PathBuf>,
+    #[serde(deserialize_with = "check::max_pending_records")]
+    pub max_pending_records: usize,
+    #[serde(deserialize_with = "check::writer_lease_ms")]
+    pub writer_lease_ms: u64,
+    #[serde(deserialize_with = "check::max_stream_bytes")]
+    pub max_stream_bytes: u64,
+    #[serde(deserialize_with = "check::connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        let d = crate::nats::NatsSettings::new(String::new(), crate::nats::Role::Both);
+        Self {
+            url: String::new(),
+            role: "both".into(),
+            stream: d.stream,
+            subject_prefix: d.prefix,
+            creds: None,
+            user: None,
+            password: None,
+            token: None,
+            tls_ca: None,
+            max_pending_records: d.max_pending_records,
+            writer_lease_ms: d.writer_lease.as_millis() as u64,
+            max_stream_bytes: d.max_stream_bytes as u64,
+            connect_timeout_ms: d.connect_timeout.as_millis() as u64,
+        }
+    }
+}
+
+impl std::fmt::Debug for NatsConfig {
+    // The password and token are never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("url", &self.url)
+            .field("role", &self.role)
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsConfig {
+    /// `[nats]` with `--nats` and `--role` on top; `None` without a url.
+    fn settings(&self, args: &ServeArgs) -> Result<Option<crate::nats::NatsSettings>, String> {
+        let url = args.nats.clone().unwrap_or_else(|| self.url.clone());
+        if url.is_empty() {
+            if args.role.is_some() {
+                return Err("--role needs --nats URL (or url in [nats])".into());
+            }
+            return Ok(None);
+        }
+        let role = match args.role {
+            Some(role) => role,
+            None => self.role.parse()?,
+        };
+        let valid_token = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        if !valid_token(&self.stream) || !valid_token(&self.subject_prefix) {
+            return Err(format!(
+                "[nats] stream ({:?}) and subject_prefix ({:?}) must be non-empty                  letters, digits, _ or -",
+                self.stream, self.subject_prefix
+            ));
+        }
+        if self.user.is_some() != self.password.is_some() {
+            return Err("[nats] user and password go together".into());
+        }
+        let mut settings = crate::nats::NatsSettings::new(url, role);
+        settings.stream = self.stream.clone();
+        settings.prefix = self.subject_prefix.clone();
+        settings.creds = self.creds.clone();
+        settings.user = self.user.clone();
+        settings.password = self.password.clone();
+        settings.token = self.token.clone();
+        settings.tls_ca = self.tls_ca.clone();
+        settings.max_pending_records = self.max_pending_records;
+        settings.writer_lease = Duration::from_millis(self.writer_lease_ms);
+        settings.max_stream_bytes = i64::try_from(self.max_stream_bytes).unwrap_or(i64::MAX);
+        settings.connect_timeout = Duration::from_millis(self.connect_timeout_ms);
+        Ok(Some(settings))
+    }
 }
 
 /// `[tls]`: both keys or neither; flags win.
@@ -301,6 +416,7 @@ impl Default for Config {
             namespaces: BTreeMap::new(),
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
+            nats: NatsConfig::default(),
         }
     }
 }
@@ -580,6 +696,8 @@ pub struct Settings {
     pub publish_key: Option<PublishKey>,
     /// The certificate https and wss are served with, if one is configured.
     pub tls: Option<Arc<crate::tls::Tls>>,
+    /// `--nats`: scale-out over NATS JetStream; `None`: one process.
+    pub nats: Option<crate::nats::NatsSettings>,
 }
 
 impl Default for Settings {
@@ -642,6 +760,10 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(format!("{}: {e}", place("trusted_proxy_header"))))?;
         let (auth, publish_key) = self.auth_settings(args, &feeds)?;
         let tls = self.tls_settings(args)?;
+        let nats = self
+            .nats
+            .settings(args)
+            .map_err(|e| ConfigError::Invalid(format!("{}: {e}", place("[nats]"))))?;
         Ok(Settings {
             listen: args.listen.unwrap_or(self.listen),
             feeds,
@@ -674,6 +796,7 @@ impl Config {
             publish_key,
             trusted_proxy,
             tls,
+            nats,
         })
     }
 
@@ -826,6 +949,10 @@ mod check {
     }
 
     positive! {
+        max_pending_records: usize = "nats.max_pending_records";
+        writer_lease_ms: u64 = "nats.writer_lease_ms";
+        max_stream_bytes: u64 = "nats.max_stream_bytes";
+        connect_timeout_ms: u64 = "nats.connect_timeout_ms";
         max_message_bytes: usize = "limits.max_message_bytes";
         outbox_bytes: usize = "limits.outbox_bytes";
         max_subscriptions_per_connection: usize = "limits.max_subscriptions_per_connection";
