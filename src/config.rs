@@ -1275,6 +1275,71 @@ mod tests {
         );
     }
 
+    /// `[nats]` is off by default; `--nats` turns it on as `both`, the
+    /// table's keys reach the settings, flags win, and mistakes are named.
+    #[test]
+    fn nats_settings_come_from_the_table_and_the_flags() {
+        use crate::nats::Role;
+        assert_eq!(Settings::default().nats, None, "one process by default");
+        let args = |nats: Option<&str>, role: Option<Role>| ServeArgs {
+            nats: nats.map(str::to_owned),
+            role,
+            ..ServeArgs::default()
+        };
+        let on = Config::default()
+            .resolve(&args(Some("nats://127.0.0.1:4222"), None), None)
+            .unwrap()
+            .nats
+            .unwrap();
+        assert_eq!(on.role, Role::Both);
+        assert_eq!(on.max_pending_records, 65_536);
+        assert_eq!(on.writer_lease, Duration::from_millis(3000));
+        let file: Config = toml::from_str(
+            "[nats]\nurl = \"nats://n:4222\"\nrole = \"edge\"\nstream = \"S1\"\n\
+             max_pending_records = 8\nwriter_lease_ms = 500\nuser = \"u\"\npassword = \"p\"\n",
+        )
+        .unwrap();
+        let from_file = file.clone().resolve(&args(None, None), None).unwrap();
+        let nats = from_file.nats.unwrap();
+        assert_eq!(
+            (nats.url.as_str(), nats.role, nats.stream.as_str()),
+            ("nats://n:4222", Role::Edge, "S1")
+        );
+        assert_eq!(nats.max_pending_records, 8);
+        assert_eq!(nats.writer_lease, Duration::from_millis(500));
+        assert!(
+            !format!("{nats:?}").contains("\"p\""),
+            "no password in Debug"
+        );
+        let flagged = file
+            .resolve(&args(Some("nats://m:1"), Some(Role::Ingest)), None)
+            .unwrap()
+            .nats
+            .unwrap();
+        assert_eq!(
+            (flagged.url.as_str(), flagged.role),
+            ("nats://m:1", Role::Ingest)
+        );
+        let err = Config::default()
+            .resolve(&args(None, Some(Role::Edge)), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--role needs --nats"), "{err}");
+        for bad in [
+            "[nats]\nmax_pending_records = 0\n",
+            "[nats]\nwriter_lease_ms = 0\n",
+        ] {
+            let err = toml::from_str::<Config>(bad).unwrap_err().to_string();
+            assert!(err.contains("nats."), "{bad}: {err}");
+        }
+        let half = toml::from_str::<Config>("[nats]\nurl = \"nats://n\"\nuser = \"u\"\n")
+            .unwrap()
+            .resolve(&args(None, None), None)
+            .unwrap_err()
+            .to_string();
+        assert!(half.contains("user and password go together"), "{half}");
+    }
+
     /// `tickcast --flag` means `tickcast serve --flag`; a subcommand and
     /// top-level serve flags together are refused rather than half-applied.
     #[test]
