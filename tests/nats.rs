@@ -103,9 +103,15 @@ struct Node {
 
 impl Node {
     async fn start(nats: &NatsServer, role: &str) -> Node {
+        Node::start_with(nats, role, "").await
+    }
+
+    /// A node with more `[nats]` keys in its config file.
+    async fn start_with(nats: &NatsServer, role: &str, nats_keys: &str) -> Node {
         let addr = free_port();
         let config = nats.dir.join(format!("tickcast-{}.toml", addr.port()));
-        std::fs::write(&config, format!("[nats]\nwriter_lease_ms = {LEASE_MS}\n")).unwrap();
+        let text = format!("[nats]\nwriter_lease_ms = {LEASE_MS}\n{nats_keys}");
+        std::fs::write(&config, text).unwrap();
         let mut command = tickcast_binary(addr);
         command
             .args(["--nats", &nats.url(), "--role", role])
@@ -350,6 +356,40 @@ async fn nats_down_for_a_while_loses_nothing() {
     follow_until(&mut client, &mut states, "quotes.D", 150).await;
     assert_eq!(states["quotes.D"], (150, json!({"n": 150})));
     wait_healthy(ingest.addr).await;
+}
+
+/// `nats.max_pending_records`: while NATS is down the ingest holds that
+/// many records and no more (the rest wait in front of the state stage),
+/// and every one of them reaches the edge once NATS is back.
+#[tokio::test]
+async fn the_ingest_holds_at_most_max_pending_records_while_nats_is_down() {
+    let mut nats = NatsServer::start().await;
+    let ingest = Node::start_with(&nats, "ingest", "max_pending_records = 4\n").await;
+    ingest.wait_phase("writing").await;
+    let edge = Node::start(&nats, "edge").await;
+    let mut producer = ingest.producer().await;
+    publish(&mut producer, "quotes.P", 1..=5).await;
+    edge.wait_seq("quotes.P", 5).await;
+    nats.stop().await;
+    publish(&mut producer, "quotes.P", 6..=40).await;
+    let pending = |metrics: &str| -> Option<u64> {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("tickcast_nats_pending_records "))?
+            .parse()
+            .ok()
+    };
+    wait_for(
+        || async { (pending(&ingest.metrics().await) == Some(4)).then_some(()) },
+        "the ingest to hold 4 records",
+    )
+    .await;
+    // Held at the bound: the stage applied 4 more and waits with the 5th.
+    assert_eq!(ingest.channel("quotes.P").await.unwrap()["seq"], 5 + 4);
+    assert_eq!(pending(&ingest.metrics().await), Some(4));
+    nats.run().await;
+    let done = edge.wait_seq("quotes.P", 40).await;
+    assert_eq!(done["data"], json!({"n": 40}));
 }
 
 #[tokio::test]

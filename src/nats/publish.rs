@@ -18,8 +18,8 @@
 //! `Nats-Msg-Id` that JetStream de-duplicates (for two minutes), so a
 //! message that was stored but not acknowledged is not stored twice.
 //!
-//! **Bounded.** Records wait in a queue of `nats.max_pending_records`;
-//! when it is full the state task waits for room, and the feeds behind it
+//! **Bounded.** At most `nats.max_pending_records` records are queued or
+//! being stored; at the bound the state task waits for room, and the feeds behind it
 //! wait too (TCP producers feel it), as at the hand-off ring: nothing is
 //! dropped and no seq is skipped. `tickcast_nats_pending_records` shows it.
 
@@ -49,6 +49,8 @@ pub struct Outgoing {
 pub struct ReplicationTap {
     queue: mpsc::Sender<Outgoing>,
     status: Arc<ClusterStatus>,
+    /// `nats.max_pending_records`: most records queued or being stored.
+    max_pending: u64,
 }
 
 impl std::fmt::Debug for ReplicationTap {
@@ -60,12 +62,19 @@ impl std::fmt::Debug for ReplicationTap {
 impl ReplicationTap {
     /// A queue of `max_pending` records and the receiver the writer drains.
     pub fn new(max_pending: usize, status: Arc<ClusterStatus>) -> (Self, mpsc::Receiver<Outgoing>) {
-        let (queue, receiver) = mpsc::channel(max_pending.max(1));
-        (Self { queue, status }, receiver)
+        let max_pending = max_pending.max(1);
+        let (queue, receiver) = mpsc::channel(max_pending);
+        let tap = Self {
+            queue,
+            status,
+            max_pending: max_pending as u64,
+        };
+        (tap, receiver)
     }
 
     /// Queues an accepted record. The state task waited for [`room`]
-    /// first and is the only sender, so this cannot find the queue full;
+    /// first and is the only sender, so this cannot find the queue full
+    /// (it holds at most `max_pending`, and so do queue and writer together);
     /// if the writer is gone (shutdown), the record stays unpublished and
     /// is logged.
     ///
@@ -84,14 +93,19 @@ impl ReplicationTap {
         }
     }
 
-    /// Waits until the queue has room for one more record.
+    /// Waits until fewer than `max_pending` records are unpublished
+    /// (queued, or taken by the writer and not yet stored).
     pub async fn room(&self) {
-        if self.queue.capacity() > 0 {
-            return;
+        loop {
+            // Made before the check, so a store in between still wakes it.
+            let stored = self.status.stored.notified();
+            if self.status.pending.load(Ordering::Relaxed) < self.max_pending
+                || self.queue.is_closed()
+            {
+                return;
+            }
+            stored.await;
         }
-        // The permit is dropped at once: with one sender, the room it
-        // proved stays until that sender uses it.
-        let _ = self.queue.reserve().await;
     }
 }
 
@@ -305,6 +319,7 @@ impl Writer {
         if message.record {
             status.pending.fetch_sub(1, Ordering::Relaxed);
             status.published.fetch_add(1, Ordering::Relaxed);
+            status.stored.notify_waiters();
         }
     }
 }

@@ -67,6 +67,9 @@ pub struct ClusterStatus {
     pub applied: AtomicU64,
     /// Records not applied because seqs before them were missing.
     pub gaps: AtomicU64,
+    /// Signalled whenever the writer has stored records, for a state task
+    /// waiting for `pending` to fall under the bound.
+    pub(super) stored: tokio::sync::Notify,
 }
 
 impl ClusterStatus {
@@ -84,6 +87,7 @@ impl ClusterStatus {
             publish_retries: AtomicU64::new(0),
             applied: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
+            stored: tokio::sync::Notify::new(),
         }
     }
 
