@@ -437,3 +437,45 @@ async fn a_second_ingest_cannot_assign_seqs() {
     assert_eq!(edge.channel("quotes.M").await.unwrap()["seq"], n);
     assert_eq!(second.channel("quotes.M").await.unwrap()["seq"], n);
 }
+
+/// What the writer's retry relies on: JetStream answers a publish whose
+/// `Nats-Msg-Id` it already stored as a duplicate, with the first copy's
+/// sequence, before it checks `Nats-Expected-Last-Sequence`. So a record
+/// stored but not acknowledged (NATS died before the ack) is sent again
+/// with the same expectation and is not taken for another writer's.
+#[tokio::test]
+async fn jetstream_takes_a_resent_record_as_a_duplicate_not_a_conflict() {
+    let nats = NatsServer::start().await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: "DEDUP".into(),
+        subjects: vec!["dedup.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let send = |id: &'static str, expected: u64| {
+        let js = js.clone();
+        async move {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", id);
+            headers.insert("Nats-Expected-Last-Sequence", expected.to_string().as_str());
+            js.publish_with_headers("dedup.a", headers, "x".into())
+                .await
+                .unwrap()
+                .await
+        }
+    };
+    let first = send("w.1", 0).await.unwrap();
+    assert_eq!((first.sequence, first.duplicate), (1, false));
+    let again = send("w.1", 0)
+        .await
+        .expect("a duplicate, not a wrong last sequence");
+    assert_eq!((again.sequence, again.duplicate), (1, true));
+    let other = send("w.2", 0).await.unwrap_err();
+    assert_eq!(
+        other.kind(),
+        async_nats::jetstream::context::PublishErrorKind::WrongLastSequence
+    );
+}

@@ -14,9 +14,10 @@
 //! **Pipelined.** Publishes are sent in batches without waiting for each
 //! ack: the writer predicts each one's sequence (last + 1, + 2, ...), which
 //! is right while it is the only writer. If a publish fails (NATS down, an
-//! ack lost), the batch's rest is sent again one at a time, each with a
-//! `Nats-Msg-Id` that JetStream de-duplicates (for two minutes), so a
-//! message that was stored but not acknowledged is not stored twice.
+//! ack lost), that one is sent again alone until it is stored, then the
+//! rest are pipelined again. Each carries a `Nats-Msg-Id` that JetStream
+//! de-duplicates (for two minutes), so a message that was stored but not
+//! acknowledged is not stored twice.
 //!
 //! **Bounded.** At most `nats.max_pending_records` records are queued or
 //! being stored; at the bound the state task waits for room, and the feeds behind it
@@ -232,9 +233,25 @@ impl Writer {
         }
     }
 
-    /// Stores `batch` in order: pipelined, then one by one from the first
-    /// message that was not acknowledged as predicted.
-    async fn store(&mut self, batch: &[Pending]) -> Result<(), Fenced> {
+    /// Stores `batch` in order: pipelined; the first message not
+    /// acknowledged as predicted is sent again alone until it is stored,
+    /// then the rest are pipelined again (a copy already stored is
+    /// de-duplicated and acknowledged with its sequence).
+    async fn store(&mut self, mut batch: &[Pending]) -> Result<(), Fenced> {
+        while !batch.is_empty() {
+            let stored = self.pipeline(batch).await;
+            batch = &batch[stored..];
+            if let Some((first, rest)) = batch.split_first() {
+                self.store_one(first, true).await?;
+                batch = rest;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends every message of `batch` before awaiting the acks; how many,
+    /// from the first, were stored at the sequences predicted.
+    async fn pipeline(&mut self, batch: &[Pending]) -> usize {
         let mut acks = Vec::with_capacity(batch.len());
         for (i, message) in batch.iter().enumerate() {
             let headers = self.headers(message, self.last + i as u64);
@@ -256,14 +273,10 @@ impl Writer {
                     self.stored(&batch[stored]);
                     stored += 1;
                 }
-                // The rest are sent again one by one below.
                 _ => break,
             }
         }
-        for message in &batch[stored..] {
-            self.store_one(message, true).await?;
-        }
-        Ok(())
+        stored
     }
 
     /// Stores one message, retrying until it is stored; `Fenced` if the
