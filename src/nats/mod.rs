@@ -358,6 +358,61 @@ mod tests {
         }
     }
 
+    /// The seam a follower applies stream records through: a record is
+    /// applied only at its channel's next seq; one seen before is skipped,
+    /// one past a missing seq is refused and changes nothing.
+    #[test]
+    fn a_follower_applies_records_at_the_seqs_it_is_given() {
+        use crate::engine::{AtSeq, Directory, EngineLimits, EngineStats, StateStage};
+        let limits = EngineLimits {
+            max_targets_per_session: 16,
+            max_channels: 16,
+        };
+        let directory = Arc::new(Directory::default());
+        let mut stage =
+            StateStage::new(limits, Arc::new(EngineStats::default()), directory.clone());
+        let record = |n: u64| {
+            let mut data = JsonMap::new();
+            data.insert("n".into(), n.into());
+            Arc::new(FeedRecord {
+                channel: ChannelName::new("quotes.F").unwrap(),
+                data,
+                ts: None,
+                ingest_ns: n,
+            })
+        };
+        let state = |directory: &Directory| {
+            let cell = directory.get("quotes.F").unwrap();
+            let channel = cell.lock();
+            (channel.seq, channel.state.get("n").cloned())
+        };
+        assert!(matches!(
+            stage.apply_at(&record(2), 2, 0),
+            AtSeq::Gap { expected: 1 }
+        ));
+        assert!(directory.get("quotes.F").is_none(), "a gap creates nothing");
+        assert!(matches!(
+            stage.apply_at(&record(1), 1, 0),
+            AtSeq::Applied(Some(_))
+        ));
+        assert!(matches!(
+            stage.apply_at(&record(2), 2, 0),
+            AtSeq::Applied(_)
+        ));
+        assert!(matches!(stage.apply_at(&record(1), 1, 0), AtSeq::Seen));
+        assert!(matches!(stage.apply_at(&record(2), 2, 0), AtSeq::Seen));
+        assert!(matches!(
+            stage.apply_at(&record(9), 5, 0),
+            AtSeq::Gap { expected: 3 }
+        ));
+        assert_eq!(state(&directory), (2, Some(2.into())));
+        assert!(matches!(
+            stage.apply_at(&record(3), 3, 0),
+            AtSeq::Applied(_)
+        ));
+        assert_eq!(state(&directory), (3, Some(3.into())));
+    }
+
     #[test]
     fn roles_parse() {
         assert_eq!("edge".parse::<Role>(), Ok(Role::Edge));
