@@ -22,10 +22,16 @@ struct NatsServer {
     child: Option<Child>,
     addr: SocketAddr,
     dir: PathBuf,
+    /// More `nats-server` flags (authorization).
+    extra: Vec<String>,
 }
 
 impl NatsServer {
     async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    async fn start_with(extra: &[&str]) -> Self {
         let addr = free_port();
         let dir = std::env::temp_dir().join(format!(
             "tickcast-nats-test-{}-{}",
@@ -37,6 +43,7 @@ impl NatsServer {
             child: None,
             addr,
             dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         server.run().await;
         server
@@ -63,6 +70,7 @@ impl NatsServer {
             ])
             .arg("-sd")
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
@@ -356,6 +364,35 @@ async fn nats_down_for_a_while_loses_nothing() {
     follow_until(&mut client, &mut states, "quotes.D", 150).await;
     assert_eq!(states["quotes.D"], (150, json!({"n": 150})));
     wait_healthy(ingest.addr).await;
+}
+
+/// `[nats] user` and `password` reach the NATS connection; without them a
+/// server that requires them stops start-up with the reason.
+#[tokio::test]
+async fn nats_credentials_come_from_the_config() {
+    let nats = NatsServer::start_with(&["--user", "tick", "--pass", "cast-secret"]).await;
+    let ingest = Node::start_with(
+        &nats,
+        "ingest",
+        "user = \"tick\"\npassword = \"cast-secret\"\n",
+    )
+    .await;
+    ingest.wait_phase("writing").await;
+    let config = nats.dir.join("no-credentials.toml");
+    std::fs::write(&config, "[nats]\nconnect_timeout_ms = 2000\n").unwrap();
+    let refused = tickcast_binary(free_port())
+        .args(["--nats", &nats.url(), "--role", "edge"])
+        .arg("--config")
+        .arg(&config)
+        .stderr(std::process::Stdio::piped())
+        .output();
+    let refused = tokio::time::timeout(common::DEADLINE, refused)
+        .await
+        .expect("start-up gives up within the deadline")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot connect to NATS"), "{stderr}");
 }
 
 /// `nats.max_pending_records`: while NATS is down the ingest holds that
