@@ -106,7 +106,7 @@ async fn follow(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The stream's last sequence and when it was first seen so.
     let mut last_seen = (target, Instant::now());
-    let mut gaps_logged = 0u64;
+    let record_prefix = cluster.settings.record_prefix();
     // The position and when it last moved: a consumer that stops
     // delivering while the stream has more (NATS restarted and its
     // consumer with it) is replaced.
@@ -132,33 +132,10 @@ async fn follow(
                     let Ok(info) = message.info() else { continue };
                     let sequence = info.stream_sequence;
                     let subject = message.subject.as_str();
-                    if let Some(channel) = subject.strip_prefix(&cluster.settings.record_prefix()) {
-                        match decode(channel, &message.payload) {
-                            Ok((record, seq)) => {
-                                let record = Arc::new(record);
-                                match stage.apply_at(&record, seq, metrics.mono_ns()) {
-                                    AtSeq::Applied(event) => {
-                                        status.applied.fetch_add(1, Ordering::Relaxed);
-                                        if let Some(event) = event {
-                                            if !engine::hand_off(handoff, event, shutdown).await {
-                                                return None;
-                                            }
-                                        }
-                                    }
-                                    AtSeq::Seen => {}
-                                    AtSeq::Gap { expected } => {
-                                        status.gaps.fetch_add(1, Ordering::Relaxed);
-                                        gaps_logged += 1;
-                                        if gaps_logged <= 10 {
-                                            tracing::error!(%channel, expected, got = seq,
-                                                "the NATS stream lacks records of this channel: \
-                                                 it stays at its last complete state");
-                                        }
-                                    }
-                                }
-                            }
-                            Err(e) => tracing::warn!(%subject, sequence,
-                                "a stream message is not a tickcast record ({e}); skipped"),
+                    if let Some(channel) = subject.strip_prefix(&record_prefix) {
+                        let step = Step { stage: &mut stage, handoff, metrics, shutdown };
+                        if !step.apply(cluster, channel, &message.payload, sequence).await {
+                            return None;
                         }
                     }
                     position = position.max(sequence);
@@ -194,6 +171,54 @@ async fn follow(
                         None => tracing::info!("another ingest claimed the stream first; following it"),
                     }
                 }
+            }
+        }
+    }
+}
+
+/// What applying one stream record needs.
+struct Step<'a> {
+    stage: &'a mut StateStage,
+    handoff: &'a HandoffProducer,
+    metrics: &'a Metrics,
+    shutdown: &'a CancellationToken,
+}
+
+impl Step<'_> {
+    /// Applies the record in `payload` (stream `sequence`, on `channel`)
+    /// at its seq and hands off what the shards must see; false if
+    /// shutdown came first.
+    async fn apply(self, cluster: &Cluster, channel: &str, payload: &[u8], sequence: u64) -> bool {
+        let status = &cluster.status;
+        let (record, seq) = match decode(channel, payload) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                tracing::warn!(%channel, sequence,
+                    "a stream message is not a tickcast record ({e}); skipped");
+                return true;
+            }
+        };
+        match self
+            .stage
+            .apply_at(&Arc::new(record), seq, self.metrics.mono_ns())
+        {
+            AtSeq::Applied(event) => {
+                status.applied.fetch_add(1, Ordering::Relaxed);
+                match event {
+                    Some(event) => engine::hand_off(self.handoff, event, self.shutdown).await,
+                    None => true,
+                }
+            }
+            AtSeq::Seen => true,
+            AtSeq::Gap { expected } => {
+                // Logged for the first few only: every later record of the
+                // channel is a gap too.
+                if status.gaps.fetch_add(1, Ordering::Relaxed) < 10 {
+                    tracing::error!(%channel, expected, got = seq,
+                        "the NATS stream lacks records of this channel: \
+                         it stays at its last complete state");
+                }
+                true
             }
         }
     }
