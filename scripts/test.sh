@@ -24,6 +24,8 @@ need_apt() { # need_apt COMMAND PACKAGE...
 
 need_apt chromium chromium
 need_apt node nodejs
+# tests/nats.rs starts a real nats-server with JetStream (-js) per test.
+need_apt nats-server nats-server
 command -v cargo >/dev/null || { echo "cargo is missing: install Rust (rustup) first" >&2; exit 1; }
 rustup component list --installed 2>/dev/null | grep -q rustfmt || rustup component add rustfmt clippy || true
 

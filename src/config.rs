@@ -156,6 +156,16 @@ pub struct ServeArgs {
     /// The PEM private key of --tls-cert (PKCS#8, PKCS#1 or SEC1, unencrypted).
     #[arg(long, value_name = "PATH")]
     pub tls_key: Option<PathBuf>,
+    /// Scale out over NATS JetStream: the server URL, e.g.
+    /// nats://127.0.0.1:4222 (credentials and TLS: `[nats]` in the config;
+    /// docs/scaling.md). Without it everything stays in this process.
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
+    /// With --nats: `ingest` (runs the feeds, assigns seqs, publishes),
+    /// `edge` (no feeds; follows the stream, serves clients) or `both`
+    /// [default: both].
+    #[arg(long, value_name = "ROLE")]
+    pub role: Option<crate::nats::Role>,
 }
 
 /// The default configuration file; also the documentation of every key.
@@ -202,6 +212,8 @@ pub struct Config {
     pub compression: CompressionConfig,
     /// `[exchanges.binance]`, `[exchanges.coinbase]`: upstream URLs.
     pub exchanges: ExchangesConfig,
+    /// `[nats]`: scale-out over NATS JetStream (off without a url).
+    pub nats: NatsConfig,
 }
 
 /// `[exchanges]`: where the exchange feeds connect (a spec's `ws_url=` /
@@ -225,6 +237,54 @@ impl Default for BinanceConfig {
         Self {
             ws_url: crate::feed::exchange::BINANCE_WS_URL.into(),
             rest_url: crate::feed::exchange::BINANCE_REST_URL.into(),
+        }
+    }
+}
+
+/// `[nats]` (docs/scaling.md); `--nats` and `--role` win.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsConfig {
+    /// NATS server URL; empty: no NATS, one process (the default).
+    pub url: String,
+    /// `ingest`, `edge` or `both`.
+    pub role: String,
+    pub stream: String,
+    pub subject_prefix: String,
+    /// A NATS credentials file (JWT and NKey seed).
+    pub creds: Option<PathBuf>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub token: Option<String>,
+    /// A PEM CA file: the connection must then be TLS, checked against it.
+    pub tls_ca: Option<PathBuf>,
+    #[serde(deserialize_with = "check::max_pending_records")]
+    pub max_pending_records: usize,
+    #[serde(deserialize_with = "check::writer_lease_ms")]
+    pub writer_lease_ms: u64,
+    #[serde(deserialize_with = "check::max_stream_bytes")]
+    pub max_stream_bytes: u64,
+    #[serde(deserialize_with = "check::connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        let d = crate::nats::NatsSettings::new(String::new(), crate::nats::Role::Both);
+        Self {
+            url: String::new(),
+            role: "both".into(),
+            stream: d.stream,
+            subject_prefix: d.prefix,
+            creds: None,
+            user: None,
+            password: None,
+            token: None,
+            tls_ca: None,
+            max_pending_records: d.max_pending_records,
+            writer_lease_ms: d.writer_lease.as_millis() as u64,
+            max_stream_bytes: d.max_stream_bytes as u64,
+            connect_timeout_ms: d.connect_timeout.as_millis() as u64,
         }
     }
 }
@@ -275,6 +335,61 @@ impl ExchangesConfig {
                 ["ws", "wss"],
             )?,
         })
+    }
+}
+
+impl std::fmt::Debug for NatsConfig {
+    // The password and token are never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("url", &self.url)
+            .field("role", &self.role)
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsConfig {
+    /// `[nats]` with `--nats` and `--role` on top; `None` without a url.
+    fn settings(&self, args: &ServeArgs) -> Result<Option<crate::nats::NatsSettings>, String> {
+        let url = args.nats.clone().unwrap_or_else(|| self.url.clone());
+        if url.is_empty() {
+            if args.role.is_some() {
+                return Err("--role needs --nats URL (or url in [nats])".into());
+            }
+            return Ok(None);
+        }
+        let role = match args.role {
+            Some(role) => role,
+            None => self.role.parse()?,
+        };
+        let valid_token = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        };
+        if !valid_token(&self.stream) || !valid_token(&self.subject_prefix) {
+            return Err(format!(
+                "[nats] stream ({:?}) and subject_prefix ({:?}) must be non-empty letters, digits, _ or -",
+                self.stream, self.subject_prefix
+            ));
+        }
+        if self.user.is_some() != self.password.is_some() {
+            return Err("[nats] user and password go together".into());
+        }
+        let mut settings = crate::nats::NatsSettings::new(url, role);
+        settings.stream = self.stream.clone();
+        settings.prefix = self.subject_prefix.clone();
+        settings.creds = self.creds.clone();
+        settings.user = self.user.clone();
+        settings.password = self.password.clone();
+        settings.token = self.token.clone();
+        settings.tls_ca = self.tls_ca.clone();
+        settings.max_pending_records = self.max_pending_records;
+        settings.writer_lease = Duration::from_millis(self.writer_lease_ms);
+        settings.max_stream_bytes = i64::try_from(self.max_stream_bytes).unwrap_or(i64::MAX);
+        settings.connect_timeout = Duration::from_millis(self.connect_timeout_ms);
+        Ok(Some(settings))
     }
 }
 
@@ -389,6 +504,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             compression: CompressionConfig::default(),
             exchanges: ExchangesConfig::default(),
+            nats: NatsConfig::default(),
         }
     }
 }
@@ -713,6 +829,8 @@ pub struct Settings {
     pub tls: Option<Arc<crate::tls::Tls>>,
     /// Where exchange feeds connect unless their spec says otherwise.
     pub exchanges: ExchangeUrls,
+    /// `--nats`: scale-out over NATS JetStream; `None`: one process.
+    pub nats: Option<crate::nats::NatsSettings>,
 }
 
 impl Default for Settings {
@@ -782,6 +900,10 @@ impl Config {
             .exchanges
             .urls()
             .map_err(|e| ConfigError::Invalid(place(&e)))?;
+        let nats = self
+            .nats
+            .settings(args)
+            .map_err(|e| ConfigError::Invalid(format!("{}: {e}", place("[nats]"))))?;
         Ok(Settings {
             listen: args.listen.unwrap_or(self.listen),
             feeds,
@@ -818,6 +940,7 @@ impl Config {
             trusted_proxy,
             tls,
             exchanges,
+            nats,
         })
     }
 
@@ -970,6 +1093,10 @@ mod check {
     }
 
     positive! {
+        max_pending_records: usize = "nats.max_pending_records";
+        writer_lease_ms: u64 = "nats.writer_lease_ms";
+        max_stream_bytes: u64 = "nats.max_stream_bytes";
+        connect_timeout_ms: u64 = "nats.connect_timeout_ms";
         max_message_bytes: usize = "limits.max_message_bytes";
         outbox_bytes: usize = "limits.outbox_bytes";
         max_subscriptions_per_connection: usize = "limits.max_subscriptions_per_connection";
@@ -1297,6 +1424,71 @@ mod tests {
             err.contains("jwt_secert") && err.contains("line 2"),
             "{err}"
         );
+    }
+
+    /// `[nats]` is off by default; `--nats` turns it on as `both`, the
+    /// table's keys reach the settings, flags win, and mistakes are named.
+    #[test]
+    fn nats_settings_come_from_the_table_and_the_flags() {
+        use crate::nats::Role;
+        assert_eq!(Settings::default().nats, None, "one process by default");
+        let args = |nats: Option<&str>, role: Option<Role>| ServeArgs {
+            nats: nats.map(str::to_owned),
+            role,
+            ..ServeArgs::default()
+        };
+        let on = Config::default()
+            .resolve(&args(Some("nats://127.0.0.1:4222"), None), None)
+            .unwrap()
+            .nats
+            .unwrap();
+        assert_eq!(on.role, Role::Both);
+        assert_eq!(on.max_pending_records, 65_536);
+        assert_eq!(on.writer_lease, Duration::from_millis(3000));
+        let file: Config = toml::from_str(
+            "[nats]\nurl = \"nats://n:4222\"\nrole = \"edge\"\nstream = \"S1\"\n\
+             max_pending_records = 8\nwriter_lease_ms = 500\nuser = \"u\"\npassword = \"p\"\n",
+        )
+        .unwrap();
+        let from_file = file.clone().resolve(&args(None, None), None).unwrap();
+        let nats = from_file.nats.unwrap();
+        assert_eq!(
+            (nats.url.as_str(), nats.role, nats.stream.as_str()),
+            ("nats://n:4222", Role::Edge, "S1")
+        );
+        assert_eq!(nats.max_pending_records, 8);
+        assert_eq!(nats.writer_lease, Duration::from_millis(500));
+        assert!(
+            !format!("{nats:?}").contains("\"p\""),
+            "no password in Debug"
+        );
+        let flagged = file
+            .resolve(&args(Some("nats://m:1"), Some(Role::Ingest)), None)
+            .unwrap()
+            .nats
+            .unwrap();
+        assert_eq!(
+            (flagged.url.as_str(), flagged.role),
+            ("nats://m:1", Role::Ingest)
+        );
+        let err = Config::default()
+            .resolve(&args(None, Some(Role::Edge)), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--role needs --nats"), "{err}");
+        for bad in [
+            "[nats]\nmax_pending_records = 0\n",
+            "[nats]\nwriter_lease_ms = 0\n",
+        ] {
+            let err = toml::from_str::<Config>(bad).unwrap_err().to_string();
+            assert!(err.contains("nats."), "{bad}: {err}");
+        }
+        let half = toml::from_str::<Config>("[nats]\nurl = \"nats://n\"\nuser = \"u\"\n")
+            .unwrap()
+            .resolve(&args(None, None), None)
+            .unwrap_err()
+            .to_string();
+        assert!(half.contains("user and password go together"), "{half}");
     }
 
     /// `tickcast --flag` means `tickcast serve --flag`; a subcommand and

@@ -24,6 +24,8 @@
 //! before anything parses them. [`config`] holds every flag and limit; [`server`] wires the parts together.
 //! [`rate`] is the one-timestamp token bucket behind the rate limits;
 //! [`shutdown`] stops the server so that clients come back spread out.
+//! [`nats`] (`--nats`) spreads one ingest's records over edge nodes through
+//! a NATS JetStream stream (docs/scaling.md).
 
 #![deny(unsafe_code)]
 
@@ -40,6 +42,7 @@ pub mod handoff;
 pub mod http;
 pub mod json_depth;
 pub mod metrics;
+pub mod nats;
 pub mod outbox;
 pub mod rate;
 pub mod record;

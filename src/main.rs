@@ -68,7 +68,12 @@ async fn serve(settings: config::Settings) -> ExitCode {
         }
     };
     let shutdown = CancellationToken::new();
-    let feeds: Vec<String> = settings.feeds.iter().map(|f| f.to_string()).collect();
+    let feeds: Vec<String> = match &settings.nats {
+        Some(nats) if nats.role == tickcast::nats::Role::Edge => {
+            vec![format!("the NATS stream {} at {}", nats.stream, nats.url)]
+        }
+        _ => settings.feeds.iter().map(|f| f.to_string()).collect(),
+    };
     let shutdown_timeout = Duration::from_millis(settings.limits.shutdown_timeout_ms);
     let server = match tickcast::start(listener, settings, shutdown.clone()).await {
         Ok(server) => server,

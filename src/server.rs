@@ -60,6 +60,9 @@ pub enum StartError {
     /// A rule the settings cannot keep (see `auth::check_startup`).
     #[error("{0}")]
     Unguarded(String),
+    /// `--nats`: the server could not be reached or refused the stream.
+    #[error(transparent)]
+    Nats(#[from] crate::nats::NatsError),
 }
 
 /// A server that is running; dropping it does not stop it: call `shutdown`.
@@ -152,10 +155,27 @@ pub async fn start(
         tracing::warn!(%addr, "serving beyond loopback with no token key: every channel is public \
             (see docs/security.md, \"Authentication\")");
     }
-    check_feeds(&settings.feeds).await?;
+    // An edge runs no feeds: its records come from the NATS stream.
+    let edge = settings
+        .nats
+        .as_ref()
+        .is_some_and(|n| n.role == crate::nats::Role::Edge);
+    let feed_specs: &[FeedSpec] = if edge { &[] } else { &settings.feeds };
+    check_feeds(feed_specs).await?;
     // The state stage is the feed ring's only gating consumer.
     let ring: Ring<RingItem> = Ring::with_consumers(settings.limits.ring_capacity, 1);
-    let epoch = new_epoch();
+    // With --nats, the epoch is the stream's, the same on every node.
+    let nats_feed = Arc::new(FeedStats::new("nats".into()));
+    let cluster = match &settings.nats {
+        None => None,
+        Some(nats) => Some(Arc::new(
+            crate::nats::connect(nats.clone(), nats_feed.clone()).await?,
+        )),
+    };
+    let epoch = match &cluster {
+        None => new_epoch(),
+        Some(cluster) => cluster.epoch(new_epoch()).await?,
+    };
     let (handle, shard_inputs) = engine::channel(
         epoch.clone(),
         settings.engine_shards,
@@ -217,7 +237,7 @@ pub async fn start(
     let mut feeds = Vec::new();
     let feed_shutdown = shutdown.child_token();
     let mut feed_tasks = Vec::new();
-    for spec in &settings.feeds {
+    for spec in feed_specs {
         let stats = Arc::new(FeedStats::new(spec.to_string()));
         let output = FeedOutput::new(ring.producer(), stats.clone())
             .with_metrics(metrics.clone())
@@ -250,7 +270,14 @@ pub async fn start(
         )),
         body_timeout: Duration::from_millis(settings.limits.handshake_timeout_ms),
     };
-    feeds.push(http_feed);
+    // An edge has nothing to publish into: /publish answers 404 there.
+    let publisher = (!edge).then_some(publisher);
+    if !edge {
+        feeds.push(http_feed);
+    }
+    if cluster.is_some() {
+        feeds.push(nats_feed);
+    }
     drop(ring);
 
     // The engine stops only once the listener is closed (below), so no
@@ -268,27 +295,37 @@ pub async fn start(
             ))
         })
         .collect();
-    engine_tasks.push(tokio::spawn(engine::run_state(
-        stage,
-        stage_input,
-        handoff_producer,
-        metrics.clone(),
-        engine_stop.clone(),
-    )));
+    engine_tasks.push(match &cluster {
+        None => tokio::spawn(engine::run_state(
+            stage,
+            stage_input,
+            handoff_producer,
+            metrics.clone(),
+            engine_stop.clone(),
+        )),
+        Some(cluster) => tokio::spawn(crate::nats::replica::run(
+            cluster.clone(),
+            stage,
+            stage_input,
+            handoff_producer,
+            metrics.clone(),
+            engine_stop.clone(),
+        )),
+    });
     let mut session_limits = settings.limits.session(settings.direct_writes);
     session_limits.auth = settings.auth.clone();
-    let state = Arc::new(
-        AppState::new(
-            handle.clone(),
-            Arc::new(session_limits),
-            feeds.clone(),
-            settings.limits.max_connections,
-            metrics,
-        )
-        .with_admission(Admission::new(settings.admission()))
-        .with_publisher(publisher)
-        .with_tls(settings.tls.clone()),
-    );
+    let mut state = AppState::new(
+        handle.clone(),
+        Arc::new(session_limits),
+        feeds.clone(),
+        settings.limits.max_connections,
+        metrics,
+    )
+    .with_admission(Admission::new(settings.admission()))
+    .with_tls(settings.tls.clone())
+    .with_cluster(cluster.as_ref().map(|c| c.status.clone()));
+    state.publisher = publisher;
+    let state = Arc::new(state);
     if let Some(every) = settings.stats_interval {
         tokio::spawn(http::observe::log_stats(
             state.clone(),

@@ -58,11 +58,11 @@ pub use ingest::{DropReason, IngestLimits};
 pub use options::SubscribeOptions;
 pub use policy::{Mode, NamespacePolicy, Namespaces};
 pub use shard::Shard;
-pub use stage::StateStage;
+pub use stage::{AtSeq, StateStage};
 pub use stats::{EngineStats, StatsSnapshot};
 pub use task::{
-    channel, run_shard, run_state, Command, EngineGone, EngineHandle, HandoffItem, HandoffProducer,
-    ShardInputs,
+    channel, hand_off, run_shard, run_state, Command, EngineGone, EngineHandle, HandoffItem,
+    HandoffProducer, ShardInputs,
 };
 
 /// Limits the engine enforces; see `config::Limits` for defaults and knobs.

@@ -25,6 +25,7 @@ use super::{EngineLimits, EngineStats};
 use crate::channel::ChannelName;
 use crate::feed::log_budget::LogBudget;
 use crate::feed::record::RecordTap;
+use crate::nats::ReplicationTap;
 use crate::record::FeedRecord;
 
 pub struct StateStage {
@@ -41,6 +42,20 @@ pub struct StateStage {
     pub(super) drop_log: LogBudget,
     /// `--record`: where accepted records are offered (never waits).
     recorder: Option<RecordTap>,
+    /// `--nats`, on the node that assigns seqs: where accepted records go
+    /// to be published to the stream (the task waits for room first).
+    replication: Option<ReplicationTap>,
+}
+
+/// What became of a record applied at the seq it was given
+/// ([`StateStage::apply_at`], on nodes that follow a NATS stream).
+pub enum AtSeq {
+    /// It was the channel's next seq: applied, with what shards must see.
+    Applied(Option<Event>),
+    /// The channel is already at or past that seq (seen before): skipped.
+    Seen,
+    /// Seqs between the channel's and this one are missing: not applied.
+    Gap { expected: u64 },
 }
 
 impl StateStage {
@@ -56,6 +71,40 @@ impl StateStage {
             state: IngestLimits::default().state_budget(),
             drop_log: IngestLimits::default().log_budget(),
             recorder: None,
+            replication: None,
+        }
+    }
+
+    /// Offers every record this stage accepts, with its seq, to `tap`
+    /// (the NATS publisher of the node that assigns seqs).
+    pub fn set_replication(&mut self, tap: Option<ReplicationTap>) {
+        self.replication = tap;
+    }
+
+    /// The NATS publisher's tap, if this stage feeds one: the state task
+    /// waits for room in it before each record, so no accepted record is
+    /// left unpublished.
+    pub fn replication(&self) -> Option<&ReplicationTap> {
+        self.replication.as_ref()
+    }
+
+    /// Applies `record` only if `seq` is its channel's next seq: how a node
+    /// following a NATS stream keeps the seqs the ingest assigned, instead
+    /// of assigning its own. The stage is the directory's only writer, so
+    /// the seq read here is still the channel's when `apply` runs.
+    pub fn apply_at(&mut self, record: &Arc<FeedRecord>, seq: u64, now: u64) -> AtSeq {
+        let current = self
+            .by_name
+            .get(&record.channel)
+            .map_or(0, |cell| cell.lock().seq);
+        if seq <= current {
+            AtSeq::Seen
+        } else if seq > current + 1 {
+            AtSeq::Gap {
+                expected: current + 1,
+            }
+        } else {
+            AtSeq::Applied(self.apply(record, now))
         }
     }
 
@@ -107,7 +156,7 @@ impl StateStage {
                 return None;
             }
         };
-        self.accepted(record);
+        self.accepted(record, seq);
         let data_json = data_json.filter(|_| subscribed)?;
         let applied = Applied::new(cell, seq, record.clone(), data_json, now);
         Some(Event::Update(Arc::new(applied)))
@@ -115,7 +164,7 @@ impl StateStage {
 
     /// Counts a record the stage accepted (applied to its channel, seq + 1)
     /// and offers it to the recorder, if one is on.
-    fn accepted(&mut self, record: &Arc<FeedRecord>) {
+    fn accepted(&mut self, record: &Arc<FeedRecord>, seq: u64) {
         self.stats.updates_applied.fetch_add(1, Ordering::Relaxed);
         self.count_history();
         self.stats
@@ -123,6 +172,9 @@ impl StateStage {
             .store(self.state.used() as u64, Ordering::Relaxed);
         if let Some(tap) = &self.recorder {
             tap.offer(record);
+        }
+        if let Some(tap) = &self.replication {
+            tap.offer(record, seq);
         }
     }
 
@@ -142,7 +194,7 @@ impl StateStage {
                 return None;
             }
         };
-        self.accepted(record);
+        self.accepted(record, 1);
         self.by_name.insert(record.channel.clone(), cell.clone());
         self.directory.insert(cell.clone());
         self.stats

@@ -305,6 +305,15 @@ async fn apply_and_hand_off(
         tracing::error!("a feed record was taken before the state stage");
         return true;
     };
+    // With --nats, the node that assigns seqs publishes every record it
+    // accepts: wait (as for the hand-off ring) until its queue has room.
+    if let Some(tap) = stage.replication() {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return false,
+            () = tap.room() => {}
+        }
+    }
     match apply_timed(stage, &record, metrics) {
         Some(event) => hand_off(handoff, event, shutdown).await,
         None => true,
@@ -313,7 +322,11 @@ async fn apply_and_hand_off(
 
 /// Publishes `event` for every shard, waiting for room if the hand-off
 /// ring is full; false if shutdown came first.
-async fn hand_off(handoff: &HandoffProducer, event: Event, shutdown: &CancellationToken) -> bool {
+pub async fn hand_off(
+    handoff: &HandoffProducer,
+    event: Event,
+    shutdown: &CancellationToken,
+) -> bool {
     let item = Handoff::new(event, handoff.shards);
     let item = match handoff.producer.try_publish(item) {
         Ok(_) => return true,

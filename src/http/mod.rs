@@ -77,6 +77,8 @@ pub struct AppState {
     live_sessions: AtomicUsize,
     /// `POST /publish` (`publish`); `None` answers 404.
     pub publisher: Option<publish::Publisher>,
+    /// `--nats`: this node's place in the stream (`/healthz`, `/metrics`).
+    pub cluster: Option<Arc<crate::nats::ClusterStatus>>,
 }
 
 impl AppState {
@@ -109,10 +111,18 @@ impl AppState {
             tls: None,
             live_sessions: AtomicUsize::new(0),
             publisher: None,
+            cluster: None,
         }
     }
 
     /// Serves `POST /publish` into `publisher`'s feed.
+    /// With `--nats`, `/healthz` is not ready until the node has caught up
+    /// with the stream (`crate::nats::ClusterStatus::not_ready`).
+    pub fn with_cluster(mut self, cluster: Option<Arc<crate::nats::ClusterStatus>>) -> Self {
+        self.cluster = cluster;
+        self
+    }
+
     pub fn with_publisher(mut self, publisher: publish::Publisher) -> Self {
         self.publisher = Some(publisher);
         self
@@ -230,10 +240,16 @@ async fn route(mut req: Request<Incoming>, state: &Arc<AppState>) -> Response<Bo
     match path.as_str() {
         "/ws" => upgrade(&mut req, state),
         "/healthz" => health(state),
-        "/metrics" => Response::builder()
-            .header(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
-            .body(Full::new(Bytes::from(observe::prometheus(state))))
-            .expect("static response"),
+        "/metrics" => {
+            let mut text = observe::prometheus(state);
+            if let Some(cluster) = &state.cluster {
+                cluster.write_prometheus(&mut text);
+            }
+            Response::builder()
+                .header(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+                .body(Full::new(Bytes::from(text)))
+                .expect("static response")
+        }
         "/stats" => json(StatusCode::OK, &observe::stats_json(state).await),
         "/channels" => match (reader_grant(&req, state), state.engine.channel_list().await) {
             (Err(refused), _) => *refused,
@@ -269,6 +285,9 @@ async fn route(mut req: Request<Incoming>, state: &Arc<AppState>) -> Response<Bo
 
 /// `ok`, or 503 naming every feed that failed (its reason is in the log).
 fn health(state: &AppState) -> Response<Body> {
+    if let Some(why) = state.cluster.as_ref().and_then(|c| c.not_ready()) {
+        return text(StatusCode::SERVICE_UNAVAILABLE, &why);
+    }
     let failed: Vec<&str> = state
         .feeds
         .iter()

@@ -1,0 +1,338 @@
+//! The writer: publishes every record the state stage accepts to the
+//! stream, in order, and is the stream's only writer.
+//!
+//! **One writer.** Every publish carries `Nats-Expected-Last-Sequence`: the
+//! stream sequence the writer believes is the stream's last. JetStream
+//! stores the message only if that is so; if any other node stored
+//! anything in between, the publish is refused (`WrongLastSequence`) and
+//! this node stops publishing for good ([`Phase::Fenced`]): it never
+//! assigns a seq someone else may also have assigned. A node becomes the
+//! writer by the same kind of publish (its claim), made when it has
+//! applied everything in the stream, so what it assigns follows exactly
+//! what every other node has.
+//!
+//! **Pipelined.** Publishes are sent in batches without waiting for each
+//! ack: the writer predicts each one's sequence (last + 1, + 2, ...), which
+//! is right while it is the only writer. If a publish fails (NATS down, an
+//! ack lost), that one is sent again alone until it is stored, then the
+//! rest are pipelined again. Each carries a `Nats-Msg-Id` that JetStream
+//! de-duplicates (for two minutes), so a message that was stored but not
+//! acknowledged is not stored twice.
+//!
+//! **Bounded.** At most `nats.max_pending_records` records are queued or
+//! being stored; at the bound the state task waits for room, and the feeds behind it
+//! wait too (TCP producers feel it), as at the hand-off ring: nothing is
+//! dropped and no seq is skipped. `tickcast_nats_pending_records` shows it.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::context::PublishErrorKind;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{encode, Cluster, ClusterStatus, Phase};
+use crate::record::FeedRecord;
+
+/// Publishes sent before their acks are awaited.
+const BATCH: usize = 256;
+
+/// An accepted record and the seq the stage gave it.
+pub struct Outgoing {
+    record: Arc<FeedRecord>,
+    seq: u64,
+}
+
+/// The state stage's end of the writer's queue.
+#[derive(Clone)]
+pub struct ReplicationTap {
+    queue: mpsc::Sender<Outgoing>,
+    status: Arc<ClusterStatus>,
+    /// `nats.max_pending_records`: most records queued or being stored.
+    max_pending: u64,
+}
+
+impl std::fmt::Debug for ReplicationTap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicationTap").finish_non_exhaustive()
+    }
+}
+
+impl ReplicationTap {
+    /// A queue of `max_pending` records and the receiver the writer drains.
+    pub fn new(max_pending: usize, status: Arc<ClusterStatus>) -> (Self, mpsc::Receiver<Outgoing>) {
+        let max_pending = max_pending.max(1);
+        let (queue, receiver) = mpsc::channel(max_pending);
+        let tap = Self {
+            queue,
+            status,
+            max_pending: max_pending as u64,
+        };
+        (tap, receiver)
+    }
+
+    /// Queues an accepted record. The state task waited for [`room`]
+    /// first and is the only sender, so this cannot find the queue full
+    /// (it holds at most `max_pending`, and so do queue and writer together);
+    /// if the writer is gone (shutdown), the record stays unpublished and
+    /// is logged.
+    ///
+    /// [`room`]: Self::room
+    pub fn offer(&self, record: &Arc<FeedRecord>, seq: u64) {
+        let outgoing = Outgoing {
+            record: record.clone(),
+            seq,
+        };
+        match self.queue.try_send(outgoing) {
+            Ok(()) => {
+                self.status.pending.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => tracing::error!(channel = %record.channel, seq,
+                "record applied but not queued for NATS (the writer has stopped)"),
+        }
+    }
+
+    /// Waits until fewer than `max_pending` records are unpublished
+    /// (queued, or taken by the writer and not yet stored).
+    pub async fn room(&self) {
+        loop {
+            // Made before the check, so a store in between still wakes it.
+            let stored = self.status.stored.notified();
+            if self.status.pending.load(Ordering::Relaxed) < self.max_pending
+                || self.queue.is_closed()
+            {
+                return;
+            }
+            stored.await;
+        }
+    }
+}
+
+/// One message to store: subject, payload and its de-duplication id.
+struct Pending {
+    subject: String,
+    payload: Bytes,
+    id: String,
+    /// A record (counted in `pending`), not a heartbeat.
+    record: bool,
+}
+
+/// Another node wrote to the stream.
+struct Fenced;
+
+/// The stream's writer, from its claim on.
+pub struct Writer {
+    cluster: Arc<Cluster>,
+    /// This process's name in message ids (random per process).
+    name: String,
+    next_id: u64,
+    /// The stream's last sequence, as far as this writer knows.
+    last: u64,
+}
+
+impl Writer {
+    /// Claims the stream as its writer, if its last sequence is still
+    /// `position` (everything this node applied); `None` if another node
+    /// wrote since.
+    pub async fn claim(cluster: Arc<Cluster>, position: u64) -> Option<Writer> {
+        let name = format!("{:016x}", rand::random::<u64>());
+        let mut writer = Writer {
+            cluster,
+            name,
+            next_id: 0,
+            last: position,
+        };
+        let claim = writer.heartbeat();
+        match writer.store_one(&claim, false).await {
+            Ok(()) => Some(writer),
+            Err(Fenced) => None,
+        }
+    }
+
+    fn heartbeat(&mut self) -> Pending {
+        self.next_id += 1;
+        Pending {
+            subject: self.cluster.settings.writer_subject(),
+            payload: Bytes::from(self.name.clone()),
+            id: format!("{}.{}", self.name, self.next_id),
+            record: false,
+        }
+    }
+
+    fn pending(&mut self, outgoing: Outgoing) -> Pending {
+        self.next_id += 1;
+        Pending {
+            subject: self
+                .cluster
+                .settings
+                .record_subject(outgoing.record.channel.as_str()),
+            payload: encode(&outgoing.record, outgoing.seq),
+            id: format!("{}.{}", self.name, self.next_id),
+            record: true,
+        }
+    }
+
+    fn headers(&self, message: &Pending, expected_last: u64) -> async_nats::HeaderMap {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", message.id.as_str());
+        headers.insert(
+            "Nats-Expected-Last-Sequence",
+            expected_last.to_string().as_str(),
+        );
+        headers
+    }
+
+    /// Publishes what the stage queues until the queue closes (the stage
+    /// stopped) or the writer is fenced; a heartbeat when idle for a third
+    /// of the lease keeps standby ingests from claiming the stream.
+    pub async fn run(mut self, mut queue: mpsc::Receiver<Outgoing>, shutdown: CancellationToken) {
+        let status = self.cluster.status.clone();
+        status.set_phase(Phase::Writing);
+        let idle = self.cluster.settings.writer_lease / 3;
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            let first = tokio::select! {
+                next = queue.recv() => match next {
+                    Some(outgoing) => Some(outgoing),
+                    None => return,
+                },
+                () = tokio::time::sleep(idle) => None,
+            };
+            match first {
+                Some(outgoing) => {
+                    let message = self.pending(outgoing);
+                    batch.push(message);
+                    while batch.len() < BATCH {
+                        match queue.try_recv() {
+                            Ok(outgoing) => {
+                                let message = self.pending(outgoing);
+                                batch.push(message);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                None => batch.push(self.heartbeat()),
+            }
+            let stored = self.store(&batch).await;
+            batch.clear();
+            if stored.is_err() {
+                status.set_phase(Phase::Fenced);
+                tracing::error!(
+                    stream = %self.cluster.settings.stream,
+                    "another node wrote to the NATS stream: this ingest stops publishing \
+                     (fenced) and holds its records; stop one of the two ingests"
+                );
+                // Keep the queue open so the state task waits instead of
+                // applying records no other node will see.
+                shutdown.cancelled().await;
+                return;
+            }
+        }
+    }
+
+    /// Stores `batch` in order: pipelined; the first message not
+    /// acknowledged as predicted is sent again alone until it is stored,
+    /// then the rest are pipelined again (a copy already stored is
+    /// de-duplicated and acknowledged with its sequence).
+    async fn store(&mut self, mut batch: &[Pending]) -> Result<(), Fenced> {
+        while !batch.is_empty() {
+            let stored = self.pipeline(batch).await;
+            batch = &batch[stored..];
+            if let Some((first, rest)) = batch.split_first() {
+                self.store_one(first, true).await?;
+                batch = rest;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends every message of `batch` before awaiting the acks; how many,
+    /// from the first, were stored at the sequences predicted.
+    async fn pipeline(&mut self, batch: &[Pending]) -> usize {
+        let mut acks = Vec::with_capacity(batch.len());
+        for (i, message) in batch.iter().enumerate() {
+            let headers = self.headers(message, self.last + i as u64);
+            let sent = self
+                .cluster
+                .js
+                .publish_with_headers(message.subject.clone(), headers, message.payload.clone())
+                .await;
+            match sent {
+                Ok(ack) => acks.push(ack),
+                Err(_) => break,
+            }
+        }
+        let mut stored = 0;
+        for ack in acks {
+            match ack.await {
+                Ok(ack) if ack.sequence == self.last + 1 => {
+                    self.last = ack.sequence;
+                    self.stored(&batch[stored]);
+                    stored += 1;
+                }
+                _ => break,
+            }
+        }
+        stored
+    }
+
+    /// Stores one message, retrying until it is stored; `Fenced` if the
+    /// stream moved on without it.
+    async fn store_one(&mut self, message: &Pending, retry: bool) -> Result<(), Fenced> {
+        let status = self.cluster.status.clone();
+        let mut backoff = Duration::from_millis(50);
+        let mut again = retry;
+        loop {
+            if again {
+                status.publish_retries.fetch_add(1, Ordering::Relaxed);
+            }
+            again = true;
+            let headers = self.headers(message, self.last);
+            let sent = self
+                .cluster
+                .js
+                .publish_with_headers(message.subject.clone(), headers, message.payload.clone())
+                .await;
+            let outcome = match sent {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(ack) => {
+                    // A duplicate was stored by an earlier try whose ack
+                    // was lost; either way it is now in the stream.
+                    self.last = self.last.max(ack.sequence);
+                    self.stored(message);
+                    status.set_connected(true);
+                    return Ok(());
+                }
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => return Err(Fenced),
+                Err(e) => {
+                    status.set_connected(
+                        self.cluster.client.connection_state()
+                            == async_nats::connection::State::Connected,
+                    );
+                    tracing::warn!(
+                        "publishing to NATS failed ({e}); records are held and sent again"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    fn stored(&self, message: &Pending) {
+        let status = &self.cluster.status;
+        status.position.store(self.last, Ordering::Relaxed);
+        status.stream_last.fetch_max(self.last, Ordering::Relaxed);
+        if message.record {
+            status.pending.fetch_sub(1, Ordering::Relaxed);
+            status.published.fetch_add(1, Ordering::Relaxed);
+            status.stored.notify_waiters();
+        }
+    }
+}

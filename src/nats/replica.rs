@@ -1,0 +1,280 @@
+//! Following the stream: every node's state task while it is not the
+//! writer.
+//!
+//! **Catch-up from the start.** A node replays the whole stream (an
+//! ordered JetStream consumer from sequence 1) into its own state stage,
+//! applying each record at the seq it carries ([`StateStage::apply_at`]):
+//! same patches, same order, same seqs, so the same states on every node.
+//! `/healthz` answers 503 until the node has applied everything that was
+//! in the stream when it started. Replaying from the start (rather than
+//! from periodic snapshots) keeps one mechanism and no second source of
+//! truth; its cost is the replay time, measured in docs/scaling.md, and
+//! the stream's size (`nats.max_stream_bytes`).
+//!
+//! **NATS down.** The ordered consumer resumes after the last sequence it
+//! delivered when the connection returns, so nothing is skipped; meanwhile
+//! the node serves its last state. A record whose seq is past its
+//! channel's next one (the stream lost records, say by an operator's purge)
+//! is not applied: the gap is counted and logged, and that channel stops
+//! there rather than showing a state that misses updates.
+//!
+//! **Becoming the writer.** An ingest that has caught up watches the
+//! stream's last sequence; once it has not moved for `nats.writer_lease_ms`
+//! (the writer heartbeats every third of that) and this node has applied
+//! all of it, it claims the stream ([`Writer::claim`]) and returns its
+//! stage to run on the feeds.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::publish::{ReplicationTap, Writer};
+use super::{decode, Cluster, Phase};
+use crate::engine::{self, AtSeq, HandoffProducer, StateStage};
+use crate::feed::RingItem;
+use crate::metrics::Metrics;
+use crate::ring::Consumer;
+
+/// How often the follower asks the stream how far it is and checks the
+/// connection (at most; a short lease asks more often).
+const TICK: Duration = Duration::from_millis(250);
+
+/// A consumer that delivers nothing this long while the stream has more
+/// is replaced by a new one from the last applied sequence.
+const STALLED: Duration = Duration::from_secs(2);
+
+/// The state task of a node with `--nats`: follows the stream; an ingest
+/// that becomes the writer then applies its feeds' records as the
+/// single-process server does and publishes each one.
+pub async fn run(
+    cluster: Arc<Cluster>,
+    stage: StateStage,
+    feed: Consumer<RingItem>,
+    handoff: HandoffProducer,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let Some((mut stage, writer)) = follow(&cluster, stage, &handoff, &metrics, &shutdown).await
+    else {
+        return;
+    };
+    let (tap, queue) =
+        ReplicationTap::new(cluster.settings.max_pending_records, cluster.status.clone());
+    stage.set_replication(Some(tap));
+    tracing::info!(
+        stream = %cluster.settings.stream,
+        "this node is now the stream's writer: it assigns seqs and publishes every record"
+    );
+    let writing = tokio::spawn(writer.run(queue, shutdown.clone()));
+    engine::run_state(stage, feed, handoff, metrics, shutdown).await;
+    // The stage is gone with its tap: the writer stores what is queued.
+    let _ = writing.await;
+}
+
+/// Follows the stream until shutdown (`None`) or, on an ingest, until it
+/// becomes the writer (its stage and writer).
+async fn follow(
+    cluster: &Arc<Cluster>,
+    mut stage: StateStage,
+    handoff: &HandoffProducer,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> Option<(StateStage, Writer)> {
+    let status = cluster.status.clone();
+    let ingests = cluster.settings.role.ingests();
+    let lease = cluster.settings.writer_lease;
+    let target = loop {
+        match last_sequence(cluster).await {
+            Some(last) => break last,
+            None => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    () = tokio::time::sleep(TICK) => continue,
+                }
+            }
+        }
+    };
+    status.stream_last.store(target, Ordering::Relaxed);
+    let mut position = 0u64;
+    let mut caught_up = false;
+    let mut messages = None;
+    let mut tick = tokio::time::interval(TICK.min(lease / 3));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The stream's last sequence and when it was first seen so.
+    let mut last_seen = (target, Instant::now());
+    let record_prefix = cluster.settings.record_prefix();
+    // The position and when it last moved: a consumer that stops
+    // delivering while the stream has more (NATS restarted and its
+    // consumer with it) is replaced.
+    let mut progress = (position, Instant::now());
+    loop {
+        if !caught_up && position >= target {
+            caught_up = true;
+            status.set_phase(if ingests {
+                Phase::Standby
+            } else {
+                Phase::Following
+            });
+            tracing::info!(position, "caught up with the NATS stream");
+        }
+        if messages.is_none() {
+            messages = open(cluster, position).await;
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return None,
+            next = next_message(&mut messages) => match next {
+                Some(Ok(message)) => {
+                    let Ok(info) = message.info() else { continue };
+                    let sequence = info.stream_sequence;
+                    let subject = message.subject.as_str();
+                    if let Some(channel) = subject.strip_prefix(&record_prefix) {
+                        let step = Step { stage: &mut stage, handoff, metrics, shutdown };
+                        if !step.apply(cluster, channel, &message.payload, sequence).await {
+                            return None;
+                        }
+                    }
+                    position = position.max(sequence);
+                    status.position.store(position, Ordering::Relaxed);
+                    status.stream_last.fetch_max(position, Ordering::Relaxed);
+                }
+                Some(Err(e)) => {
+                    status.set_connected(connected(cluster));
+                    tracing::warn!("following the NATS stream: {e}; the consumer resumes after {position}");
+                }
+                // The consumer ended: open another after `position`.
+                None => messages = None,
+            },
+            _ = tick.tick() => {
+                status.set_connected(connected(cluster));
+                if let Some(last) = last_sequence(cluster).await {
+                    status.stream_last.store(last, Ordering::Relaxed);
+                    if last != last_seen.0 {
+                        last_seen = (last, Instant::now());
+                    }
+                }
+                if position != progress.0 {
+                    progress = (position, Instant::now());
+                } else if last_seen.0 > position && progress.1.elapsed() >= STALLED {
+                    tracing::info!(position, "the NATS consumer delivers nothing; following again from here");
+                    messages = None;
+                    progress = (position, Instant::now());
+                }
+                let lapsed = last_seen.1.elapsed() >= lease;
+                if ingests && caught_up && lapsed && position >= last_seen.0 && connected(cluster) {
+                    match Writer::claim(cluster.clone(), position).await {
+                        Some(writer) => return Some((stage, writer)),
+                        None => tracing::info!("another ingest claimed the stream first; following it"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What applying one stream record needs.
+struct Step<'a> {
+    stage: &'a mut StateStage,
+    handoff: &'a HandoffProducer,
+    metrics: &'a Metrics,
+    shutdown: &'a CancellationToken,
+}
+
+impl Step<'_> {
+    /// Applies the record in `payload` (stream `sequence`, on `channel`)
+    /// at its seq and hands off what the shards must see; false if
+    /// shutdown came first.
+    async fn apply(self, cluster: &Cluster, channel: &str, payload: &[u8], sequence: u64) -> bool {
+        let status = &cluster.status;
+        let (record, seq) = match decode(channel, payload) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                tracing::warn!(%channel, sequence,
+                    "a stream message is not a tickcast record ({e}); skipped");
+                return true;
+            }
+        };
+        match self
+            .stage
+            .apply_at(&Arc::new(record), seq, self.metrics.mono_ns())
+        {
+            AtSeq::Applied(event) => {
+                status.applied.fetch_add(1, Ordering::Relaxed);
+                match event {
+                    Some(event) => engine::hand_off(self.handoff, event, self.shutdown).await,
+                    None => true,
+                }
+            }
+            AtSeq::Seen => true,
+            AtSeq::Gap { expected } => {
+                // Logged for the first few only: every later record of the
+                // channel is a gap too.
+                if status.gaps.fetch_add(1, Ordering::Relaxed) < 10 {
+                    tracing::error!(%channel, expected, got = seq,
+                        "the NATS stream lacks records of this channel: \
+                         it stays at its last complete state");
+                }
+                true
+            }
+        }
+    }
+}
+
+type Messages = pull::Ordered;
+
+async fn next_message(
+    messages: &mut Option<Messages>,
+) -> Option<Result<async_nats::jetstream::Message, pull::OrderedError>> {
+    match messages {
+        Some(messages) => messages.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// An ordered consumer of everything after `position`; `None` (tried again
+/// at the next turn) while NATS cannot make one.
+async fn open(cluster: &Cluster, position: u64) -> Option<Messages> {
+    let config = pull::OrderedConfig {
+        filter_subject: format!("{}.>", cluster.settings.prefix),
+        deliver_policy: match position {
+            0 => DeliverPolicy::All,
+            p => DeliverPolicy::ByStartSequence {
+                start_sequence: p + 1,
+            },
+        },
+        ..Default::default()
+    };
+    let made = async {
+        let consumer = cluster
+            .stream
+            .create_consumer(config)
+            .await
+            .map_err(|e| e.to_string())?;
+        consumer.messages().await.map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(Duration::from_secs(2), made).await {
+        Ok(Ok(messages)) => Some(messages),
+        Ok(Err(e)) => {
+            tracing::warn!("cannot follow the NATS stream yet: {e}");
+            tokio::time::sleep(TICK).await;
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// The stream's last sequence, if NATS answers within a second.
+async fn last_sequence(cluster: &Cluster) -> Option<u64> {
+    match tokio::time::timeout(Duration::from_secs(1), cluster.stream.get_info()).await {
+        Ok(Ok(info)) => Some(info.state.last_sequence),
+        _ => None,
+    }
+}
+
+fn connected(cluster: &Cluster) -> bool {
+    cluster.client.connection_state() == async_nats::connection::State::Connected
+}

@@ -1,0 +1,518 @@
+//! Scale-out over NATS JetStream (docs/scaling.md), with a real
+//! `nats-server -js` on a free loopback port and a temporary store, and
+//! the real `tickcast` binary for every node (processes that must die).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+use common::{free_port, http_get, tickcast_binary, wait_for, wait_healthy, Client, Producer};
+
+/// `nats.writer_lease_ms` for the tests: short, so a takeover is quick.
+const LEASE_MS: u64 = 1000;
+
+/// A `nats-server -js` on 127.0.0.1, killed (and its store removed) on drop.
+struct NatsServer {
+    child: Option<Child>,
+    addr: SocketAddr,
+    dir: PathBuf,
+    /// More `nats-server` flags (authorization).
+    extra: Vec<String>,
+}
+
+impl NatsServer {
+    async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    async fn start_with(extra: &[&str]) -> Self {
+        let addr = free_port();
+        let dir = std::env::temp_dir().join(format!(
+            "tickcast-nats-test-{}-{}",
+            std::process::id(),
+            addr.port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut server = Self {
+            child: None,
+            addr,
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        server.run().await;
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+
+    /// Starts the process (again) on the same port and store.
+    async fn run(&mut self) {
+        // Debian puts it in /usr/sbin, which a non-root PATH may lack.
+        let program = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("nats-server");
+        let child = Command::new(program)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.addr.port().to_string(),
+            ])
+            .arg("-sd")
+            .arg(&self.dir)
+            .args(&self.extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nats-server is installed (scripts/test.sh installs it)");
+        self.child = Some(child);
+        let addr = self.addr;
+        wait_for(
+            || async move { TcpStream::connect(addr).await.ok().map(|_| ()) },
+            "nats-server to listen",
+        )
+        .await;
+    }
+
+    async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.unwrap();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One tickcast process; killed when dropped.
+struct Node {
+    child: Child,
+    addr: SocketAddr,
+    /// The tcp feed producers write to (ingest nodes).
+    feed: Option<SocketAddr>,
+}
+
+impl Node {
+    async fn start(nats: &NatsServer, role: &str) -> Node {
+        Node::start_with(nats, role, "").await
+    }
+
+    /// A node with more `[nats]` keys in its config file.
+    async fn start_with(nats: &NatsServer, role: &str, nats_keys: &str) -> Node {
+        let addr = free_port();
+        let config = nats.dir.join(format!("tickcast-{}.toml", addr.port()));
+        let text = format!("[nats]\nwriter_lease_ms = {LEASE_MS}\n{nats_keys}");
+        std::fs::write(&config, text).unwrap();
+        let mut command = tickcast_binary(addr);
+        command
+            .args(["--nats", &nats.url(), "--role", role])
+            .arg("--config")
+            .arg(&config);
+        let feed = (role != "edge").then(free_port);
+        if let Some(feed) = feed {
+            command.args(["--feed", &format!("tcp:{feed}")]);
+        }
+        let child = command.spawn().expect("tickcast starts");
+        wait_healthy(addr).await;
+        Node { child, addr, feed }
+    }
+
+    /// An ingest node that has become the stream's writer.
+    async fn ingest(nats: &NatsServer) -> Node {
+        let node = Node::start(nats, "ingest").await;
+        node.wait_phase("writing").await;
+        node
+    }
+
+    async fn metrics(&self) -> String {
+        http_get(self.addr, "/metrics").await.1
+    }
+
+    async fn in_phase(&self, phase: &str) -> bool {
+        self.metrics()
+            .await
+            .contains(&format!("phase=\"{phase}\"}} 1"))
+    }
+
+    async fn wait_phase(&self, phase: &str) {
+        wait_for(
+            || async move { self.in_phase(phase).await.then_some(()) },
+            &format!("node {} to be {phase}", self.addr),
+        )
+        .await;
+    }
+
+    async fn producer(&self) -> Producer {
+        Producer::connect(self.feed.expect("an ingest node")).await
+    }
+
+    async fn channel(&self, name: &str) -> Option<Value> {
+        let (status, body) = http_get(self.addr, &format!("/channels/{name}")).await;
+        (status == 200).then(|| serde_json::from_str(&body).unwrap())
+    }
+
+    /// Waits until channel `name` is at `seq` here; returns its snapshot.
+    async fn wait_seq(&self, name: &str, seq: u64) -> Value {
+        wait_for(
+            || async move {
+                let snapshot = self.channel(name).await?;
+                (snapshot["seq"] == seq).then_some(snapshot)
+            },
+            &format!("{name} at seq {seq} on {}", self.addr),
+        )
+        .await
+    }
+
+    async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+/// Every channel message a client gets, applied with the protocol's rule
+/// (`prev` must be the seq held), until `name` reaches `seq`.
+async fn follow_until(
+    client: &mut Client,
+    states: &mut std::collections::BTreeMap<String, (u64, Value)>,
+    name: &str,
+    seq: u64,
+) {
+    while states.get(name).map_or(0, |(s, _)| *s) < seq {
+        let message = client.recv().await;
+        let channel = message["channel"].as_str().unwrap().to_owned();
+        let at = message["seq"].as_u64().unwrap();
+        match message["type"].as_str().unwrap() {
+            "snapshot" => {
+                states.insert(channel, (at, message["data"].clone()));
+            }
+            "update" => {
+                let (held, state) = states.get_mut(&channel).expect("snapshot first");
+                assert_eq!(message["prev"], *held, "gap on {channel}: {message}");
+                common::merge(state, &message["data"]);
+                *held = at;
+            }
+            other => panic!("unexpected {other}: {message}"),
+        }
+    }
+}
+
+/// Publishes `{"n": i}` for each i in `range` on `channel`.
+async fn publish(producer: &mut Producer, channel: &str, range: std::ops::RangeInclusive<u64>) {
+    for i in range {
+        producer.publish(channel, json!({ "n": i })).await;
+    }
+}
+
+#[tokio::test]
+async fn two_edges_show_the_ingests_seqs_states_and_epoch() {
+    let nats = NatsServer::start().await;
+    let ingest = Node::ingest(&nats).await;
+    let edges = [
+        Node::start(&nats, "edge").await,
+        Node::start(&nats, "edge").await,
+    ];
+    let mut clients = Vec::new();
+    for edge in &edges {
+        let mut client = Client::connect(edge.addr).await;
+        client.subscribe(1, &["quotes.>"]).await;
+        clients.push(client);
+    }
+    let mut producer = ingest.producer().await;
+    for i in 1..=60u64 {
+        let channel = ["quotes.A", "quotes.B", "quotes.C"][(i % 3) as usize];
+        producer
+            .publish(channel, json!({ "n": i, "last": i * 10 }))
+            .await;
+    }
+    let mut seen = Vec::new();
+    for client in &mut clients {
+        let mut states = Default::default();
+        for name in ["quotes.A", "quotes.B", "quotes.C"] {
+            follow_until(client, &mut states, name, 20).await;
+        }
+        seen.push(states);
+    }
+    assert_eq!(seen[0], seen[1], "the two edges' clients disagree");
+    for name in ["quotes.A", "quotes.B", "quotes.C"] {
+        let on_ingest = ingest.wait_seq(name, 20).await;
+        for edge in &edges {
+            assert_eq!(edge.wait_seq(name, 20).await, on_ingest, "{name}");
+        }
+    }
+    // quotes.A got i = 3, 6, ..., 60: its 20th and last is 60.
+    assert_eq!(seen[0]["quotes.A"], (20, json!({"n": 60, "last": 600})));
+}
+
+#[tokio::test]
+async fn a_client_resumes_on_the_other_edge_when_its_edge_dies() {
+    let nats = NatsServer::start().await;
+    let ingest = Node::ingest(&nats).await;
+    let doomed = Node::start(&nats, "edge").await;
+    let other = Node::start(&nats, "edge").await;
+    let mut producer = ingest.producer().await;
+    let mut client = Client::connect(doomed.addr).await;
+    client.subscribe(1, &["quotes.R"]).await;
+    publish(&mut producer, "quotes.R", 1..=40).await;
+    let mut states = Default::default();
+    follow_until(&mut client, &mut states, "quotes.R", 40).await;
+    let epoch = doomed.channel("quotes.R").await.unwrap()["epoch"].clone();
+    doomed.kill().await;
+    // More records while the client has no edge.
+    publish(&mut producer, "quotes.R", 41..=80).await;
+    other.wait_seq("quotes.R", 80).await;
+    let mut client = Client::connect(other.addr).await;
+    client
+        .send(json!({"op":"subscribe","id":2,"channels":["quotes.R"],
+            "since":{"quotes.R":40},"epoch":epoch}))
+        .await;
+    assert_eq!(client.recv().await["type"], "subscribed");
+    let first = client.recv().await;
+    assert_eq!(
+        (
+            first["type"].as_str(),
+            first["prev"].as_u64(),
+            first["seq"].as_u64()
+        ),
+        (Some("update"), Some(40), Some(41)),
+        "a resume from 40 on another edge is a replay, not a resync: {first}"
+    );
+    common::merge(&mut states.get_mut("quotes.R").unwrap().1, &first["data"]);
+    states.get_mut("quotes.R").unwrap().0 = 41;
+    follow_until(&mut client, &mut states, "quotes.R", 80).await;
+    assert_eq!(states["quotes.R"], (80, json!({"n": 80})));
+}
+
+#[tokio::test]
+async fn a_restarted_ingest_continues_the_seqs_with_the_same_epoch() {
+    let nats = NatsServer::start().await;
+    let first = Node::ingest(&nats).await;
+    let edge = Node::start(&nats, "edge").await;
+    let mut client = Client::connect(edge.addr).await;
+    client.subscribe(1, &["quotes.S"]).await;
+    publish(&mut first.producer().await, "quotes.S", 1..=25).await;
+    let before = edge.wait_seq("quotes.S", 25).await;
+    first.kill().await;
+    let second = Node::ingest(&nats).await;
+    assert_eq!(second.channel("quotes.S").await, Some(before.clone()));
+    publish(&mut second.producer().await, "quotes.S", 26..=30).await;
+    let after = edge.wait_seq("quotes.S", 30).await;
+    assert_eq!(after["epoch"], before["epoch"], "the epoch is kept");
+    assert_eq!(after["data"], json!({"n": 30}));
+    // The client on the edge saw one unbroken chain 1..30.
+    let mut states = Default::default();
+    follow_until(&mut client, &mut states, "quotes.S", 30).await;
+    assert_eq!(states["quotes.S"], (30, json!({"n": 30})));
+}
+
+#[tokio::test]
+async fn nats_down_for_a_while_loses_nothing() {
+    let mut nats = NatsServer::start().await;
+    let ingest = Node::ingest(&nats).await;
+    let edge = Node::start(&nats, "edge").await;
+    let mut client = Client::connect(edge.addr).await;
+    client.subscribe(1, &["quotes.D"]).await;
+    let mut producer = ingest.producer().await;
+    publish(&mut producer, "quotes.D", 1..=50).await;
+    edge.wait_seq("quotes.D", 50).await;
+    nats.stop().await;
+    // The ingest says it holds records; the edge goes on serving.
+    publish(&mut producer, "quotes.D", 51..=100).await;
+    wait_for(
+        || async {
+            let (status, body) = http_get(ingest.addr, "/healthz").await;
+            (status == 503 && body.contains("NATS is unreachable")).then_some(())
+        },
+        "the ingest to report NATS down",
+    )
+    .await;
+    wait_for(
+        || async {
+            let metrics = ingest.metrics().await;
+            let pending = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("tickcast_nats_pending_records "))?
+                .parse::<u64>()
+                .ok()?;
+            (pending > 0 && metrics.contains("tickcast_feed_up{feed=\"nats\",status=\"failed\"} 1"))
+                .then_some(())
+        },
+        "the ingest to hold records and mark the nats feed failed",
+    )
+    .await;
+    assert_eq!(http_get(edge.addr, "/healthz").await.0, 200);
+    assert_eq!(edge.channel("quotes.D").await.unwrap()["seq"], 50);
+    nats.run().await;
+    publish(&mut producer, "quotes.D", 101..=150).await;
+    edge.wait_seq("quotes.D", 150).await;
+    let mut states = Default::default();
+    follow_until(&mut client, &mut states, "quotes.D", 150).await;
+    assert_eq!(states["quotes.D"], (150, json!({"n": 150})));
+    wait_healthy(ingest.addr).await;
+}
+
+/// `[nats] user` and `password` reach the NATS connection; without them a
+/// server that requires them stops start-up with the reason.
+#[tokio::test]
+async fn nats_credentials_come_from_the_config() {
+    let nats = NatsServer::start_with(&["--user", "tick", "--pass", "cast-secret"]).await;
+    let ingest = Node::start_with(
+        &nats,
+        "ingest",
+        "user = \"tick\"\npassword = \"cast-secret\"\n",
+    )
+    .await;
+    ingest.wait_phase("writing").await;
+    let config = nats.dir.join("no-credentials.toml");
+    std::fs::write(&config, "[nats]\nconnect_timeout_ms = 2000\n").unwrap();
+    let refused = tickcast_binary(free_port())
+        .args(["--nats", &nats.url(), "--role", "edge"])
+        .arg("--config")
+        .arg(&config)
+        .stderr(std::process::Stdio::piped())
+        .output();
+    let refused = tokio::time::timeout(common::DEADLINE, refused)
+        .await
+        .expect("start-up gives up within the deadline")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot connect to NATS"), "{stderr}");
+}
+
+/// `nats.max_pending_records`: while NATS is down the ingest holds that
+/// many records and no more (the rest wait in front of the state stage),
+/// and every one of them reaches the edge once NATS is back.
+#[tokio::test]
+async fn the_ingest_holds_at_most_max_pending_records_while_nats_is_down() {
+    let mut nats = NatsServer::start().await;
+    let ingest = Node::start_with(&nats, "ingest", "max_pending_records = 4\n").await;
+    ingest.wait_phase("writing").await;
+    let edge = Node::start(&nats, "edge").await;
+    let mut producer = ingest.producer().await;
+    publish(&mut producer, "quotes.P", 1..=5).await;
+    edge.wait_seq("quotes.P", 5).await;
+    nats.stop().await;
+    publish(&mut producer, "quotes.P", 6..=40).await;
+    let pending = |metrics: &str| -> Option<u64> {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("tickcast_nats_pending_records "))?
+            .parse()
+            .ok()
+    };
+    wait_for(
+        || async { (pending(&ingest.metrics().await) == Some(4)).then_some(()) },
+        "the ingest to hold 4 records",
+    )
+    .await;
+    // Held at the bound: the stage applied 4 more and waits with the 5th.
+    assert_eq!(ingest.channel("quotes.P").await.unwrap()["seq"], 5 + 4);
+    assert_eq!(pending(&ingest.metrics().await), Some(4));
+    nats.run().await;
+    let done = edge.wait_seq("quotes.P", 40).await;
+    assert_eq!(done["data"], json!({"n": 40}));
+}
+
+#[tokio::test]
+async fn a_second_ingest_cannot_assign_seqs() {
+    let nats = NatsServer::start().await;
+    let first = Node::ingest(&nats).await;
+    let edge = Node::start(&nats, "edge").await;
+    let second = Node::start(&nats, "ingest").await;
+    publish(&mut second.producer().await, "quotes.X", 1..=3).await;
+    // While the first writes (its heartbeats keep the lease), the second
+    // stands by and its records go nowhere, for several leases.
+    let mut producer = first.producer().await;
+    let watched = Instant::now();
+    let mut n = 0;
+    while watched.elapsed() < Duration::from_millis(3 * LEASE_MS) {
+        n += 1;
+        publish(&mut producer, "quotes.M", n..=n).await;
+        edge.wait_seq("quotes.M", n).await;
+        assert!(
+            second.in_phase("standby").await,
+            "the second ingest must stand by"
+        );
+        assert_eq!(edge.channel("quotes.X").await, None);
+    }
+    // Another writer's message lands in the stream: the first ingest's
+    // next publish expects an older last sequence, is refused, and it stops.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.publish("tickcast.meta.writer", "intruder".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    publish(&mut producer, "quotes.M", n + 1..=n + 1).await;
+    first.wait_phase("fenced").await;
+    let (status, body) = http_get(first.addr, "/healthz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("fenced"), "{body}");
+    // The second takes over once the stream is quiet, after applying
+    // everything in it: its held records continue from the stream's seqs.
+    second.wait_phase("writing").await;
+    let x = edge.wait_seq("quotes.X", 3).await;
+    assert_eq!(x["data"], json!({"n": 3}));
+    // The fenced ingest's last record never got a seq anywhere.
+    assert_eq!(edge.channel("quotes.M").await.unwrap()["seq"], n);
+    assert_eq!(second.channel("quotes.M").await.unwrap()["seq"], n);
+}
+
+/// What the writer's retry relies on: JetStream answers a publish whose
+/// `Nats-Msg-Id` it already stored as a duplicate, with the first copy's
+/// sequence, before it checks `Nats-Expected-Last-Sequence`. So a record
+/// stored but not acknowledged (NATS died before the ack) is sent again
+/// with the same expectation and is not taken for another writer's.
+#[tokio::test]
+async fn jetstream_takes_a_resent_record_as_a_duplicate_not_a_conflict() {
+    let nats = NatsServer::start().await;
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: "DEDUP".into(),
+        subjects: vec!["dedup.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let send = |id: &'static str, expected: u64| {
+        let js = js.clone();
+        async move {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", id);
+            headers.insert("Nats-Expected-Last-Sequence", expected.to_string().as_str());
+            js.publish_with_headers("dedup.a", headers, "x".into())
+                .await
+                .unwrap()
+                .await
+        }
+    };
+    let first = send("w.1", 0).await.unwrap();
+    assert_eq!((first.sequence, first.duplicate), (1, false));
+    let again = send("w.1", 0)
+        .await
+        .expect("a duplicate, not a wrong last sequence");
+    assert_eq!((again.sequence, again.duplicate), (1, true));
+    let other = send("w.2", 0).await.unwrap_err();
+    assert_eq!(
+        other.kind(),
+        async_nats::jetstream::context::PublishErrorKind::WrongLastSequence
+    );
+}
