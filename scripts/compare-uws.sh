@@ -6,6 +6,8 @@
 #   scripts/compare-uws.sh                 # target 1: 2000 clients, 1 channel, 100 updates/s
 #   RUNS=5 CLIENTS=8000 scripts/compare-uws.sh
 #   CHANNELS=200 PER_CLIENT=10 PICK=zipf CLIENTS=4000 RATE=2000 scripts/compare-uws.sh
+#   DEFLATE=1 RUNS=5 CLIENTS=8000 scripts/compare-uws.sh   # adds tickcast-deflate: the
+#       same server with every client on permessage-deflate (loadgen --deflate)
 #
 # UWS_DIR is a writable copy of shared/peers/uws (made and set up on first
 # use; never committed). Results: results/compare/<time>/.
@@ -38,9 +40,9 @@ cpu_seconds() { # PID
 # Each run records, next to its result, the load average before it started
 # and the CPU seconds of the server and of the loadgen: a comparison is only
 # fair if both servers had the same machine and the loadgen was not the limit.
-loadgen() { # URL FEED LABEL
+loadgen() { # URL FEED LABEL [LOADGEN ARGS...]
   cut -d' ' -f1-3 /proc/loadavg > "$OUT/$3.load"
-  /usr/bin/time -f "%U %S" -o "$OUT/$3.loadgen-cpu" target/release/tickcast-loadgen --url "$1" --publish "tcp:$2" --rate "$RATE" --clients "$CLIENTS" \
+  /usr/bin/time -f "%U %S" -o "$OUT/$3.loadgen-cpu" target/release/tickcast-loadgen "${@:4}" --url "$1" --publish "tcp:$2" --rate "$RATE" --clients "$CLIENTS" \
     --channels "$CHANNELS" --per-client "$PER_CLIENT" --pick "$PICK" --channel-prefix bench.c \
     --duration "$DURATION" --no-progress --out "$OUT/$3" > "$OUT/$3.txt" 2>&1 || true
 }
@@ -56,6 +58,19 @@ for i in $(seq 1 "$RUNS"); do
   loadgen "ws://127.0.0.1:$ws/ws" "127.0.0.1:$feed" "tickcast-$i"
   cpu_seconds $pid > "$OUT/tickcast-$i.server-cpu"
   kill $pid; wait $pid 2>/dev/null || true
+
+  if [ -n "${DEFLATE:-}" ]; then
+    ws=$(free_port); feed=$(free_port)
+    # shellcheck disable=SC2086
+    target/release/tickcast serve --listen "127.0.0.1:$ws" --feed "tcp:127.0.0.1:$feed" \
+      --stats-interval 0 --log warn $TICKCAST_ARGS > "$OUT/tickcast_deflate-$i.log" 2>&1 &
+    pid=$!
+    wait_port "$ws"; wait_port "$feed"
+    echo "run $i: tickcast, clients on permessage-deflate"
+    loadgen "ws://127.0.0.1:$ws/ws" "127.0.0.1:$feed" "tickcast_deflate-$i" --deflate
+    cpu_seconds $pid > "$OUT/tickcast_deflate-$i.server-cpu"
+    kill $pid; wait $pid 2>/dev/null || true
+  fi
 
   ws=$(free_port); feed=$(free_port)
   (cd "$UWS_DIR" && exec node uws.js --ws "127.0.0.1:$ws" --ingest "127.0.0.1:$feed") > "$OUT/uws-$i.log" 2>&1 &

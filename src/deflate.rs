@@ -287,7 +287,11 @@ fn inflate_with(
     max: usize,
 ) -> Result<Vec<u8>, InflateError> {
     // Start near the usual ratio for JSON; grow by doubling up to the bound.
-    let mut out = Vec::with_capacity((compressed.len() * 4).clamp(64, max.saturating_add(1)));
+    // (Not `clamp`: it panics when the bound is under 64 bytes.)
+    let start_capacity = (compressed.len().saturating_mul(4))
+        .max(64)
+        .min(max.saturating_add(1));
+    let mut out = Vec::with_capacity(start_capacity);
     for (input, flush) in [
         (compressed, FlushDecompress::None),
         (&TAIL[..], FlushDecompress::Sync),
@@ -532,5 +536,16 @@ mod tests {
         encoder.write_all(b"{\"op\":\"ping\"}").unwrap();
         encoder.finish().unwrap();
         assert_eq!(inflate(&final_block, 100).unwrap(), b"{\"op\":\"ping\"}");
+    }
+
+    /// A bound under the first buffer's 64 bytes (found by the frames fuzz
+    /// target with `max_message_bytes` = 1) is kept, not a panic.
+    #[test]
+    fn tiny_bounds_are_kept_without_a_panic() {
+        let compressed = client_deflate(b"{\"op\":\"ping\"}");
+        for max in [0, 1, 2, 12] {
+            assert_eq!(inflate(&compressed, max), Err(InflateError::TooLarge));
+        }
+        assert_eq!(inflate(&compressed, 13).unwrap(), b"{\"op\":\"ping\"}");
     }
 }
