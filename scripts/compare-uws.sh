@@ -47,29 +47,24 @@ loadgen() { # URL FEED LABEL [LOADGEN ARGS...]
     --duration "$DURATION" --no-progress --out "$OUT/$3" > "$OUT/$3.txt" 2>&1 || true
 }
 
-for i in $(seq 1 "$RUNS"); do
+# One run of tickcast: a fresh server, the loadgen against it, its CPU.
+run_tickcast() { # LABEL [LOADGEN ARGS...]
   ws=$(free_port); feed=$(free_port)
   # shellcheck disable=SC2086
   target/release/tickcast serve --listen "127.0.0.1:$ws" --feed "tcp:127.0.0.1:$feed" \
-    --stats-interval 0 --log warn $TICKCAST_ARGS > "$OUT/tickcast-$i.log" 2>&1 &
+    --stats-interval 0 --log warn $TICKCAST_ARGS > "$OUT/$1.log" 2>&1 &
   pid=$!
   wait_port "$ws"; wait_port "$feed"
-  echo "run $i: tickcast"
-  loadgen "ws://127.0.0.1:$ws/ws" "127.0.0.1:$feed" "tickcast-$i"
-  cpu_seconds $pid > "$OUT/tickcast-$i.server-cpu"
+  echo "run: $1 ${*:2}"
+  loadgen "ws://127.0.0.1:$ws/ws" "127.0.0.1:$feed" "$@"
+  cpu_seconds $pid > "$OUT/$1.server-cpu"
   kill $pid; wait $pid 2>/dev/null || true
+}
 
+for i in $(seq 1 "$RUNS"); do
+  run_tickcast "tickcast-$i"
   if [ -n "${DEFLATE:-}" ]; then
-    ws=$(free_port); feed=$(free_port)
-    # shellcheck disable=SC2086
-    target/release/tickcast serve --listen "127.0.0.1:$ws" --feed "tcp:127.0.0.1:$feed" \
-      --stats-interval 0 --log warn $TICKCAST_ARGS > "$OUT/tickcast_deflate-$i.log" 2>&1 &
-    pid=$!
-    wait_port "$ws"; wait_port "$feed"
-    echo "run $i: tickcast, clients on permessage-deflate"
-    loadgen "ws://127.0.0.1:$ws/ws" "127.0.0.1:$feed" "tickcast_deflate-$i" --deflate
-    cpu_seconds $pid > "$OUT/tickcast_deflate-$i.server-cpu"
-    kill $pid; wait $pid 2>/dev/null || true
+    run_tickcast "tickcast_deflate-$i" --deflate
   fi
 
   ws=$(free_port); feed=$(free_port)

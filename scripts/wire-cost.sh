@@ -6,7 +6,7 @@
 # outboxes as fast as it applies them (examples/wire_cost.rs); byte counts
 # are deterministic, so any machine, busy or not, gives the same table.
 #
-#   scripts/wire-cost.sh                          # feeds/*.ndjson and tests/fixtures/*.ndjson
+#   scripts/wire-cost.sh                          # feeds/, tests/fixtures/ and tests/fixtures/browser/ NDJSON
 #   scripts/wire-cost.sh a.ndjson b.ndjson.gz     # any feeds (.gz: gunzipped first)
 #   FIELDS="quotes=bid,ask book=bids" scripts/wire-cost.sh ...   # other filters
 #   MEASURE=1 scripts/wire-cost.sh                # also what the compression defaults
@@ -23,7 +23,7 @@ mkdir -p "$OUT"
 
 feeds=("$@")
 if [ ${#feeds[@]} -eq 0 ]; then
-  feeds=(feeds/*.ndjson tests/fixtures/*.ndjson)
+  feeds=(feeds/*.ndjson tests/fixtures/*.ndjson tests/fixtures/browser/*.ndjson)
 fi
 inputs=()
 for feed in "${feeds[@]}"; do
