@@ -11,13 +11,24 @@
 //! that agree to `server_no_context_takeover`: the handshake checks that).
 //!
 //! Without the extension agreed the wrapper passes reads straight through.
+//!
+//! The server compresses each update once and sends every subscriber the
+//! same bytes, so thousands of connections receive one compressed payload.
+//! Inflating it once per client made the loadgen, not the server, the
+//! limit (two whole cores at 8,000 clients: docs/benchmarks.md). Each
+//! thread keeps its inflater and the last few payloads it inflated, keyed by
+//! the whole compressed payload: a payload equal byte for byte to one just
+//! inflated gets that result (inflating is deterministic), anything else is
+//! inflated. Every frame is still taken apart, checked and handed on.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use flate2::{Decompress, FlushDecompress, Status};
 use tokio::io::{AsyncRead, ReadBuf};
 
@@ -31,19 +42,58 @@ const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 /// own limit, set to 16 MiB in `ws::connect_with`).
 const MAX_MESSAGE: usize = 16 << 20;
 
-/// Compressed frames inflated by this process so far.
+/// Compressed frames handed on plain by this process so far.
 static INFLATED: AtomicU64 = AtomicU64::new(0);
 
-/// How many compressed frames this process has inflated.
+/// How many compressed frames this process has handed on plain.
 pub fn inflated_frames() -> u64 {
     INFLATED.load(Ordering::Relaxed)
+}
+
+/// Room made in the read buffer before each read.
+const READ_AHEAD: usize = 16 * 1024;
+
+/// Payloads remembered per thread: a few updates' worth, since the frames
+/// of one update reach a thread's clients close together.
+const RECENT: usize = 16;
+
+/// A thread's inflater and what it inflated last.
+struct ThreadInflater {
+    inflater: Decompress,
+    /// (compressed payload, message), newest last.
+    recent: VecDeque<(Bytes, Bytes)>,
+}
+
+thread_local! {
+    static THREAD: RefCell<ThreadInflater> = RefCell::new(ThreadInflater {
+        inflater: Decompress::new(false),
+        recent: VecDeque::with_capacity(RECENT),
+    });
+}
+
+/// The message a compressed `payload` stands for.
+fn message_of(payload: &[u8]) -> io::Result<Bytes> {
+    THREAD.with(|thread| {
+        let mut thread = thread.borrow_mut();
+        if let Some((_, message)) = thread.recent.iter().rev().find(|(p, _)| p[..] == *payload) {
+            return Ok(message.clone());
+        }
+        let message = Bytes::from(inflate(&mut thread.inflater, payload)?);
+        if thread.recent.len() == RECENT {
+            thread.recent.pop_front();
+        }
+        thread
+            .recent
+            .push_back((Bytes::copy_from_slice(payload), message.clone()));
+        Ok(message)
+    })
 }
 
 /// The read half, inflating compressed frames when `active`.
 pub struct Inflating<R> {
     inner: R,
     /// Compressed frames arrive: take frames apart. Off: pass reads through.
-    inflater: Option<Box<Decompress>>,
+    active: bool,
     /// Bytes read, not yet a whole frame.
     raw: BytesMut,
     /// Frames ready to hand on.
@@ -54,7 +104,7 @@ impl<R> Inflating<R> {
     pub fn new(inner: R, active: bool) -> Self {
         Self {
             inner,
-            inflater: active.then(|| Box::new(Decompress::new(false))),
+            active,
             raw: BytesMut::new(),
             ready: BytesMut::new(),
         }
@@ -133,13 +183,12 @@ fn inflate(inflater: &mut Decompress, payload: &[u8]) -> io::Result<Vec<u8>> {
 impl<R: AsyncRead + Unpin> Inflating<R> {
     /// Moves every whole frame from `raw` to `ready`, inflating as needed.
     fn take_frames(&mut self) -> io::Result<()> {
-        let inflater = self.inflater.as_mut().expect("only when active");
         while let Some((head, len)) = frame_at(&self.raw) {
             let b0 = self.raw[0];
             if b0 & 0x40 == 0 {
                 self.ready.extend_from_slice(&self.raw[..head + len]);
             } else {
-                let message = inflate(inflater, &self.raw[head..head + len])?;
+                let message = message_of(&self.raw[head..head + len])?;
                 INFLATED.fetch_add(1, Ordering::Relaxed);
                 self.ready.extend_from_slice(&[b0 & !0x40]);
                 match message.len() {
@@ -168,7 +217,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for Inflating<R> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.inflater.is_none() {
+        if !this.active {
             return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
         loop {
@@ -178,10 +227,16 @@ impl<R: AsyncRead + Unpin> AsyncRead for Inflating<R> {
                 this.ready.advance(n);
                 return Poll::Ready(Ok(()));
             }
-            let mut chunk = [0u8; 16 * 1024];
-            let mut read = ReadBuf::new(&mut chunk);
-            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
-            if read.filled().is_empty() {
+            // Straight into `raw`'s spare room: a zeroed stack buffer per
+            // read cost more than the inflating (a 16 KB memset for each
+            // ~150-byte frame).
+            this.raw.reserve(READ_AHEAD);
+            let read = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut this.inner),
+                cx,
+                &mut this.raw
+            ))?;
+            if read == 0 {
                 // The end: hand on what is left (a cut frame), then the end.
                 let rest = this.raw.split();
                 this.ready.extend_from_slice(&rest);
@@ -190,7 +245,6 @@ impl<R: AsyncRead + Unpin> AsyncRead for Inflating<R> {
                 }
                 continue;
             }
-            this.raw.extend_from_slice(read.filled());
             this.take_frames()?;
         }
     }
@@ -235,6 +289,24 @@ mod tests {
         want.extend_from_slice(&[0x81, 2, b'h', b'i', 0x81, 7]);
         want.extend_from_slice(b"{\"a\":1}");
         assert_eq!(out, want);
+    }
+
+    /// The per-thread memory of recent payloads: one seen again gives its
+    /// own message, a different one of the same length is inflated anew.
+    #[tokio::test]
+    async fn a_payload_seen_again_gives_its_own_message_and_never_another() {
+        let (one, two) = (br#"{"n":1,"pad":"xyzxyz"}"#, br#"{"n":2,"pad":"xyzxyz"}"#);
+        let (a, b) = (compressed_frame(one), compressed_frame(two));
+        assert_eq!(a.len(), b.len());
+        let stream = [a.clone(), b.clone(), a, b].concat();
+        let before = inflated_frames();
+        let mut reader = Inflating::new(&stream[..], true);
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).await.unwrap();
+        let plain = |m: &[u8]| [&[0x81, m.len() as u8][..], m].concat();
+        let want = [plain(one), plain(two), plain(one), plain(two)].concat();
+        assert_eq!(out, want);
+        assert!(inflated_frames() - before >= 4, "every frame is counted");
     }
 
     #[test]
