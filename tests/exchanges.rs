@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_compression::tokio::bufread::GzipDecoder;
 use futures_util::{SinkExt, StreamExt};
@@ -21,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 
-use common::{http_get, start_server, wait_for, wait_for_channel, Client, DEADLINE};
+use common::{http_get, start_server, try_wait_for, wait_for, wait_for_channel, Client, DEADLINE};
 use tickcast::RunningServer;
 
 // ---------------------------------------------------------------- fixtures
@@ -699,17 +698,11 @@ async fn channel_data(server: &RunningServer, name: &str) -> Option<Value> {
 
 /// Waits until channel `name` holds `expected`.
 async fn wait_for_state(server: &RunningServer, name: &str, expected: &Value) {
-    let found = tokio::time::timeout(DEADLINE, async {
-        loop {
-            if channel_data(server, name).await.as_ref() == Some(expected) {
-                return;
-            }
-            // Books are large: look again often, but not in a busy loop.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    let found = try_wait_for(|| async {
+        (channel_data(server, name).await.as_ref() == Some(expected)).then_some(())
     })
     .await;
-    if found.is_err() {
+    if found.is_none() {
         let held = channel_data(server, name).await.unwrap_or(Value::Null);
         panic!(
             "{name} never became the expected state: {}",
@@ -1246,32 +1239,26 @@ async fn binance_depth_caps_the_levels_kept_and_the_best_levels_stay_right() {
         };
         let expected = (best(&book.bids, true), best(&book.asks, false));
         let channel = format!("book.{symbol}");
-        let found = tokio::time::timeout(DEADLINE, async {
-            loop {
-                if let Some(held) = channel_data(&server, &channel).await {
-                    let side = |key: &str, bids: bool| -> Vec<(String, Value)> {
-                        let map = held[key].as_object().cloned().unwrap_or_default();
-                        assert!(
-                            map.len() <= 20,
-                            "{channel} {key}: {} levels kept",
-                            map.len()
-                        );
-                        let strings: BTreeMap<String, String> = map
-                            .iter()
-                            .map(|(p, q)| (p.clone(), q.to_string()))
-                            .collect();
-                        best(&strings, bids)
-                    };
-                    if (side("bids", true), side("asks", false)) == expected {
-                        return;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+        let found = try_wait_for(|| async {
+            let held = channel_data(&server, &channel).await?;
+            let side = |key: &str, bids: bool| -> Vec<(String, Value)> {
+                let map = held[key].as_object().cloned().unwrap_or_default();
+                assert!(
+                    map.len() <= 20,
+                    "{channel} {key}: {} levels kept",
+                    map.len()
+                );
+                let strings: BTreeMap<String, String> = map
+                    .iter()
+                    .map(|(p, q)| (p.clone(), q.to_string()))
+                    .collect();
+                best(&strings, bids)
+            };
+            ((side("bids", true), side("asks", false)) == expected).then_some(())
         })
         .await;
         assert!(
-            found.is_ok(),
+            found.is_some(),
             "{channel}: the best levels never matched the raw book's"
         );
     }

@@ -56,7 +56,20 @@ pub async fn start_with_tcp_feed(tweak: impl FnOnce(&mut Settings)) -> (RunningS
 }
 
 /// Polls `probe` until it yields `Some`, failing the test after [`DEADLINE`].
-pub async fn wait_for<T, F, Fut>(mut probe: F, what: &str) -> T
+pub async fn wait_for<T, F, Fut>(probe: F, what: &str) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    match try_wait_for(probe).await {
+        Some(value) => value,
+        None => panic!("timed out after {DEADLINE:?} waiting for: {what}"),
+    }
+}
+
+/// As [`wait_for`], but `None` at the deadline, for a caller that explains
+/// the failure itself (what it found instead of what it wanted).
+pub async fn try_wait_for<T, F, Fut>(mut probe: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -68,10 +81,10 @@ where
     loop {
         every.tick().await;
         if let Some(value) = probe().await {
-            return value;
+            return Some(value);
         }
         if tokio::time::Instant::now() > deadline {
-            panic!("timed out after {DEADLINE:?} waiting for: {what}");
+            return None;
         }
     }
 }
