@@ -19,8 +19,10 @@ use std::collections::{HashMap, VecDeque};
 use serde_json::{json, Value};
 
 use super::book::{self, Book, Patch, Side};
-use super::number::{decimal, ms_to_ns, size};
-use super::{record, str_field, u64_field, Action, ExchangeLogic, TradeStream};
+use super::number::{ms_to_ns, size};
+use super::{
+    decimal_field, record, subscribed_name, u64_field, Action, ExchangeLogic, TradeStream,
+};
 use crate::record::{JsonMap, RejectReason};
 
 /// Diffs kept per symbol while its snapshot is fetched (100 s at the
@@ -109,9 +111,7 @@ impl Binance {
             ("ask", "a"),
             ("ask_size", "A"),
         ] {
-            let text = str_field(data, field)?;
-            let value = decimal(text).ok_or_else(|| format!("{field:?} is not a number"))?;
-            q.insert(key.into(), value);
+            q.insert(key.into(), decimal_field(data, field)?);
         }
         q.insert("u".into(), u.into());
         self.last_sequence = Some(u);
@@ -121,8 +121,8 @@ impl Binance {
 
     fn trade(&mut self, data: &Value, agg: bool, out: &mut Vec<Action>) -> Result<(), String> {
         let symbol = self.symbol(data)?;
-        let price = decimal(str_field(data, "p")?).ok_or("\"p\" is not a number")?;
-        let qty = decimal(str_field(data, "q")?).ok_or("\"q\" is not a number")?;
+        let price = decimal_field(data, "p")?;
+        let qty = decimal_field(data, "q")?;
         let maker_is_buyer = data
             .get("m")
             .and_then(Value::as_bool)
@@ -147,12 +147,7 @@ impl Binance {
     }
 
     fn symbol(&self, data: &Value) -> Result<String, String> {
-        let symbol = str_field(data, "s")?;
-        if self.books.contains_key(symbol) {
-            Ok(symbol.to_owned())
-        } else {
-            Err(format!("symbol {symbol:?} was not subscribed"))
-        }
+        subscribed_name(&self.books, data, "s").map(str::to_owned)
     }
 
     fn depth_update(&mut self, data: &Value, out: &mut Vec<Action>) -> Result<(), String> {

@@ -26,15 +26,31 @@ use serde_json::{json, Value};
 
 use super::book::{self, Book, Patch, Side};
 use super::number::{decimal, rfc3339_utc_ns, size};
-use super::{record, str_field, u64_field, Action, ExchangeLogic};
+use super::{decimal_field, record, str_field, subscribed_name, u64_field, Action, ExchangeLogic};
 use crate::record::{JsonMap, RejectReason};
 
 /// The channel the books come from.
 pub const LEVEL2_CHANNEL: &str = "level2_batch";
 
-struct ProductBook {
-    book: Book,
-    synced: bool,
+/// One product's book, in either Coinbase API.
+pub(super) struct ProductBook {
+    pub(super) book: Book,
+    /// A snapshot has come since the last (re)subscription.
+    pub(super) synced: bool,
+}
+
+/// An empty, unsynced book for each product, at most `depth` levels a side.
+pub(super) fn product_books(products: &[String], depth: usize) -> HashMap<String, ProductBook> {
+    products
+        .iter()
+        .map(|p| {
+            let book = ProductBook {
+                book: Book::new(depth),
+                synced: false,
+            };
+            (p.clone(), book)
+        })
+        .collect()
 }
 
 pub struct Coinbase {
@@ -45,30 +61,15 @@ pub struct Coinbase {
 
 impl Coinbase {
     pub fn new(products: Vec<String>, depth: usize) -> Self {
-        let books = products
-            .iter()
-            .map(|p| {
-                let book = ProductBook {
-                    book: Book::new(depth),
-                    synced: false,
-                };
-                (p.clone(), book)
-            })
-            .collect();
         Self {
+            books: product_books(&products, depth),
             products,
-            books,
             last_sequence: None,
         }
     }
 
     fn product(&self, v: &Value) -> Result<String, String> {
-        let product = str_field(v, "product_id")?;
-        if self.books.contains_key(product) {
-            Ok(product.to_owned())
-        } else {
-            Err(format!("product {product:?} was not subscribed"))
-        }
+        subscribed_name(&self.books, v, "product_id").map(str::to_owned)
     }
 
     fn note_sequence(&mut self, v: &Value) -> Option<u64> {
@@ -120,14 +121,8 @@ impl Coinbase {
             other => return Err(format!("side {other:?} is neither buy nor sell")),
         };
         let mut t = JsonMap::new();
-        t.insert(
-            "price".into(),
-            decimal(str_field(v, "price")?).ok_or("\"price\" is not a number")?,
-        );
-        t.insert(
-            "size".into(),
-            decimal(str_field(v, "size")?).ok_or("\"size\" is not a number")?,
-        );
+        t.insert("price".into(), decimal_field(v, "price")?);
+        t.insert("size".into(), decimal_field(v, "size")?);
         t.insert("side".into(), json!(side));
         t.insert("maker_side".into(), json!(maker_side));
         t.insert("id".into(), u64_field(v, "trade_id")?.into());

@@ -23,17 +23,13 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use super::book::{self, Book, Patch, Side};
-use super::number::{decimal, rfc3339_utc_ns, size};
-use super::{record, str_field, u64_field, Action, ExchangeLogic};
+use super::book::{self, Patch, Side};
+use super::coinbase::{product_books, ProductBook};
+use super::number::{rfc3339_utc_ns, size};
+use super::{decimal_field, record, str_field, subscribed_name, u64_field, Action, ExchangeLogic};
 use crate::record::{JsonMap, RejectReason};
 
 const CHANNELS: [&str; 4] = ["level2", "ticker", "market_trades", "heartbeats"];
-
-struct ProductBook {
-    book: Book,
-    synced: bool,
-}
 
 pub struct CoinbaseAdvanced {
     products: Vec<String>,
@@ -49,31 +45,16 @@ fn subscribe(kind: &str, products: &[String], channel: &str) -> Action {
 
 impl CoinbaseAdvanced {
     pub fn new(products: Vec<String>, depth: usize) -> Self {
-        let books = products
-            .iter()
-            .map(|p| {
-                let book = ProductBook {
-                    book: Book::new(depth),
-                    synced: false,
-                };
-                (p.clone(), book)
-            })
-            .collect();
         Self {
+            books: product_books(&products, depth),
             products,
-            books,
             expected: None,
             last_sequence: None,
         }
     }
 
     fn product<'a>(&self, v: &'a Value) -> Result<&'a str, String> {
-        let product = str_field(v, "product_id")?;
-        if self.books.contains_key(product) {
-            Ok(product)
-        } else {
-            Err(format!("product {product:?} was not subscribed"))
-        }
+        subscribed_name(&self.books, v, "product_id")
     }
 
     /// Checks the connection's message count; a gap re-syncs every book.
@@ -110,9 +91,7 @@ impl CoinbaseAdvanced {
                     ("ask", "best_ask"),
                     ("ask_size", "best_ask_quantity"),
                 ] {
-                    let n = decimal(str_field(t, field)?)
-                        .ok_or_else(|| format!("{field:?} is not a number"))?;
-                    q.insert(key.into(), n);
+                    q.insert(key.into(), decimal_field(t, field)?);
                 }
                 q.insert("sequence_num".into(), sequence.into());
                 if let Some(ts) = exch_ts {
@@ -138,14 +117,8 @@ impl CoinbaseAdvanced {
                     other => return Err(format!("side {other:?} is neither BUY nor SELL")),
                 };
                 let mut r = JsonMap::new();
-                r.insert(
-                    "price".into(),
-                    decimal(str_field(t, "price")?).ok_or("\"price\" is not a number")?,
-                );
-                r.insert(
-                    "size".into(),
-                    decimal(str_field(t, "size")?).ok_or("\"size\" is not a number")?,
-                );
+                r.insert("price".into(), decimal_field(t, "price")?);
+                r.insert("size".into(), decimal_field(t, "size")?);
                 r.insert("side".into(), json!(side));
                 r.insert("maker_side".into(), json!(maker_side));
                 r.insert("id".into(), json!(str_field(t, "trade_id")?));

@@ -87,6 +87,25 @@ pub fn str_field<'a>(v: &'a Value, key: &str) -> Result<&'a str, String> {
         .ok_or_else(|| format!("no string {key:?}"))
 }
 
+/// `v`'s `key`, a decimal string, as a JSON number.
+pub fn decimal_field(v: &Value, key: &str) -> Result<Value, String> {
+    number::decimal(str_field(v, key)?).ok_or_else(|| format!("{key:?} is not a number"))
+}
+
+/// `v`'s `key` if it names one of `subscribed`'s symbols or products.
+pub fn subscribed_name<'a, T>(
+    subscribed: &std::collections::HashMap<String, T>,
+    v: &'a Value,
+    key: &str,
+) -> Result<&'a str, String> {
+    let name = str_field(v, key)?;
+    if subscribed.contains_key(name) {
+        Ok(name)
+    } else {
+        Err(format!("{name:?} was not subscribed"))
+    }
+}
+
 pub fn u64_field(v: &Value, key: &str) -> Result<u64, String> {
     v.get(key)
         .and_then(Value::as_u64)
