@@ -13,11 +13,9 @@ use std::net::SocketAddr;
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use common::*;
-use rawws::{masked, OP_CLOSE, OP_TEXT};
+use rawws::{RawWs, ServerFrame, OP_CLOSE, OP_TEXT};
 
 /// The tail a sync flush ends with, dropped on the wire (RFC 7692 7.2.1).
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
@@ -25,103 +23,24 @@ const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 /// What the server answers a browser's offer with, by default.
 const ACCEPTED: &str = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
 
-/// A frame from the server, RSV1 included.
-#[derive(Debug)]
-struct Frame {
-    rsv1: bool,
-    opcode: u8,
-    payload: Vec<u8>,
-}
-
 /// A client over a raw socket that may offer permessage-deflate.
 struct DeflateClient {
-    stream: TcpStream,
-    buf: Vec<u8>,
+    raw: RawWs,
     /// The server's `Sec-WebSocket-Extensions` answer, if any.
     agreed: Option<String>,
 }
 
 impl DeflateClient {
     async fn connect(addr: SocketAddr, offer: Option<&str>) -> Self {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        let extensions = offer
-            .map(|o| format!("Sec-WebSocket-Extensions: {o}\r\n"))
-            .unwrap_or_default();
-        let request = format!(
-            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-             {extensions}\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut client = Self {
-            stream,
-            buf: Vec::new(),
-            agreed: None,
-        };
-        let end = loop {
-            if let Some(i) = client.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            assert!(client.read_some().await > 0, "closed during the handshake");
-        };
-        let head = String::from_utf8_lossy(&client.buf[..end]).into_owned();
-        assert!(head.starts_with("HTTP/1.1 101"), "no upgrade: {head}");
-        client.agreed = head.lines().find_map(|line| {
-            let (name, value) = line.split_once(':')?;
-            name.eq_ignore_ascii_case("sec-websocket-extensions")
-                .then(|| value.trim().to_owned())
-        });
-        client.buf.drain(..end);
-        client
-    }
-
-    async fn read_some(&mut self) -> usize {
-        let mut chunk = vec![0u8; 64 * 1024];
-        let n = tokio::time::timeout(DEADLINE, self.stream.read(&mut chunk))
-            .await
-            .expect("bytes within the deadline")
-            .unwrap_or(0);
-        self.buf.extend_from_slice(&chunk[..n]);
-        n
+        let raw = RawWs::connect_offering(addr, offer).await;
+        let agreed = raw.extensions.clone();
+        Self { raw, agreed }
     }
 
     /// The next frame; `None` at the end of the stream.
-    async fn frame(&mut self) -> Option<Frame> {
-        loop {
-            if let Some(frame) = self.take_frame() {
-                return Some(frame);
-            }
-            if self.read_some().await == 0 {
-                return None;
-            }
-        }
-    }
-
-    fn take_frame(&mut self) -> Option<Frame> {
-        let b = &self.buf;
-        if b.len() < 2 {
-            return None;
-        }
-        assert_eq!(b[0] & 0x80, 0x80, "the server sends whole messages");
-        assert_eq!(b[0] & 0x30, 0, "RSV2 and RSV3 are never set");
-        let (len, head) = match b[1] & 0x7F {
-            126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
-            127 if b.len() >= 10 => (
-                u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
-                10,
-            ),
-            126 | 127 => return None,
-            n => (n as usize, 2),
-        };
-        if b.len() < head + len {
-            return None;
-        }
-        let frame = Frame {
-            rsv1: b[0] & 0x40 != 0,
-            opcode: b[0] & 0x0F,
-            payload: b[head..head + len].to_vec(),
-        };
-        self.buf.drain(..head + len);
+    async fn frame(&mut self) -> Option<ServerFrame> {
+        let frame = self.raw.next_frame().await?;
+        assert!(frame.fin, "the server sends whole messages");
         Some(frame)
     }
 
@@ -149,20 +68,12 @@ impl DeflateClient {
     }
 
     async fn send(&mut self, first: u8, payload: &[u8]) {
-        self.stream
-            .write_all(&masked(first, payload))
-            .await
-            .unwrap();
+        self.raw.send_frame(first, payload).await;
     }
 
     /// Skips to the close frame; its code.
     async fn close_code(&mut self) -> u16 {
-        loop {
-            let frame = self.frame().await.expect("a close frame before the end");
-            if frame.opcode == OP_CLOSE {
-                return u16::from_be_bytes([frame.payload[0], frame.payload[1]]);
-            }
-        }
+        self.raw.expect_close().await.0
     }
 }
 

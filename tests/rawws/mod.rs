@@ -19,6 +19,8 @@ pub const OP_PONG: u8 = 0xA;
 #[derive(Debug)]
 pub struct ServerFrame {
     pub fin: bool,
+    /// permessage-deflate: the message is compressed.
+    pub rsv1: bool,
     pub opcode: u8,
     pub payload: Vec<u8>,
 }
@@ -59,11 +61,19 @@ pub fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
 pub struct RawWs {
     pub stream: TcpStream,
     buf: Vec<u8>,
+    /// The server's `Sec-WebSocket-Extensions` answer, if any.
+    pub extensions: Option<String>,
 }
 
 impl RawWs {
     pub async fn connect(addr: SocketAddr) -> Self {
-        Self::handshake(TcpStream::connect(addr).await.unwrap(), addr).await
+        Self::connect_offering(addr, None).await
+    }
+
+    /// A client that offers `extensions` (`Sec-WebSocket-Extensions`).
+    pub async fn connect_offering(addr: SocketAddr, extensions: Option<&str>) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        Self::handshake(stream, addr, extensions).await
     }
 
     /// A client whose socket has a small receive buffer and a network-sized
@@ -76,13 +86,17 @@ impl RawWs {
         socket.set_tcp_mss(1460).unwrap();
         socket.set_nonblocking(true).unwrap();
         let socket = TcpSocket::from_std_stream(socket.into());
-        Self::handshake(socket.connect(addr).await.unwrap(), addr).await
+        Self::handshake(socket.connect(addr).await.unwrap(), addr, None).await
     }
 
-    async fn handshake(mut stream: TcpStream, addr: SocketAddr) -> Self {
+    async fn handshake(mut stream: TcpStream, addr: SocketAddr, offer: Option<&str>) -> Self {
+        let extensions = offer
+            .map(|o| format!("Sec-WebSocket-Extensions: {o}\r\n"))
+            .unwrap_or_default();
         let request = format!(
             "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             {extensions}\r\n"
         );
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut buf = Vec::new();
@@ -100,8 +114,17 @@ impl RawWs {
         };
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
         assert!(head.starts_with("HTTP/1.1 101"), "no upgrade: {head}");
+        let extensions = head.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("sec-websocket-extensions")
+                .then(|| value.trim().to_owned())
+        });
         buf.drain(..end);
-        Self { stream, buf }
+        Self {
+            stream,
+            buf,
+            extensions,
+        }
     }
 
     pub async fn send_raw(&mut self, bytes: &[u8]) {
@@ -132,6 +155,7 @@ impl RawWs {
             return None;
         }
         assert_eq!(b[1] & 0x80, 0, "server frames are not masked");
+        assert_eq!(b[0] & 0x30, 0, "RSV2 and RSV3 are never set");
         let (len, head) = match b[1] & 0x7F {
             126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
             127 if b.len() >= 10 => (
@@ -146,6 +170,7 @@ impl RawWs {
         }
         let frame = ServerFrame {
             fin: b[0] & 0x80 != 0,
+            rsv1: b[0] & 0x40 != 0,
             opcode: b[0] & 0x0F,
             payload: b[head..head + len].to_vec(),
         };
