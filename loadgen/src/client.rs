@@ -40,6 +40,10 @@ pub struct Shared {
     pub max_reconnects: u32,
     /// Set when the run is closing: a connection lost now is not reconnected.
     pub ending: AtomicBool,
+    /// Per client id: it got `subscribed`. Read when the run ends, also for
+    /// a client cut off while still reading: its deliveries are received,
+    /// so they are expected too.
+    pub subscribed: Box<[AtomicBool]>,
     pub notes: Mutex<Notes>,
 }
 
@@ -90,12 +94,6 @@ pub struct GapExample {
     pub seq: u64,
 }
 
-/// What a client reports when it is done.
-#[derive(Debug, Default, Clone)]
-pub struct Outcome {
-    pub subscribed: bool,
-}
-
 /// How one connection ended.
 enum End {
     /// The run ended and the close handshake was done (or timed out).
@@ -140,7 +138,7 @@ pub async fn run(
     channels: Vec<String>,
     source: Option<IpAddr>,
     mut stop: Stop,
-) -> Outcome {
+) {
     let mut me = Client {
         shared,
         id,
@@ -196,9 +194,6 @@ pub async fn run(
     }
     me.settle();
     Counters::bump(&me.shared.counters.finished);
-    Outcome {
-        subscribed: me.subscribed,
-    }
 }
 
 /// The `subscribe` request (id 1) for `channels`, with the run's fields and max_hz.
@@ -400,6 +395,9 @@ impl Client {
             },
             Kind::Subscribed if !self.subscribed => {
                 self.subscribed = true;
+                if let Some(flag) = sh.subscribed.get(self.id) {
+                    flag.store(true, Relaxed);
+                }
                 settle(&mut self.settled, &sh.counters);
                 Counters::bump(&sh.counters.subscribed);
                 let mut notes = sh.notes.lock().unwrap_or_else(|e| e.into_inner());
