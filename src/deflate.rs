@@ -112,6 +112,12 @@ impl Negotiated {
         let bits = self.window_bits();
         len >= usize::from(self.min_bytes) && (bits >= 15 || len <= 1 << bits)
     }
+
+    /// [`compresses`](Self::compresses) for a whole server frame as
+    /// `crate::wire` builds it.
+    pub fn compresses_frame(&self, frame: &[u8]) -> bool {
+        frame_payload(frame).is_some_and(|payload| self.compresses(payload.len()))
+    }
 }
 
 /// The first acceptable permessage-deflate offer among the request's

@@ -241,6 +241,63 @@ async fn a_compressed_client_sees_exactly_the_uncompressed_stream() {
     assert_eq!(eligible_compressed, eligible, "frames over the threshold");
 }
 
+/// A snapshot is a frame like any other: a subscriber that agreed to
+/// compression gets it compressed, inflating to exactly the plain
+/// subscriber's snapshot, and every such subscriber gets the same bytes
+/// (that they are compressed once per seq is `engine::cell`'s unit test).
+#[tokio::test]
+async fn snapshots_come_compressed_once_for_every_compressed_subscriber() {
+    let (server, feed) = start_with_tcp_feed(|_| {}).await;
+    let recorded =
+        include_str!("../feeds/coinbase-advanced-trade_2026-08-09_BTC-USD-ETH-USD.ndjson");
+    let mut producer = Producer::connect(feed).await;
+    for line in recorded.lines().take(300) {
+        producer.send_line(line).await;
+    }
+    producer.publish("quotes.end", json!({"done": true})).await;
+    // One feed, applied in order: the books are whole once this is there.
+    wait_for_channel(&server, "quotes.end").await;
+
+    let subscribe = r#"{"op":"subscribe","id":1,"channels":["book.BTC-USD"]}"#;
+    let mut plain = Client::connect(server.addr).await;
+    plain.send_text(subscribe).await;
+    assert_eq!(plain.recv().await["type"], "subscribed");
+    let want = plain.recv().await;
+    assert_eq!(want["type"], "snapshot");
+    let plain_len = serde_json::to_string(&want).unwrap().len();
+    assert!(
+        plain_len > 2_000,
+        "a book-sized snapshot: {plain_len} bytes"
+    );
+
+    let mut payloads = Vec::new();
+    for _ in 0..2 {
+        let mut packed = DeflateClient::connect(server.addr, Some("permessage-deflate")).await;
+        packed.send(0x80 | OP_TEXT, subscribe.as_bytes()).await;
+        let (reply, _) = packed.message().await;
+        assert!(reply.contains(r#""type":"subscribed""#), "{reply}");
+        let frame = loop {
+            let frame = packed.frame().await.expect("the snapshot");
+            if frame.opcode == OP_TEXT {
+                break frame;
+            }
+        };
+        assert!(frame.rsv1, "the snapshot came plain");
+        let got: Value = serde_json::from_slice(&inflate(&frame.payload)).unwrap();
+        assert_eq!(got, want, "the inflated snapshot differs");
+        assert!(
+            frame.payload.len() * 2 < plain_len,
+            "{} compressed bytes for a {plain_len}-byte snapshot",
+            frame.payload.len()
+        );
+        payloads.push(frame.payload);
+    }
+    assert_eq!(
+        payloads[0], payloads[1],
+        "both got the same compressed bytes"
+    );
+}
+
 /// Compressed client messages are understood; one that inflates past
 /// `limits.max_message_bytes` is closed with 1009 without the server
 /// inflating more than that, and the server goes on serving.

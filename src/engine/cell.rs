@@ -23,6 +23,7 @@ use super::policy::{Mode, NamespacePolicy};
 use super::size;
 use super::state_budget::{StateBudget, StateTooLarge};
 use crate::channel::ChannelName;
+use crate::deflate::{self, Negotiated};
 use crate::record::{FeedRecord, JsonMap};
 use crate::wire;
 
@@ -48,9 +49,34 @@ pub struct ChannelState {
     pub seq: u64,
     pub history: History,
     /// Snapshot frames for `seq`, by filter and resync flag, shared by
-    /// everyone who subscribes before the next update. The filter is held
-    /// (not just its address) so a freed filter's address cannot be reused.
-    snapshots: Vec<(Option<Arc<FieldFilter>>, bool, Bytes)>,
+    /// everyone who subscribes before the next update.
+    snapshots: Vec<CachedSnapshot>,
+}
+
+/// One snapshot frame of the current seq, plain and (once a subscriber that
+/// agreed to permessage-deflate asked for it) compressed.
+struct CachedSnapshot {
+    /// Held, not just its address, so a freed filter's address cannot be
+    /// reused.
+    filter: Option<Arc<FieldFilter>>,
+    resync: bool,
+    plain: Bytes,
+    /// `None`: not compressed yet; `Some(None)`: compressing does not make
+    /// it smaller.
+    deflated: Option<Option<Bytes>>,
+}
+
+impl CachedSnapshot {
+    fn frame_for(&mut self, deflate: Option<Negotiated>) -> Bytes {
+        match deflate {
+            Some(agreed) if agreed.compresses_frame(&self.plain) => self
+                .deflated
+                .get_or_insert_with(|| deflate::deflate_frame(&self.plain))
+                .clone()
+                .unwrap_or_else(|| self.plain.clone()),
+            _ => self.plain.clone(),
+        }
+    }
 }
 
 impl ChannelCell {
@@ -154,31 +180,92 @@ impl ChannelState {
         Ok(Some(json))
     }
 
-    /// The snapshot frame of the current state of channel `name` for `filter`.
+    /// The snapshot frame of the current state of channel `name` for
+    /// `filter`, compressed if `deflate` (the subscriber's agreement) allows
+    /// it. Every form is built once per seq and shared, as update frames
+    /// are: a reconnect storm compresses a big book once, not per client.
     pub fn snapshot_frame(
         &mut self,
         name: &str,
         epoch: &str,
         filter: &Option<Arc<FieldFilter>>,
         resync: bool,
+        deflate: Option<Negotiated>,
     ) -> Bytes {
-        if let Some((_, _, frame)) = self
+        if let Some(cached) = self
             .snapshots
-            .iter()
-            .find(|(f, r, _)| *r == resync && filter::same(f, filter))
+            .iter_mut()
+            .find(|c| c.resync == resync && filter::same(&c.filter, filter))
         {
-            return frame.clone();
+            return cached.frame_for(deflate);
         }
-        let frame = match filter {
+        let plain = match filter {
             None => wire::snapshot(name, self.seq, epoch, &self.state, resync),
             Some(f) => {
                 let data = f.restrict(&self.state);
                 wire::snapshot(name, self.seq, epoch, &data, resync)
             }
         };
+        let mut cached = CachedSnapshot {
+            filter: filter.clone(),
+            resync,
+            plain,
+            deflated: None,
+        };
+        let frame = cached.frame_for(deflate);
         if self.snapshots.len() < SNAPSHOT_CACHE {
-            self.snapshots.push((filter.clone(), resync, frame.clone()));
+            self.snapshots.push(cached);
         }
         frame
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::state_budget::StateBudget;
+    use serde_json::json;
+
+    fn cell(data: serde_json::Value) -> ChannelCell {
+        let serde_json::Value::Object(data) = data else {
+            panic!("not an object")
+        };
+        let record = FeedRecord {
+            channel: ChannelName::new("book.A").unwrap(),
+            data,
+            ts: None,
+            ingest_ns: 1,
+        };
+        ChannelCell::create(
+            0,
+            &record,
+            NamespacePolicy::default(),
+            &mut StateBudget::unbounded(),
+            &mut HistoryBudget::new(usize::MAX),
+        )
+        .unwrap()
+    }
+
+    /// Every subscriber that agreed to compression gets the one compressed
+    /// snapshot of a seq; one that did not, the plain one; a snapshot under
+    /// the size threshold goes plain to both.
+    #[test]
+    fn a_snapshot_is_compressed_once_per_seq_and_shared() {
+        let levels: Vec<_> = (0..50).map(|i| json!([100 + i, "1.5"])).collect();
+        let cell = cell(json!({ "bids": levels }));
+        let agreed = Some(Negotiated::new(15, 96));
+        let mut state = cell.lock();
+        let a = state.snapshot_frame("book.A", "e", &None, false, agreed);
+        let b = state.snapshot_frame("book.A", "e", &None, false, agreed);
+        let plain = state.snapshot_frame("book.A", "e", &None, false, None);
+        assert_eq!(a[0] & 0x40, 0x40, "RSV1: compressed");
+        assert_eq!(a.as_ptr(), b.as_ptr(), "shared, not compressed again");
+        assert_eq!(plain[0] & 0x40, 0, "plain for a client without it");
+        assert!(a.len() < plain.len());
+
+        let small = self::cell(json!({ "x": 1 }));
+        let mut state = small.lock();
+        let frame = state.snapshot_frame("book.A", "e", &None, false, agreed);
+        assert_eq!(frame[0] & 0x40, 0, "under min_bytes: plain");
     }
 }

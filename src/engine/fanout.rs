@@ -29,16 +29,6 @@ use crate::outbox::Outbox;
 use crate::record::{FeedRecord, JsonMap};
 use crate::wire;
 
-/// The payload length of a server frame as `wire` builds it.
-fn payload_len(frame: &[u8]) -> usize {
-    let header = match frame.get(1) {
-        Some(126) => 4,
-        Some(127) => 10,
-        _ => 2,
-    };
-    frame.len().saturating_sub(header)
-}
-
 /// What the state stage hands to every fanout shard.
 #[derive(Clone)]
 pub enum Event {
@@ -219,7 +209,7 @@ impl<'a> UpdateFrames<'a> {
     ) -> Bytes {
         let plain = self.frame(filter, prev);
         match outbox.deflate() {
-            Some(agreed) if agreed.compresses(payload_len(&plain)) => {
+            Some(agreed) if agreed.compresses_frame(&plain) => {
                 self.deflated(filter, prev, &plain).unwrap_or(plain)
             }
             _ => plain,

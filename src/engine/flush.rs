@@ -43,8 +43,9 @@ impl Shard {
             // this shard has been handed: those are then skipped as
             // already included (`current`).
             let mut state = cell.lock();
-            let frame =
-                state.snapshot_frame(cell.name.as_str(), &self.epoch, &delivery.filter, false);
+            let deflate = delivery.outbox.deflate();
+            let name = cell.name.as_str();
+            let frame = state.snapshot_frame(name, &self.epoch, &delivery.filter, false, deflate);
             (frame, state.seq)
         } else {
             let json = serde_json::to_vec(&pending.patch).expect("serializing a JSON map");

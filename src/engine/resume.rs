@@ -19,6 +19,7 @@ use super::patch::merge_patch;
 use super::policy::Mode;
 use super::shard::Shard;
 use super::SessionId;
+use crate::deflate::Negotiated;
 use crate::outbox::QueuedFrame;
 use crate::record::{FeedRecord, JsonMap};
 use crate::wire;
@@ -59,13 +60,17 @@ pub(super) struct Plan {
 }
 
 impl Shard {
-    /// Works out how `cell` starts for a subscriber with `filter`. The
-    /// delivery must already be counted on the cell (`ensure_delivery`).
+    /// Works out how `cell` starts for a subscriber with `filter` (and
+    /// `deflate`, its permessage-deflate agreement: a snapshot goes
+    /// compressed when it allows; replayed updates are built for this
+    /// subscriber alone and go plain). The delivery must already be counted
+    /// on the cell (`ensure_delivery`).
     pub(super) fn plan(
         &self,
         cell: &Arc<ChannelCell>,
         filter: &Option<Arc<FieldFilter>>,
         start: Start,
+        deflate: Option<Negotiated>,
     ) -> Plan {
         let mut channel = cell.lock();
         let name = cell.name.as_str();
@@ -85,7 +90,7 @@ impl Shard {
         let (frames, last_sent) = replayed.unwrap_or_else(|| {
             // A resume that cannot be honoured is announced as a resync.
             let resync = start != Start::Snapshot;
-            let frame = channel.snapshot_frame(name, &self.epoch, filter, resync);
+            let frame = channel.snapshot_frame(name, &self.epoch, filter, resync, deflate);
             (vec![frame], channel.seq)
         });
         let current = channel.seq;
@@ -114,6 +119,7 @@ impl Shard {
         cell: &Arc<ChannelCell>,
         first: &FeedRecord,
         filter: &Option<Arc<FieldFilter>>,
+        deflate: Option<Negotiated>,
     ) -> Plan {
         let channel = cell.lock();
         let name = cell.name.as_str();
@@ -122,7 +128,7 @@ impl Shard {
             .flatten();
         let Some((updates, last_sent)) = caught_up else {
             drop(channel);
-            return self.plan(cell, filter, Start::Snapshot);
+            return self.plan(cell, filter, Start::Snapshot, deflate);
         };
         let mut state = JsonMap::new();
         merge_patch(&mut state, &first.data);
@@ -145,7 +151,13 @@ impl Shard {
     /// the biggest replays with resync snapshots instead: a resume that the
     /// queue cannot hold is announced as a resync rather than closed with
     /// 1013, which would only repeat when the client resumes the same way.
-    pub(super) fn fit(&self, plans: &mut [Plan], room: usize, filter: &Option<Arc<FieldFilter>>) {
+    pub(super) fn fit(
+        &self,
+        plans: &mut [Plan],
+        room: usize,
+        filter: &Option<Arc<FieldFilter>>,
+        deflate: Option<Negotiated>,
+    ) {
         let mut total: usize = plans.iter().map(|p| p.bytes).sum();
         while total > room {
             let Some(plan) = plans
@@ -156,7 +168,8 @@ impl Shard {
                 return;
             };
             let mut channel = plan.cell.lock();
-            let frame = channel.snapshot_frame(plan.cell.name.as_str(), &self.epoch, filter, true);
+            let name = plan.cell.name.as_str();
+            let frame = channel.snapshot_frame(name, &self.epoch, filter, true, deflate);
             total = total - plan.bytes + frame.len();
             plan.bytes = frame.len();
             plan.frames = vec![frame];

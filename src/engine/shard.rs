@@ -350,9 +350,10 @@ impl Shard {
             if entry.attached.contains(&cell.id) {
                 continue;
             }
+            let deflate = entry.outbox.deflate();
             if let Some(options) = entry.options_for(&cell.name) {
                 self.ensure_delivery(session, cell);
-                let plan = self.plan_from_first(cell, first, &options.filter);
+                let plan = self.plan_from_first(cell, first, &options.filter, deflate);
                 self.start(session, plan, &options, now);
             }
         }
@@ -467,17 +468,18 @@ impl Shard {
         }
         let epoch_matches = options.epoch.as_deref() == Some(&*self.epoch);
         let filter = &delivery_options.filter;
+        let deflate = self.sessions[&session].outbox.deflate();
         let mut plans: Vec<Plan> = covered
             .iter()
             .map(|cell| {
                 let since = options.since.get(cell.name.as_str());
                 let start = resume::Start::from_request(since.copied(), epoch_matches);
-                self.plan(cell, filter, start)
+                self.plan(cell, filter, start, deflate)
             })
             .collect();
         let outbox = &self.sessions[&session].outbox;
         let room = outbox.limit_bytes().saturating_sub(outbox.queued_bytes());
-        self.fit(&mut plans, room, filter);
+        self.fit(&mut plans, room, filter, deflate);
         for plan in plans {
             if !self.start(session, plan, &delivery_options, now) {
                 return;
