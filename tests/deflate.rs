@@ -95,6 +95,18 @@ fn inflate(payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The first 300 records of the recorded Coinbase feed (two books, quotes,
+/// trades), then `quotes.end` to say they are all in.
+async fn replay_coinbase(feed: SocketAddr) {
+    let recorded =
+        include_str!("../feeds/coinbase-advanced-trade_2026-08-09_BTC-USD-ETH-USD.ndjson");
+    let mut producer = Producer::connect(feed).await;
+    for line in recorded.lines().take(300) {
+        producer.send_line(line).await;
+    }
+    producer.publish("quotes.end", json!({"done": true})).await;
+}
+
 /// A message compressed as a client sends it (RSV1 and this payload).
 fn deflate(message: &[u8]) -> Vec<u8> {
     let mut c = Compress::new(Compression::default(), false);
@@ -248,13 +260,7 @@ async fn a_compressed_client_sees_exactly_the_uncompressed_stream() {
 #[tokio::test]
 async fn snapshots_come_compressed_once_for_every_compressed_subscriber() {
     let (server, feed) = start_with_tcp_feed(|_| {}).await;
-    let recorded =
-        include_str!("../feeds/coinbase-advanced-trade_2026-08-09_BTC-USD-ETH-USD.ndjson");
-    let mut producer = Producer::connect(feed).await;
-    for line in recorded.lines().take(300) {
-        producer.send_line(line).await;
-    }
-    producer.publish("quotes.end", json!({"done": true})).await;
+    replay_coinbase(feed).await;
     // One feed, applied in order: the books are whole once this is there.
     wait_for_channel(&server, "quotes.end").await;
 
@@ -368,13 +374,7 @@ async fn a_smaller_window_asked_for_is_honoured() {
     plain.recv().await;
     packed.message().await;
 
-    let recorded =
-        include_str!("../feeds/coinbase-advanced-trade_2026-08-09_BTC-USD-ETH-USD.ndjson");
-    let mut producer = Producer::connect(feed).await;
-    for line in recorded.lines().take(300) {
-        producer.send_line(line).await;
-    }
-    producer.publish("quotes.end", json!({"done": true})).await;
+    replay_coinbase(feed).await;
     let (mut small_compressed, mut large_plain) = (0, 0);
     loop {
         let want = match plain.next().await {
