@@ -5,6 +5,9 @@
 //!   snapshot patch (~1.9 KB), both real records from
 //!   `tests/fixtures/replay-mixed.ndjson`. Throughput is frame bytes.
 //! * `encode/snapshot`: `wire::snapshot` of a 20-field channel state.
+//! * `encode/deflate_frame`: compressing the quote and book update frames
+//!   for permessage-deflate (`deflate::deflate_frame`, done once per update
+//!   for every compressed subscriber). Throughput is frame bytes.
 //! * `encode/patch_to_vec`: `serde_json::to_vec` of the patch `JsonMap`, the
 //!   other per-update encoding the engine does (before `wire::update`).
 //! * `encode/fanout_1000`: one update to 1000 subscribers, either encoded
@@ -81,6 +84,10 @@ fn encode(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(frame_len as u64));
         group.bench_with_input(BenchmarkId::new("update", name), &data_json, |b, d| {
             b.iter(|| wire::update(black_box("quotes.BTCUSDT"), SEQ, SEQ - 1, TS, d))
+        });
+        let frame = wire::update("quotes.BTCUSDT", SEQ, SEQ - 1, TS, &data_json);
+        group.bench_with_input(BenchmarkId::new("deflate_frame", name), &frame, |b, f| {
+            b.iter(|| tickcast::deflate::deflate_frame(black_box(f)))
         });
         group.throughput(Throughput::Bytes(data_json.len() as u64));
         group.bench_with_input(BenchmarkId::new("patch_to_vec", name), data, |b, d| {

@@ -35,13 +35,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-use tickcast::channel::{ChannelName, Pattern};
 use tickcast::deflate::{CompressionConfig, Negotiated};
 use tickcast::engine::patch::merge_patch;
-use tickcast::engine::{Engine, EngineLimits, EngineStats};
-use tickcast::record::{record_from_value, FeedRecord};
 use tickcast::session::outbox::{Outbox, QueuedFrame};
-use tickcast::session::protocol::SubscribeOptions;
 use tickcast::wire;
 
 /// Counts allocation calls; frees are not counted.
@@ -79,30 +75,15 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-const FIXTURE: &str = include_str!("../tests/fixtures/replay-mixed.ndjson");
-const CHANNEL: &str = "quotes.A";
+#[path = "support/quote_fanout.rs"]
+mod quote_fanout;
+use quote_fanout::{records, subscribed_engine, CHANNEL};
+
 const SESSIONS: u64 = 1000;
 const UPDATES: usize = 1000;
 const ROUND: usize = 100;
 /// Most allocations per delivery tolerated before the bench fails.
 const MAX_ALLOCS_PER_DELIVERY: f64 = 0.01;
-
-/// `count` quote records for `CHANNEL`, cycling through the fixture's quotes.
-fn records(count: usize) -> Vec<FeedRecord> {
-    let channel = ChannelName::new(CHANNEL).unwrap();
-    let quotes: Vec<FeedRecord> = FIXTURE
-        .lines()
-        .filter(|l| l.starts_with(r#"{"channel":"quotes."#))
-        .map(|l| record_from_value(serde_json::from_str(l).unwrap()).unwrap())
-        .collect();
-    (0..count)
-        .map(|i| FeedRecord {
-            channel: channel.clone(),
-            ingest_ns: 1_700_000_000_000_000_000 + i as u64,
-            ..quotes[i % quotes.len()].clone()
-        })
-        .collect()
-}
 
 struct Run {
     allocs: u64,
@@ -127,25 +108,7 @@ fn drain(outboxes: &[Arc<Outbox>], sink: &mut Vec<QueuedFrame>) -> (u64, u64) {
 /// Applies `UPDATES` records with `sessions` subscribers, compressed ones
 /// if `deflate`; counts only `apply`.
 fn run(sessions: u64, deflate: Option<Negotiated>) -> Run {
-    let stats = Arc::new(EngineStats::default());
-    let limits = EngineLimits {
-        max_targets_per_session: 16,
-        max_channels: 16,
-    };
-    let mut engine = Engine::new(Arc::from("bench"), limits, stats);
-    let outboxes: Vec<Arc<Outbox>> = (0..sessions)
-        .map(|_| Arc::new(Outbox::new(64 << 20).with_deflate(deflate)))
-        .collect();
-    for (id, outbox) in (1..).zip(&outboxes) {
-        engine.register(id, outbox.clone());
-        engine.subscribe(
-            id,
-            Some(1),
-            vec![Pattern::new(CHANNEL).unwrap()],
-            SubscribeOptions::default(),
-            0,
-        );
-    }
+    let (mut engine, outboxes) = subscribed_engine(sessions, deflate);
 
     let warm_up = records(1 + ROUND);
     let measured = records(UPDATES);

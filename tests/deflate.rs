@@ -251,6 +251,10 @@ async fn a_compressed_client_sees_exactly_the_uncompressed_stream() {
     assert!(tiny_plain, "the small diff arrived");
     assert!(compressed >= 20, "{compressed} of {count} came compressed");
     assert_eq!(eligible_compressed, eligible, "frames over the threshold");
+    // /metrics: every compressed frame sent, each compressed once.
+    let stats = server.engine.stats();
+    assert_eq!(stats.frames_deflated, compressed as u64);
+    assert_eq!(stats.frames_compressed, eligible as u64);
 }
 
 /// A snapshot is a frame like any other: a subscriber that agreed to

@@ -153,26 +153,51 @@ impl Applied {
 }
 
 impl Applied {
+    /// The in-chain unfiltered frame as a session that agreed to `agreed`
+    /// is sent it, when both forms are made already: the usual compressed
+    /// delivery, without taking (and dropping) the plain frame first.
+    fn in_chain_ready(
+        &self,
+        filter: &Option<Arc<FieldFilter>>,
+        prev: u64,
+        agreed: deflate::Negotiated,
+    ) -> Option<Bytes> {
+        if filter.is_some() || prev + 1 != self.seq {
+            return None;
+        }
+        let plain = self.in_chain.get()?;
+        let deflated = self.in_chain_deflated.get()?;
+        Some(match deflated {
+            Some(deflated) if agreed.compresses_frame(plain) => deflated.clone(),
+            _ => plain.clone(),
+        })
+    }
+
     /// The compressed form of `plain`, the frame for `filter` and `prev`,
-    /// compressed by the first caller and shared with the rest.
+    /// compressed by the first caller and shared with the rest; the flag
+    /// says whether this call compressed it.
     fn deflated(
         &self,
         filter: &Option<Arc<FieldFilter>>,
         prev: u64,
         plain: &Bytes,
-    ) -> Option<Bytes> {
-        if filter.is_none() && prev + 1 == self.seq {
-            return self
-                .in_chain_deflated
-                .get_or_init(|| deflate::deflate_frame(plain))
-                .clone();
-        }
-        let mut shapes = self.shapes.lock().unwrap_or_else(|e| e.into_inner());
-        shapes
-            .deflated
-            .entry((filter_id(filter), prev))
-            .or_insert_with(|| deflate::deflate_frame(plain))
-            .clone()
+    ) -> (Option<Bytes>, bool) {
+        let mut compressed = false;
+        let compress = || {
+            compressed = true;
+            deflate::deflate_frame(plain)
+        };
+        let frame = if filter.is_none() && prev + 1 == self.seq {
+            self.in_chain_deflated.get_or_init(compress).clone()
+        } else {
+            let mut shapes = self.shapes.lock().unwrap_or_else(|e| e.into_inner());
+            shapes
+                .deflated
+                .entry((filter_id(filter), prev))
+                .or_insert_with(compress)
+                .clone()
+        };
+        (frame, compressed)
     }
 }
 
@@ -185,6 +210,7 @@ pub struct UpdateFrames<'a> {
     frames: HashMap<(u64, u64), Bytes>,
     deflated: HashMap<(u64, u64), Option<Bytes>>,
     encoded: usize,
+    compressed: usize,
 }
 
 impl<'a> UpdateFrames<'a> {
@@ -195,6 +221,7 @@ impl<'a> UpdateFrames<'a> {
             frames: HashMap::new(),
             deflated: HashMap::new(),
             encoded: 0,
+            compressed: 0,
         }
     }
 
@@ -207,8 +234,12 @@ impl<'a> UpdateFrames<'a> {
         prev: u64,
         outbox: &Outbox,
     ) -> Bytes {
+        let agreed = outbox.deflate();
+        if let Some(frame) = agreed.and_then(|a| self.applied.in_chain_ready(filter, prev, a)) {
+            return frame;
+        }
         let plain = self.frame(filter, prev);
-        match outbox.deflate() {
+        match agreed {
             Some(agreed) if agreed.compresses_frame(&plain) => {
                 self.deflated(filter, prev, &plain).unwrap_or(plain)
             }
@@ -223,12 +254,18 @@ impl<'a> UpdateFrames<'a> {
         plain: &Bytes,
     ) -> Option<Bytes> {
         let applied = self.applied;
+        let compressed = &mut self.compressed;
+        let mut shared = || {
+            let (frame, built) = applied.deflated(filter, prev, plain);
+            *compressed += usize::from(built);
+            frame
+        };
         if filter.is_none() && prev + 1 == applied.seq {
-            return applied.deflated(filter, prev, plain);
+            return shared();
         }
         self.deflated
             .entry((filter_id(filter), prev))
-            .or_insert_with(|| applied.deflated(filter, prev, plain))
+            .or_insert_with(shared)
             .clone()
     }
 
@@ -277,6 +314,11 @@ impl<'a> UpdateFrames<'a> {
     /// How many distinct frames this shard encoded (for the encode-once metric).
     pub fn encoded(&self) -> usize {
         self.encoded
+    }
+
+    /// Frames this shard compressed (each once for the whole process).
+    pub fn compressed(&self) -> usize {
+        self.compressed
     }
 }
 

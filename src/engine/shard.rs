@@ -270,7 +270,7 @@ impl Shard {
         let mut bound =
             || pending_limit(*state_len.get_or_insert_with(|| applied.cell.lock().state_len));
         let mut slow = Vec::new();
-        let (mut queued, mut bytes, mut held) = (0u64, 0u64, 0u64);
+        let (mut queued, mut bytes, mut held, mut deflated) = (0u64, 0u64, 0u64, 0u64);
         for delivery in channel.list.iter_mut() {
             if seq <= delivery.current {
                 // Already in the snapshot or replay this delivery started from.
@@ -292,6 +292,7 @@ impl Shard {
             }
             let frame = frames.frame_for(&delivery.filter, delivery.last_sent, &delivery.outbox);
             let len = frame.len() as u64;
+            let rsv1 = frame[0] & 0x40 != 0;
             let timed = QueuedFrame {
                 bytes: frame,
                 ingest_ns: ts,
@@ -301,6 +302,7 @@ impl Shard {
                 delivery.sent(seq, now);
                 queued += 1;
                 bytes += len;
+                deflated += u64::from(rsv1);
             } else if mode == Mode::Stream {
                 // Every update or none: a stream subscriber that cannot
                 // keep up is closed (1013) and resumes with `since`.
@@ -328,6 +330,8 @@ impl Shard {
             (&stats.bytes_queued, bytes),
             (&stats.coalesced_diffs, held),
             (&stats.frames_encoded, frames.encoded() as u64),
+            (&stats.frames_deflated, deflated),
+            (&stats.frames_compressed, frames.compressed() as u64),
         ] {
             if n > 0 {
                 counter.fetch_add(n, Ordering::Relaxed);

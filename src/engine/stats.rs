@@ -23,6 +23,10 @@ counters! {
         "Bytes of the frames queued to connections.";
     frames_encoded: Counter "tickcast_frames_encoded_total" at "frames_encoded",
         "Update frames encoded, once per shape for the whole process (shared by every subscriber of that shape on every shard).";
+    frames_deflated: Counter "tickcast_frames_deflated_total" at "frames_deflated",
+        "Update frames queued compressed (permessage-deflate); their compressed size is what bytes_queued counts.";
+    frames_compressed: Counter "tickcast_frames_compressed_total" at "frames_compressed",
+        "Update frames compressed, once per shape for the whole process (shared by every compressed subscriber of that shape on every shard).";
     coalesced_diffs: Counter "tickcast_coalesced_diffs_total" at "coalesced_diffs",
         "Updates folded into a subscriber's held diff (max_hz, or a full merge-mode queue) instead of being sent one by one.";
     slow_consumer_closes: Counter "tickcast_slow_consumer_closes_total" at "slow_consumer_closes",
