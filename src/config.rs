@@ -266,6 +266,12 @@ pub struct NatsConfig {
     pub max_stream_bytes: u64,
     #[serde(deserialize_with = "check::connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    #[serde(deserialize_with = "check::snapshot_interval_ms")]
+    pub snapshot_interval_ms: u64,
+    #[serde(deserialize_with = "check::snapshot_interval_records")]
+    pub snapshot_interval_records: u64,
+    #[serde(deserialize_with = "check::max_records_per_channel")]
+    pub max_records_per_channel: u64,
 }
 
 impl Default for NatsConfig {
@@ -285,6 +291,9 @@ impl Default for NatsConfig {
             writer_lease_ms: d.writer_lease.as_millis() as u64,
             max_stream_bytes: d.max_stream_bytes as u64,
             connect_timeout_ms: d.connect_timeout.as_millis() as u64,
+            snapshot_interval_ms: d.snapshot_interval.as_millis() as u64,
+            snapshot_interval_records: d.snapshot_interval_records,
+            max_records_per_channel: d.max_records_per_channel as u64,
         }
     }
 }
@@ -389,6 +398,18 @@ impl NatsConfig {
         settings.writer_lease = Duration::from_millis(self.writer_lease_ms);
         settings.max_stream_bytes = i64::try_from(self.max_stream_bytes).unwrap_or(i64::MAX);
         settings.connect_timeout = Duration::from_millis(self.connect_timeout_ms);
+        // A channel's records since its last snapshot must still be in
+        // the stream for a catch-up to read them.
+        if self.max_records_per_channel <= self.snapshot_interval_records {
+            return Err(format!(
+                "[nats] max_records_per_channel ({}) must be greater than snapshot_interval_records ({})",
+                self.max_records_per_channel, self.snapshot_interval_records
+            ));
+        }
+        settings.snapshot_interval = Duration::from_millis(self.snapshot_interval_ms);
+        settings.snapshot_interval_records = self.snapshot_interval_records;
+        settings.max_records_per_channel =
+            i64::try_from(self.max_records_per_channel).unwrap_or(i64::MAX);
         Ok(Some(settings))
     }
 }
@@ -1097,6 +1118,9 @@ mod check {
         writer_lease_ms: u64 = "nats.writer_lease_ms";
         max_stream_bytes: u64 = "nats.max_stream_bytes";
         connect_timeout_ms: u64 = "nats.connect_timeout_ms";
+        snapshot_interval_ms: u64 = "nats.snapshot_interval_ms";
+        snapshot_interval_records: u64 = "nats.snapshot_interval_records";
+        max_records_per_channel: u64 = "nats.max_records_per_channel";
         max_message_bytes: usize = "limits.max_message_bytes";
         outbox_bytes: usize = "limits.outbox_bytes";
         max_subscriptions_per_connection: usize = "limits.max_subscriptions_per_connection";

@@ -20,6 +20,7 @@
 
 pub mod publish;
 pub mod replica;
+mod snapshot;
 mod status;
 
 use std::path::PathBuf;
@@ -99,6 +100,16 @@ pub struct NatsSettings {
     pub max_stream_bytes: i64,
     /// How long start-up waits for the first connection.
     pub connect_timeout: Duration,
+    /// The writer snapshots every channel changed since its last
+    /// snapshot this often (`nats.snapshot_interval_ms`) ...
+    pub snapshot_interval: Duration,
+    /// ... or after this many records, whichever comes first
+    /// (`nats.snapshot_interval_records`).
+    pub snapshot_interval_records: u64,
+    /// Records the stream keeps per channel; older ones are dropped by
+    /// JetStream (`nats.max_records_per_channel`). Snapshots make them
+    /// unnecessary for catch-up.
+    pub max_records_per_channel: i64,
 }
 
 impl std::fmt::Debug for NatsSettings {
@@ -133,6 +144,9 @@ impl NatsSettings {
             writer_lease: Duration::from_millis(3000),
             max_stream_bytes: 10 << 30,
             connect_timeout: Duration::from_millis(5000),
+            snapshot_interval: Duration::from_millis(1000),
+            snapshot_interval_records: 10_000,
+            max_records_per_channel: 100_000,
         }
     }
 
@@ -142,6 +156,18 @@ impl NatsSettings {
 
     fn record_prefix(&self) -> String {
         format!("{}.rec.", self.prefix)
+    }
+
+    fn snapshot_subject(&self, channel: &str) -> String {
+        format!("{}.snap.{channel}", self.prefix)
+    }
+
+    fn snapshot_prefix(&self) -> String {
+        format!("{}.snap.", self.prefix)
+    }
+
+    fn checkpoint_subject(&self) -> String {
+        format!("{}.meta.checkpoint", self.prefix)
     }
 
     fn epoch_subject(&self) -> String {
@@ -243,15 +269,37 @@ pub async fn connect(settings: NatsSettings, feed: Arc<FeedStats>) -> Result<Clu
         discard: jetstream::stream::DiscardPolicy::New,
         max_bytes: settings.max_stream_bytes,
         duplicate_window: Duration::from_secs(120),
+        // Old records of a channel go; its snapshots keep its state.
+        max_messages_per_subject: settings.max_records_per_channel,
         ..Default::default()
     };
-    let stream = js
-        .get_or_create_stream(config)
+    let stream_error = |e: &dyn std::fmt::Display| NatsError::Stream {
+        stream: settings.stream.clone(),
+        reason: e.to_string(),
+    };
+    let mut stream = js
+        .get_or_create_stream(config.clone())
         .await
-        .map_err(|e| NatsError::Stream {
-            stream: settings.stream.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| stream_error(&e))?;
+    // A stream made by an older tickcast, or with other limits: bring it
+    // to these settings (JetStream keeps what it holds).
+    let current = stream.cached_info().config.clone();
+    if current.max_messages_per_subject != config.max_messages_per_subject
+        || current.max_bytes != config.max_bytes
+    {
+        let updated = jetstream::stream::Config {
+            max_messages_per_subject: config.max_messages_per_subject,
+            max_bytes: config.max_bytes,
+            ..current
+        };
+        js.update_stream(updated)
+            .await
+            .map_err(|e| stream_error(&e))?;
+        stream = js
+            .get_stream(&settings.stream)
+            .await
+            .map_err(|e| stream_error(&e))?;
+    }
     Ok(Cluster {
         settings,
         client,
