@@ -251,6 +251,7 @@ impl Writer {
             settings.snapshot_interval,
             settings.snapshot_interval_records,
             directory,
+            self.cluster.client.server_info().max_payload,
         );
         let mut batch = Vec::with_capacity(BATCH);
         loop {

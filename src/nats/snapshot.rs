@@ -56,11 +56,21 @@ pub(super) struct Snapshots {
     held: HashMap<ChannelName, (u64, Bytes)>,
     /// The cycle's checkpoint, published once nothing is held.
     checkpoint: Option<u64>,
+    /// NATS's largest message: a bigger snapshot cannot be stored.
+    max_payload: usize,
+    /// Every snapshot of the cycle could be stored: without one, its
+    /// checkpoint would promise what the stream lacks, so it is skipped.
+    complete: bool,
 }
 
 impl Snapshots {
     /// Every channel in `directory` counts as changed (see the module doc).
-    pub fn new(interval: Duration, every_records: u64, directory: Arc<Directory>) -> Self {
+    pub fn new(
+        interval: Duration,
+        every_records: u64,
+        directory: Arc<Directory>,
+        max_payload: usize,
+    ) -> Self {
         let dirty = directory
             .all()
             .into_iter()
@@ -78,6 +88,8 @@ impl Snapshots {
             dirty,
             held: HashMap::new(),
             checkpoint: None,
+            max_payload,
+            complete: true,
         }
     }
 
@@ -98,6 +110,7 @@ impl Snapshots {
     /// every message taken so far. Returns the snapshots to publish now.
     pub fn cycle(&mut self, stored: u64) -> Vec<(ChannelName, Bytes)> {
         let mut ready = Vec::new();
+        let mut too_big = 0;
         for (name, taken) in self.dirty.drain() {
             let Some(cell) = self.directory.get(name.as_str()) else {
                 continue;
@@ -106,12 +119,24 @@ impl Snapshots {
                 let channel = cell.lock();
                 (channel.seq, payload(channel.seq, &channel.state))
             };
-            if seq > taken {
+            if payload.len() > self.max_payload {
+                too_big += 1;
+            } else if seq > taken {
                 self.held.insert(name, (seq, payload));
             } else {
                 ready.push((name, payload));
             }
         }
+        if too_big > 0 {
+            tracing::warn!(
+                channels = too_big,
+                max_payload = self.max_payload,
+                "channel states larger than NATS's max_payload have no snapshot: \
+                 catch-ups read the stream from an older checkpoint (raise max_payload \
+                 in nats-server, or lower limits.max_state_bytes)"
+            );
+        }
+        self.complete = too_big == 0;
         self.last_cycle = Instant::now();
         self.records = 0;
         self.checkpoint = Some(stored + 1);
@@ -140,7 +165,7 @@ impl Snapshots {
     /// The cycle's checkpoint, once all its snapshots are queued.
     pub fn checkpoint(&mut self) -> Option<u64> {
         if self.held.is_empty() {
-            self.checkpoint.take()
+            self.checkpoint.take().filter(|_| self.complete)
         } else {
             None
         }
@@ -215,4 +240,82 @@ pub(super) async fn latest(cluster: &Cluster) -> Option<Vec<(String, Bytes)>> {
         .await
         .ok()
         .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{EngineLimits, EngineStats, StateStage};
+    use crate::record::{FeedRecord, JsonMap};
+
+    fn record(n: u64) -> Arc<FeedRecord> {
+        let mut data = JsonMap::new();
+        data.insert("n".into(), n.into());
+        Arc::new(FeedRecord {
+            channel: ChannelName::new("quotes.S").unwrap(),
+            data,
+            ts: None,
+            ingest_ns: n,
+        })
+    }
+
+    /// The state stage runs ahead of the writer: a snapshot read then waits
+    /// for the record with its seq, the records it includes do not count
+    /// as changes, and the checkpoint comes once it is queued.
+    #[test]
+    fn a_snapshot_read_ahead_of_the_writer_follows_its_record() {
+        let limits = EngineLimits {
+            max_targets_per_session: 16,
+            max_channels: 16,
+        };
+        let directory = Arc::new(Directory::default());
+        let mut stage =
+            StateStage::new(limits, Arc::new(EngineStats::default()), directory.clone());
+        for n in 1..=3 {
+            stage.apply(&record(n), 0);
+        }
+        let name = ChannelName::new("quotes.S").unwrap();
+        // A new writer: the channel counts as changed, at its seq 3.
+        let mut snapshots = Snapshots::new(Duration::from_secs(3600), 1, directory, 1 << 20);
+        assert!(!snapshots.due(), "neither a record nor an hour yet");
+        for n in 4..=6 {
+            stage.apply(&record(n), 0);
+        }
+        assert_eq!(snapshots.taken(&name, 4), None);
+        assert!(snapshots.due());
+        assert!(snapshots.cycle(10).is_empty(), "the state is at 6: held");
+        assert_eq!(snapshots.checkpoint(), None, "not before the snapshot");
+        assert_eq!(snapshots.taken(&name, 5), None);
+        let held = snapshots
+            .taken(&name, 6)
+            .expect("the snapshot after record 6");
+        let (state, seq) = super::super::decode("quotes.S", &held).unwrap();
+        assert_eq!((seq, state.data.get("n")), (6, Some(&6.into())));
+        assert_eq!(snapshots.checkpoint(), Some(11));
+        assert!(!snapshots.due(), "5 and 6 are in the snapshot: no change");
+        stage.apply(&record(7), 0);
+        assert_eq!(snapshots.taken(&name, 7), None);
+        assert!(snapshots.due());
+        assert_eq!(snapshots.cycle(20).len(), 1, "at 7, as taken: ready");
+        assert_eq!(snapshots.checkpoint(), Some(21));
+    }
+
+    /// A state NATS cannot carry has no snapshot, and the cycle then has
+    /// no checkpoint (it would promise a snapshot the stream lacks).
+    #[test]
+    fn a_cycle_missing_a_snapshot_has_no_checkpoint() {
+        let limits = EngineLimits {
+            max_targets_per_session: 16,
+            max_channels: 16,
+        };
+        let directory = Arc::new(Directory::default());
+        let mut stage =
+            StateStage::new(limits, Arc::new(EngineStats::default()), directory.clone());
+        stage.apply(&record(1), 0);
+        let mut snapshots = Snapshots::new(Duration::ZERO, 1, directory, 8);
+        assert!(snapshots.due());
+        assert!(snapshots.cycle(5).is_empty());
+        assert_eq!(snapshots.checkpoint(), None);
+        assert!(!snapshots.due(), "nothing changed since");
+    }
 }
