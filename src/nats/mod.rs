@@ -5,18 +5,21 @@
 //!
 //! - `<prefix>.rec.<channel>`: every record the ingest accepted, in order,
 //!   as `{"seq":N,"ts":INGEST_NS,"data":{..}}`;
+//! - `<prefix>.snap.<channel>` and `<prefix>.meta.checkpoint`: channel
+//!   snapshots and the position they cover (`snapshot.rs`);
 //! - `<prefix>.meta.epoch`: the epoch, written once by whichever node comes
 //!   first (an expected-last-subject-sequence of 0 makes it first-wins);
 //! - `<prefix>.meta.writer`: the writer's claim and its heartbeats.
 //!
-//! Every node starts as a follower ([`replica`]): it replays the stream
-//! from its start into its own state stage at the seqs it finds there
-//! (`StateStage::apply_at`), so states, seqs and epoch are the same on every
-//! node. An edge keeps following. An ingest, once it is caught up and the
-//! stream has been silent for `nats.writer_lease_ms` (no live writer), claims
-//! the stream and becomes its only writer ([`publish`]): every publish
-//! carries the stream sequence it expects to follow, so a second writer's
-//! publish is refused by JetStream and that node stops (fenced).
+//! Every node starts as a follower ([`replica`]): it loads the latest
+//! snapshots, reads the stream from the last checkpoint into its own state
+//! stage at the seqs it finds there (`StateStage::apply_at`), so states,
+//! seqs and epoch are the same on every node. An edge keeps following. An
+//! ingest, once it is caught up and the stream has been silent for
+//! `nats.writer_lease_ms` (no live writer), claims the stream and becomes
+//! its only writer ([`publish`]): every publish carries the stream
+//! sequence it expects to follow, so a second writer's publish is refused
+//! by JetStream and that node stops (fenced).
 
 pub mod publish;
 pub mod replica;

@@ -236,7 +236,7 @@ impl Writer {
     /// of the lease keeps standby ingests from claiming the stream.
     ///
     /// `directory` holds the channels of the stage that feeds `queue`: the
-    /// snapshots are read from it (see [`super::snapshot`]).
+    /// snapshots are read from it (see `snapshot.rs`).
     pub async fn run(
         mut self,
         mut queue: mpsc::Receiver<Outgoing>,

@@ -1,22 +1,22 @@
 //! Following the stream: every node's state task while it is not the
-//! writer.
+//! writer, and the stage a `--role both` node serves its clients from.
 //!
-//! **Catch-up from the start.** A node replays the whole stream (an
-//! ordered JetStream consumer from sequence 1) into its own state stage,
-//! applying each record at the seq it carries ([`StateStage::apply_at`]):
-//! same patches, same order, same seqs, so the same states on every node.
-//! `/healthz` answers 503 until the node has applied everything that was
-//! in the stream when it started. Replaying from the start (rather than
-//! from periodic snapshots) keeps one mechanism and no second source of
-//! truth; its cost is the replay time, measured in docs/scaling.md, and
-//! the stream's size (`nats.max_stream_bytes`).
+//! **Catch-up from snapshots.** A node loads every channel's latest
+//! snapshot and reads the stream from the last checkpoint (see
+//! `snapshot.rs`; without one, from its start) into its own state
+//! stage, applying each record at the seq it carries
+//! ([`StateStage::apply_at`]): same patches, same order, same seqs, so the
+//! same states on every node. `/healthz` answers 503 until the node has
+//! applied everything that was in the stream when it started.
 //!
 //! **NATS down.** The ordered consumer resumes after the last sequence it
 //! delivered when the connection returns, so nothing is skipped; meanwhile
-//! the node serves its last state. A record whose seq is past its
-//! channel's next one (the stream lost records, say by an operator's purge)
-//! is not applied: the gap is counted and logged, and that channel stops
-//! there rather than showing a state that misses updates.
+//! the node serves its last state.
+//!
+//! **A hole.** A record whose seq is past its channel's next one (the
+//! stream lost records, say by an operator's purge) is not applied: the
+//! channel waits for its next snapshot in the stream, which replaces its
+//! state ([`StateStage::replace`]) and resyncs its subscribers.
 //!
 //! **Becoming the writer.** An ingest that has caught up watches the
 //! stream's last sequence; once it has not moved for `nats.writer_lease_ms`
