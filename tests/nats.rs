@@ -700,3 +700,71 @@ async fn a_both_node_shows_its_clients_only_records_nats_has_stored() {
     follow_until(&mut client, &mut states, "quotes.B", 20).await;
     assert_eq!(states["quotes.B"], (20, json!({"n": 20})));
 }
+
+/// A `both` node killed (SIGKILL) while NATS is down and it holds records:
+/// its client never saw them, so after a restart the client resumes with
+/// `since` on the new node as a plain replay of the stream's records (the
+/// new writer's, under the same epoch), never a seq it saw with other
+/// content.
+#[tokio::test]
+async fn a_both_node_killed_while_holding_records_showed_none_of_them() {
+    use futures_util::StreamExt;
+    let mut nats = NatsServer::start().await;
+    let node = Node::start(&nats, "both").await;
+    node.wait_phase("writing").await;
+    let mut client = Client::connect(node.addr).await;
+    client.subscribe(1, &["quotes.K"]).await;
+    publish(&mut node.producer().await, "quotes.K", 1..=10).await;
+    let mut states = Default::default();
+    follow_until(&mut client, &mut states, "quotes.K", 10).await;
+    let epoch = node.channel("quotes.K").await.unwrap()["epoch"].clone();
+    nats.stop().await;
+    publish(&mut node.producer().await, "quotes.K", 11..=20).await;
+    wait_for(
+        || async {
+            let pending = figure(&node.metrics().await, "tickcast_nats_pending_records")?;
+            (pending == 10).then_some(())
+        },
+        "the node to hold 10 records for NATS",
+    )
+    .await;
+    node.kill().await;
+    // Everything the client got before its node died, checked as it goes.
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(common::DEADLINE, client.ws.next()).await
+    {
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+            let message: Value = serde_json::from_str(&text).unwrap();
+            let (held, state) = states.get_mut("quotes.K").unwrap();
+            assert_eq!(message["prev"], *held, "{message}");
+            common::merge(state, &message["data"]);
+            *held = message["seq"].as_u64().unwrap();
+        }
+    }
+    let held = states["quotes.K"].0;
+    assert_eq!(held, 10, "the client saw only what NATS stored");
+    nats.run().await;
+    let restarted = Node::start(&nats, "both").await;
+    restarted.wait_phase("writing").await;
+    let mut producer = restarted.producer().await;
+    for i in 11..=15u64 {
+        producer
+            .publish("quotes.K", json!({ "n": i, "restarted": true }))
+            .await;
+    }
+    let at_15 = restarted.wait_seq("quotes.K", 15).await;
+    assert_eq!(at_15["epoch"], epoch);
+    let mut client = Client::connect(restarted.addr).await;
+    client
+        .send(json!({"op":"subscribe","id":2,"channels":["quotes.K"],
+            "since":{"quotes.K":held},"epoch":epoch}))
+        .await;
+    assert_eq!(client.recv().await["type"], "subscribed");
+    let seen = follow_until(&mut client, &mut states, "quotes.K", 15).await;
+    assert_eq!(
+        (seen[0]["type"].as_str(), seen[0]["prev"].as_u64()),
+        (Some("update"), Some(10)),
+        "a replay from 10, not a resync: {seen:?}"
+    );
+    assert_eq!(states["quotes.K"].1, at_15["data"]);
+    assert_eq!(at_15["data"], json!({"n": 15, "restarted": true}));
+}
