@@ -1515,6 +1515,52 @@ mod tests {
         assert!(half.contains("user and password go together"), "{half}");
     }
 
+    /// The snapshot keys reach the settings; a per-channel record limit
+    /// that a snapshot cycle could outrun is refused at start-up.
+    #[test]
+    fn nats_snapshot_keys_and_their_check() {
+        let args = ServeArgs::default();
+        let on = toml::from_str::<Config>(
+            "[nats]\nurl = \"nats://n\"\nsnapshot_interval_ms = 250\n\
+             snapshot_interval_records = 500\nmax_records_per_channel = 501\n",
+        )
+        .unwrap()
+        .resolve(&args, None)
+        .unwrap()
+        .nats
+        .unwrap();
+        assert_eq!(on.snapshot_interval, Duration::from_millis(250));
+        assert_eq!(
+            (on.snapshot_interval_records, on.max_records_per_channel),
+            (500, 501)
+        );
+        let defaults = crate::nats::NatsSettings::new(String::new(), crate::nats::Role::Both);
+        assert_eq!(
+            (
+                defaults.snapshot_interval,
+                defaults.snapshot_interval_records,
+                defaults.max_records_per_channel
+            ),
+            (Duration::from_millis(1000), 10_000, 100_000)
+        );
+        let err = toml::from_str::<Config>(
+            "[nats]\nurl = \"nats://n\"\nmax_records_per_channel = 10000\n",
+        )
+        .unwrap()
+        .resolve(&args, None)
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("max_records_per_channel"), "{err}");
+        for bad in [
+            "[nats]\nsnapshot_interval_ms = 0\n",
+            "[nats]\nsnapshot_interval_records = 0\n",
+            "[nats]\nmax_records_per_channel = 0\n",
+        ] {
+            let err = toml::from_str::<Config>(bad).unwrap_err().to_string();
+            assert!(err.contains("nats."), "{bad}: {err}");
+        }
+    }
+
     /// `tickcast --flag` means `tickcast serve --flag`; a subcommand and
     /// top-level serve flags together are refused rather than half-applied.
     #[test]
