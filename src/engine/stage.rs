@@ -156,15 +156,20 @@ impl StateStage {
     /// A stage with this one's limits and namespace policies over channels
     /// of its own that nothing serves (fresh counters, no recorder, no
     /// replication): a `--role both` node assigns seqs in it, while its
-    /// clients are served from the stream like an edge's.
+    /// clients are served from the stream like an edge's. It keeps no
+    /// history: nobody resumes from it.
     pub fn detached(&self) -> StateStage {
+        let ingest = IngestLimits {
+            max_history_bytes: 0,
+            ..self.ingest
+        };
         StateStage::new(
             self.limits.clone(),
             Arc::new(EngineStats::default()),
             Arc::new(Directory::default()),
         )
         .with_namespaces(self.namespaces.clone())
-        .with_ingest_limits(self.ingest)
+        .with_ingest_limits(ingest)
     }
 
     /// Offers every record this stage accepts to `tap` (`--record`).
