@@ -19,6 +19,10 @@
 //! de-duplicates (for two minutes), so a message that was stored but not
 //! acknowledged is not stored twice.
 //!
+//! **Snapshots.** Between records the writer also stores each changed
+//! channel's state and a checkpoint, in the same ordered, fenced way (see
+//! `snapshot.rs`), and deletes the snapshots they replace.
+//!
 //! **Bounded.** At most `nats.max_pending_records` records are queued or
 //! being stored; at the bound the state task waits for room, and the feeds behind it
 //! wait too (TCP producers feel it), as at the hand-off ring: nothing is
@@ -223,7 +227,6 @@ impl Writer {
     fn headers(&self, message: &Pending, expected_last: u64) -> async_nats::HeaderMap {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", message.id.as_str());
-
         headers.insert(
             "Nats-Expected-Last-Sequence",
             expected_last.to_string().as_str(),
