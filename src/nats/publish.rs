@@ -402,8 +402,8 @@ impl Writer {
     }
 
     /// Deletes the snapshots newer ones replaced, so the stream keeps
-    /// about one per channel. (Not `Nats-Rollup`: nats-server 2.9 moves
-    /// every consumer past a rolled-up message, skipping records.) A
+    /// about one per channel. (Not `Nats-Rollup`: with nats-server 2.9.10
+    /// an ordered consumer skipped the records before a rolled-up message.) A
     /// delete that fails leaves a spare snapshot, bounded like the
     /// channel's records by `nats.max_records_per_channel`.
     async fn delete_superseded(&mut self) {
