@@ -266,6 +266,12 @@ pub struct NatsConfig {
     pub max_stream_bytes: u64,
     #[serde(deserialize_with = "check::connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    #[serde(deserialize_with = "check::snapshot_interval_ms")]
+    pub snapshot_interval_ms: u64,
+    #[serde(deserialize_with = "check::snapshot_interval_records")]
+    pub snapshot_interval_records: u64,
+    #[serde(deserialize_with = "check::max_records_per_channel")]
+    pub max_records_per_channel: u64,
 }
 
 impl Default for NatsConfig {
@@ -285,6 +291,9 @@ impl Default for NatsConfig {
             writer_lease_ms: d.writer_lease.as_millis() as u64,
             max_stream_bytes: d.max_stream_bytes as u64,
             connect_timeout_ms: d.connect_timeout.as_millis() as u64,
+            snapshot_interval_ms: d.snapshot_interval.as_millis() as u64,
+            snapshot_interval_records: d.snapshot_interval_records,
+            max_records_per_channel: d.max_records_per_channel as u64,
         }
     }
 }
@@ -389,6 +398,18 @@ impl NatsConfig {
         settings.writer_lease = Duration::from_millis(self.writer_lease_ms);
         settings.max_stream_bytes = i64::try_from(self.max_stream_bytes).unwrap_or(i64::MAX);
         settings.connect_timeout = Duration::from_millis(self.connect_timeout_ms);
+        // A channel's records since its last snapshot must still be in
+        // the stream for a catch-up to read them.
+        if self.max_records_per_channel <= self.snapshot_interval_records {
+            return Err(format!(
+                "[nats] max_records_per_channel ({}) must be greater than snapshot_interval_records ({})",
+                self.max_records_per_channel, self.snapshot_interval_records
+            ));
+        }
+        settings.snapshot_interval = Duration::from_millis(self.snapshot_interval_ms);
+        settings.snapshot_interval_records = self.snapshot_interval_records;
+        settings.max_records_per_channel =
+            i64::try_from(self.max_records_per_channel).unwrap_or(i64::MAX);
         Ok(Some(settings))
     }
 }
@@ -1097,6 +1118,9 @@ mod check {
         writer_lease_ms: u64 = "nats.writer_lease_ms";
         max_stream_bytes: u64 = "nats.max_stream_bytes";
         connect_timeout_ms: u64 = "nats.connect_timeout_ms";
+        snapshot_interval_ms: u64 = "nats.snapshot_interval_ms";
+        snapshot_interval_records: u64 = "nats.snapshot_interval_records";
+        max_records_per_channel: u64 = "nats.max_records_per_channel";
         max_message_bytes: usize = "limits.max_message_bytes";
         outbox_bytes: usize = "limits.outbox_bytes";
         max_subscriptions_per_connection: usize = "limits.max_subscriptions_per_connection";
@@ -1489,6 +1513,52 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(half.contains("user and password go together"), "{half}");
+    }
+
+    /// The snapshot keys reach the settings; a per-channel record limit
+    /// that a snapshot cycle could outrun is refused at start-up.
+    #[test]
+    fn nats_snapshot_keys_and_their_check() {
+        let args = ServeArgs::default();
+        let on = toml::from_str::<Config>(
+            "[nats]\nurl = \"nats://n\"\nsnapshot_interval_ms = 250\n\
+             snapshot_interval_records = 500\nmax_records_per_channel = 501\n",
+        )
+        .unwrap()
+        .resolve(&args, None)
+        .unwrap()
+        .nats
+        .unwrap();
+        assert_eq!(on.snapshot_interval, Duration::from_millis(250));
+        assert_eq!(
+            (on.snapshot_interval_records, on.max_records_per_channel),
+            (500, 501)
+        );
+        let defaults = crate::nats::NatsSettings::new(String::new(), crate::nats::Role::Both);
+        assert_eq!(
+            (
+                defaults.snapshot_interval,
+                defaults.snapshot_interval_records,
+                defaults.max_records_per_channel
+            ),
+            (Duration::from_millis(1000), 10_000, 100_000)
+        );
+        let err = toml::from_str::<Config>(
+            "[nats]\nurl = \"nats://n\"\nmax_records_per_channel = 10000\n",
+        )
+        .unwrap()
+        .resolve(&args, None)
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("max_records_per_channel"), "{err}");
+        for bad in [
+            "[nats]\nsnapshot_interval_ms = 0\n",
+            "[nats]\nsnapshot_interval_records = 0\n",
+            "[nats]\nmax_records_per_channel = 0\n",
+        ] {
+            let err = toml::from_str::<Config>(bad).unwrap_err().to_string();
+            assert!(err.contains("nats."), "{bad}: {err}");
+        }
     }
 
     /// `tickcast --flag` means `tickcast serve --flag`; a subcommand and

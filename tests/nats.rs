@@ -186,15 +186,17 @@ impl Node {
 }
 
 /// Every channel message a client gets, applied with the protocol's rule
-/// (`prev` must be the seq held), until `name` reaches `seq`.
+/// (`prev` must be the seq held), until `name` reaches `seq`; returns them.
 async fn follow_until(
     client: &mut Client,
     states: &mut std::collections::BTreeMap<String, (u64, Value)>,
     name: &str,
     seq: u64,
-) {
+) -> Vec<Value> {
+    let mut seen = Vec::new();
     while states.get(name).map_or(0, |(s, _)| *s) < seq {
         let message = client.recv().await;
+        seen.push(message.clone());
         let channel = message["channel"].as_str().unwrap().to_owned();
         let at = message["seq"].as_u64().unwrap();
         match message["type"].as_str().unwrap() {
@@ -210,6 +212,47 @@ async fn follow_until(
             other => panic!("unexpected {other}: {message}"),
         }
     }
+    seen
+}
+
+/// A counter or gauge from `/metrics`.
+fn figure(metrics: &str, name: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))?
+        .parse()
+        .ok()
+}
+
+/// The test's own JetStream handle on the nodes' stream.
+async fn stream(nats: &NatsServer) -> async_nats::jetstream::stream::Stream {
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    async_nats::jetstream::new(client)
+        .get_stream("TICKCAST")
+        .await
+        .unwrap()
+}
+
+/// Deletes from the stream the records of `channel` whose seqs are in
+/// `seqs`, as an operator's purge or a lost disk block would.
+async fn delete_records(nats: &NatsServer, channel: &str, seqs: std::ops::RangeInclusive<u64>) {
+    let mut stream = stream(nats).await;
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let subject = format!("tickcast.rec.{channel}");
+    let mut deleted = 0;
+    for sequence in 1..=last {
+        let Ok(message) = stream.get_raw_message(sequence).await else {
+            continue;
+        };
+        let seq = serde_json::from_slice::<Value>(&message.payload)
+            .ok()
+            .and_then(|v| v["seq"].as_u64());
+        if message.subject.as_str() == subject && seq.is_some_and(|s| seqs.contains(&s)) {
+            stream.delete_message(sequence).await.unwrap();
+            deleted += 1;
+        }
+    }
+    assert_eq!(deleted, seqs.count(), "records to delete");
 }
 
 /// Publishes `{"n": i}` for each i in `range` on `channel`.
@@ -515,4 +558,213 @@ async fn jetstream_takes_a_resent_record_as_a_duplicate_not_a_conflict() {
         other.kind(),
         async_nats::jetstream::context::PublishErrorKind::WrongLastSequence
     );
+}
+
+/// A hole in the stream (records of a channel gone before an edge read
+/// them) is not a frozen channel nor a silent gap: the edge's clients get
+/// a `resync` snapshot as soon as the stream has the channel's next
+/// snapshot, and the chain goes on from it, ending at the ingest's state.
+#[tokio::test]
+async fn records_missing_from_the_stream_become_a_resync_at_the_client() {
+    let nats = NatsServer::start().await;
+    // Snapshots after every 50 records only, so the edge meets the hole
+    // before any snapshot covers it.
+    let keys = "snapshot_interval_records = 50\nsnapshot_interval_ms = 600000\n";
+    let ingest = Node::start_with(&nats, "ingest", keys).await;
+    ingest.wait_phase("writing").await;
+    let mut producer = ingest.producer().await;
+    publish(&mut producer, "quotes.H", 1..=40).await;
+    ingest.wait_seq("quotes.H", 40).await;
+    wait_for(
+        || async {
+            let published = figure(&ingest.metrics().await, "tickcast_nats_published_total")?;
+            (published == 40).then_some(())
+        },
+        "the stream to hold the 40 records",
+    )
+    .await;
+    delete_records(&nats, "quotes.H", 25..=30).await;
+    // A new edge reads the stream: 1..24, then a hole.
+    let edge = Node::start(&nats, "edge").await;
+    assert_eq!(edge.channel("quotes.H").await.unwrap()["seq"], 24);
+    let mut client = Client::connect(edge.addr).await;
+    client.subscribe(1, &["quotes.H"]).await;
+    let mut states = Default::default();
+    follow_until(&mut client, &mut states, "quotes.H", 24).await;
+    // More records: the 50th since the writer started brings a snapshot
+    // cycle, and with it the channel's state at its seq then.
+    publish(&mut producer, "quotes.H", 41..=70).await;
+    let seen = follow_until(&mut client, &mut states, "quotes.H", 70).await;
+    let resyncs: Vec<&Value> = seen
+        .iter()
+        .filter(|m| m["type"] == "snapshot" && m["resync"] == true)
+        .collect();
+    assert_eq!(resyncs.len(), 1, "one resync snapshot: {seen:?}");
+    let at = resyncs[0]["seq"].as_u64().unwrap();
+    assert!((50..=70).contains(&at), "resynced at {at}");
+    assert_eq!(resyncs[0]["data"], json!({ "n": at }));
+    // Nothing from inside the hole reached the client as an update.
+    assert!(
+        seen.iter()
+            .all(|m| m["type"] != "update" || m["seq"].as_u64().unwrap() > at),
+        "{seen:?}"
+    );
+    assert_eq!(states["quotes.H"], (70, json!({"n": 70})));
+    assert_eq!(
+        edge.wait_seq("quotes.H", 70).await,
+        ingest.wait_seq("quotes.H", 70).await
+    );
+    let metrics = edge.metrics().await;
+    assert_eq!(figure(&metrics, "tickcast_nats_resyncs_total"), Some(1));
+}
+
+/// A starting edge loads each channel's latest snapshot and reads only
+/// the records after the last checkpoint, not the whole stream, and
+/// still shows exactly the ingest's states, seqs and epoch.
+#[tokio::test]
+async fn a_new_edge_starts_from_the_snapshots_and_reads_only_the_tail() {
+    let nats = NatsServer::start().await;
+    let keys = "snapshot_interval_records = 100\nsnapshot_interval_ms = 600000\n";
+    let ingest = Node::start_with(&nats, "ingest", keys).await;
+    ingest.wait_phase("writing").await;
+    let mut producer = ingest.producer().await;
+    for i in 1..=240u64 {
+        let channel = ["quotes.T1", "quotes.T2", "quotes.T3"][(i % 3) as usize];
+        producer.publish(channel, json!({ "n": i })).await;
+    }
+    for name in ["quotes.T1", "quotes.T2", "quotes.T3"] {
+        ingest.wait_seq(name, 80).await;
+    }
+    // A snapshot cycle after 100 records: a snapshot of each channel (at
+    // the seq the ingest's state had reached then) and a checkpoint.
+    wait_for(
+        || async {
+            let metrics = ingest.metrics().await;
+            let published = figure(&metrics, "tickcast_nats_snapshots_published_total")?;
+            (published >= 3).then_some(())
+        },
+        "the ingest to publish its snapshots",
+    )
+    .await;
+    let edge = Node::start(&nats, "edge").await;
+    for name in ["quotes.T1", "quotes.T2", "quotes.T3"] {
+        assert_eq!(
+            edge.wait_seq(name, 80).await,
+            ingest.wait_seq(name, 80).await,
+            "{name}"
+        );
+    }
+    let metrics = edge.metrics().await;
+    let read = figure(&metrics, "tickcast_nats_catchup_records_total").unwrap();
+    let loaded = figure(&metrics, "tickcast_nats_snapshots_loaded_total").unwrap();
+    // Only the records after the checkpoint (the 100 before it are not).
+    assert!(read <= 140, "read {read} of the stream's 240 records");
+    assert_eq!(loaded, 3, "one snapshot per channel");
+    // It goes on following the stream.
+    publish(&mut producer, "quotes.T1", 81..=85).await;
+    assert_eq!(
+        edge.wait_seq("quotes.T1", 85).await["data"],
+        json!({"n": 85})
+    );
+}
+
+/// `--role both` serves its clients from the stream, like an edge: a
+/// record NATS has not stored reaches no client (so a crash cannot have
+/// shown a record a restarted writer numbers differently), and once NATS
+/// is back every record arrives, in order, with no gap.
+#[tokio::test]
+async fn a_both_node_shows_its_clients_only_records_nats_has_stored() {
+    let mut nats = NatsServer::start().await;
+    let node = Node::start(&nats, "both").await;
+    node.wait_phase("writing").await;
+    let mut client = Client::connect(node.addr).await;
+    client.subscribe(1, &["quotes.B"]).await;
+    let mut producer = node.producer().await;
+    publish(&mut producer, "quotes.B", 1..=10).await;
+    let mut states = Default::default();
+    follow_until(&mut client, &mut states, "quotes.B", 10).await;
+    nats.stop().await;
+    publish(&mut producer, "quotes.B", 11..=20).await;
+    // All ten are applied by the ingest side and held for NATS ...
+    wait_for(
+        || async {
+            let pending = figure(&node.metrics().await, "tickcast_nats_pending_records")?;
+            (pending == 10).then_some(())
+        },
+        "the node to hold 10 records for NATS",
+    )
+    .await;
+    // ... and none is shown: the channel clients see is still at 10.
+    assert_eq!(node.channel("quotes.B").await.unwrap()["seq"], 10);
+    nats.run().await;
+    follow_until(&mut client, &mut states, "quotes.B", 20).await;
+    assert_eq!(states["quotes.B"], (20, json!({"n": 20})));
+}
+
+/// A `both` node killed (SIGKILL) while NATS is down and it holds records:
+/// its client never saw them, so after a restart the client resumes with
+/// `since` on the new node as a plain replay of the stream's records (the
+/// new writer's, under the same epoch), never a seq it saw with other
+/// content.
+#[tokio::test]
+async fn a_both_node_killed_while_holding_records_showed_none_of_them() {
+    use futures_util::StreamExt;
+    let mut nats = NatsServer::start().await;
+    let node = Node::start(&nats, "both").await;
+    node.wait_phase("writing").await;
+    let mut client = Client::connect(node.addr).await;
+    client.subscribe(1, &["quotes.K"]).await;
+    publish(&mut node.producer().await, "quotes.K", 1..=10).await;
+    let mut states = Default::default();
+    follow_until(&mut client, &mut states, "quotes.K", 10).await;
+    let epoch = node.channel("quotes.K").await.unwrap()["epoch"].clone();
+    nats.stop().await;
+    publish(&mut node.producer().await, "quotes.K", 11..=20).await;
+    wait_for(
+        || async {
+            let pending = figure(&node.metrics().await, "tickcast_nats_pending_records")?;
+            (pending == 10).then_some(())
+        },
+        "the node to hold 10 records for NATS",
+    )
+    .await;
+    node.kill().await;
+    // Everything the client got before its node died, checked as it goes.
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(common::DEADLINE, client.ws.next()).await
+    {
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+            let message: Value = serde_json::from_str(&text).unwrap();
+            let (held, state) = states.get_mut("quotes.K").unwrap();
+            assert_eq!(message["prev"], *held, "{message}");
+            common::merge(state, &message["data"]);
+            *held = message["seq"].as_u64().unwrap();
+        }
+    }
+    let held = states["quotes.K"].0;
+    assert_eq!(held, 10, "the client saw only what NATS stored");
+    nats.run().await;
+    let restarted = Node::start(&nats, "both").await;
+    restarted.wait_phase("writing").await;
+    let mut producer = restarted.producer().await;
+    for i in 11..=15u64 {
+        producer
+            .publish("quotes.K", json!({ "n": i, "restarted": true }))
+            .await;
+    }
+    let at_15 = restarted.wait_seq("quotes.K", 15).await;
+    assert_eq!(at_15["epoch"], epoch);
+    let mut client = Client::connect(restarted.addr).await;
+    client
+        .send(json!({"op":"subscribe","id":2,"channels":["quotes.K"],
+            "since":{"quotes.K":held},"epoch":epoch}))
+        .await;
+    assert_eq!(client.recv().await["type"], "subscribed");
+    let seen = follow_until(&mut client, &mut states, "quotes.K", 15).await;
+    assert_eq!(
+        (seen[0]["type"].as_str(), seen[0]["prev"].as_u64()),
+        (Some("update"), Some(10)),
+        "a replay from 10, not a resync: {seen:?}"
+    );
+    assert_eq!(states["quotes.K"].1, at_15["data"]);
+    assert_eq!(at_15["data"], json!({"n": 15, "restarted": true}));
 }

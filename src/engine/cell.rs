@@ -180,6 +180,24 @@ impl ChannelState {
         Ok(Some(json))
     }
 
+    /// Replaces the state and seq wholesale (a snapshot from the NATS
+    /// stream) and forgets the history, which would chain across the
+    /// updates in between. `state_len` is `state`'s size, already charged
+    /// to the state budget.
+    pub fn replace(
+        &mut self,
+        state: JsonMap,
+        state_len: usize,
+        seq: u64,
+        history: &mut HistoryBudget,
+    ) {
+        self.state = state;
+        self.state_len = state_len;
+        self.seq = seq;
+        self.snapshots.clear();
+        self.history.clear(history);
+    }
+
     /// The snapshot frame of the current state of channel `name` for
     /// `filter`, compressed if `deflate` (the subscriber's agreement) allows
     /// it. Every form is built once per seq and shared, as update frames

@@ -40,6 +40,10 @@ pub enum Event {
         cell: Arc<ChannelCell>,
         first: Arc<FeedRecord>,
     },
+    /// A channel's state was replaced wholesale (a NATS edge that could not
+    /// get some of its records loaded a later snapshot): every delivery of
+    /// it gets a `resync` snapshot.
+    Replaced(Arc<ChannelCell>),
 }
 
 /// An update's patch restricted to one filter.

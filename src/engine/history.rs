@@ -127,6 +127,12 @@ impl History {
         self.entries.push_back(entry);
     }
 
+    /// Forgets every entry (the channel's state was replaced: they would
+    /// chain across updates this node never had), giving their bytes back.
+    pub fn clear(&mut self, budget: &mut HistoryBudget) {
+        while self.forget_oldest(budget) {}
+    }
+
     /// Drops the oldest entry, giving its bytes back; false if none.
     fn forget_oldest(&mut self, budget: &mut HistoryBudget) -> bool {
         match self.entries.pop_front() {

@@ -246,6 +246,60 @@ impl Shard {
                 self.channel_created(cell, first, now);
                 false
             }
+            Event::Replaced(cell) => {
+                self.channel_replaced(cell, now);
+                false
+            }
+        }
+    }
+
+    /// `cell`'s state was replaced (a NATS edge skipped records it could
+    /// not get): every delivery of it gets a `resync` snapshot of the new
+    /// state, as a client resuming from a position the server cannot
+    /// replay does (PROTOCOL.md, `since`), and its chain goes on from
+    /// there. A held diff is dropped (the snapshot carries it). A delivery
+    /// that started from the new state already has nothing to learn. A
+    /// queue too full for the snapshot closes the session (1013): its
+    /// client resumes with `since` and, the history being gone, gets the
+    /// resync then.
+    fn channel_replaced(&mut self, cell: &Arc<ChannelCell>, now: u64) {
+        let Some(channel) = self.deliveries.get_mut(&cell.id) else {
+            return;
+        };
+        let mut slow = Vec::new();
+        for delivery in channel.list.iter_mut() {
+            let (frame, seq) = {
+                let mut state = cell.lock();
+                if delivery.current >= state.seq {
+                    continue;
+                }
+                let deflate = delivery.outbox.deflate();
+                let name = cell.name.as_str();
+                let frame =
+                    state.snapshot_frame(name, &self.epoch, &delivery.filter, true, deflate);
+                (frame, state.seq)
+            };
+            if let Some(due) = delivery.due_ns() {
+                self.timers.disarm(due, cell.id, delivery.session);
+            }
+            delivery.discard_pending();
+            delivery.current = seq;
+            let len = frame.len() as u64;
+            let frame = QueuedFrame {
+                bytes: frame,
+                ingest_ns: 0,
+                queued_ns: now,
+            };
+            if delivery.outbox.push(frame) {
+                delivery.sent(seq, now);
+                self.stats.frames_queued.fetch_add(1, Ordering::Relaxed);
+                self.stats.bytes_queued.fetch_add(len, Ordering::Relaxed);
+            } else {
+                slow.push(delivery.session);
+            }
+        }
+        for session in slow {
+            self.close_slow(session);
         }
     }
 

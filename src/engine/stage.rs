@@ -108,6 +108,70 @@ impl StateStage {
         }
     }
 
+    /// Replaces channel `snapshot.channel`'s state with `snapshot.data` at
+    /// `seq`, creating the channel if needed: how a node following a NATS
+    /// stream recovers from records it cannot get (a hole in the stream)
+    /// or starts from a snapshot instead of the whole stream. Only forward:
+    /// a seq at or below the channel's is `Seen`. Its history is dropped (it
+    /// would chain across the hole), so a `since` from before is answered
+    /// with a resync, and the shards send every subscriber a resync
+    /// snapshot ([`Event::Replaced`]). A state over the budget changes
+    /// nothing and is logged like a record that is too large.
+    pub fn replace(&mut self, snapshot: &Arc<FeedRecord>, seq: u64, now: u64) -> AtSeq {
+        let Some(cell) = self.by_name.get(&snapshot.channel).cloned() else {
+            return match self.create(snapshot, now) {
+                Some(Event::Created { cell, first }) => {
+                    // Created at seq 1 from the snapshot's state: move it to
+                    // the snapshot's seq.
+                    let mut channel = cell.lock();
+                    let len = channel.state_len;
+                    channel.replace(first.data.clone(), len, seq, &mut self.history);
+                    drop(channel);
+                    self.count_history();
+                    AtSeq::Applied(Some(Event::Created { cell, first }))
+                }
+                _ => AtSeq::Seen,
+            };
+        };
+        let mut channel = cell.lock();
+        if seq <= channel.seq {
+            return AtSeq::Seen;
+        }
+        let len = super::size::counted_len(&snapshot.data);
+        if let Err(too_large) = self.state.resize(channel.state_len, len) {
+            drop(channel);
+            self.drop_too_large(snapshot, too_large, now);
+            return AtSeq::Seen;
+        }
+        channel.replace(snapshot.data.clone(), len, seq, &mut self.history);
+        let subscribed = cell.attached() > 0;
+        drop(channel);
+        self.stats
+            .state_bytes
+            .store(self.state.used() as u64, Ordering::Relaxed);
+        self.count_history();
+        AtSeq::Applied(subscribed.then_some(Event::Replaced(cell)))
+    }
+
+    /// A stage with this one's limits and namespace policies over channels
+    /// of its own that nothing serves (fresh counters, no recorder, no
+    /// replication): a `--role both` node assigns seqs in it, while its
+    /// clients are served from the stream like an edge's. It keeps no
+    /// history: nobody resumes from it.
+    pub fn detached(&self) -> StateStage {
+        let ingest = IngestLimits {
+            max_history_bytes: 0,
+            ..self.ingest
+        };
+        StateStage::new(
+            self.limits.clone(),
+            Arc::new(EngineStats::default()),
+            Arc::new(Directory::default()),
+        )
+        .with_namespaces(self.namespaces.clone())
+        .with_ingest_limits(ingest)
+    }
+
     /// Offers every record this stage accepts to `tap` (`--record`).
     pub fn with_recorder(mut self, tap: Option<RecordTap>) -> Self {
         self.recorder = tap;

@@ -5,21 +5,27 @@
 //!
 //! - `<prefix>.rec.<channel>`: every record the ingest accepted, in order,
 //!   as `{"seq":N,"ts":INGEST_NS,"data":{..}}`;
+//! - `<prefix>.snap.<channel>` and `<prefix>.meta.checkpoint`: channel
+//!   snapshots and the position they cover (`snapshot.rs`);
 //! - `<prefix>.meta.epoch`: the epoch, written once by whichever node comes
 //!   first (an expected-last-subject-sequence of 0 makes it first-wins);
 //! - `<prefix>.meta.writer`: the writer's claim and its heartbeats.
 //!
-//! Every node starts as a follower ([`replica`]): it replays the stream
-//! from its start into its own state stage at the seqs it finds there
-//! (`StateStage::apply_at`), so states, seqs and epoch are the same on every
-//! node. An edge keeps following. An ingest, once it is caught up and the
-//! stream has been silent for `nats.writer_lease_ms` (no live writer), claims
-//! the stream and becomes its only writer ([`publish`]): every publish
-//! carries the stream sequence it expects to follow, so a second writer's
-//! publish is refused by JetStream and that node stops (fenced).
+//! Every node starts as a follower ([`replica`]): it loads the latest
+//! snapshots, reads the stream from the last checkpoint into its own state
+//! stage at the seqs it finds there (`StateStage::apply_at`), so states,
+//! seqs and epoch are the same on every node. An edge keeps following. An
+//! ingest, once it is caught up and the stream has been silent for
+//! `nats.writer_lease_ms` (no live writer), claims the stream and becomes
+//! its only writer ([`publish`]): every publish carries the stream
+//! sequence it expects to follow, so a second writer's publish is refused
+//! by JetStream and that node stops (fenced).
 
 pub mod publish;
 pub mod replica;
+#[cfg(test)]
+mod seam_tests;
+mod snapshot;
 mod status;
 
 use std::path::PathBuf;
@@ -42,7 +48,8 @@ pub enum Role {
     Ingest,
     /// No feeds; follows the stream and serves clients.
     Edge,
-    /// Ingest that also serves clients (the default with `--nats`).
+    /// An ingest whose clients are served from the stream, as an edge's
+    /// are: they see only records NATS stored (the default with `--nats`).
     Both,
 }
 
@@ -99,6 +106,16 @@ pub struct NatsSettings {
     pub max_stream_bytes: i64,
     /// How long start-up waits for the first connection.
     pub connect_timeout: Duration,
+    /// The writer snapshots every channel changed since its last
+    /// snapshot this often (`nats.snapshot_interval_ms`) ...
+    pub snapshot_interval: Duration,
+    /// ... or after this many records, whichever comes first
+    /// (`nats.snapshot_interval_records`).
+    pub snapshot_interval_records: u64,
+    /// Records the stream keeps per channel; older ones are dropped by
+    /// JetStream (`nats.max_records_per_channel`). Snapshots make them
+    /// unnecessary for catch-up.
+    pub max_records_per_channel: i64,
 }
 
 impl std::fmt::Debug for NatsSettings {
@@ -133,6 +150,9 @@ impl NatsSettings {
             writer_lease: Duration::from_millis(3000),
             max_stream_bytes: 10 << 30,
             connect_timeout: Duration::from_millis(5000),
+            snapshot_interval: Duration::from_millis(1000),
+            snapshot_interval_records: 10_000,
+            max_records_per_channel: 100_000,
         }
     }
 
@@ -142,6 +162,18 @@ impl NatsSettings {
 
     fn record_prefix(&self) -> String {
         format!("{}.rec.", self.prefix)
+    }
+
+    fn snapshot_subject(&self, channel: &str) -> String {
+        format!("{}.snap.{channel}", self.prefix)
+    }
+
+    fn snapshot_prefix(&self) -> String {
+        format!("{}.snap.", self.prefix)
+    }
+
+    fn checkpoint_subject(&self) -> String {
+        format!("{}.meta.checkpoint", self.prefix)
     }
 
     fn epoch_subject(&self) -> String {
@@ -243,15 +275,37 @@ pub async fn connect(settings: NatsSettings, feed: Arc<FeedStats>) -> Result<Clu
         discard: jetstream::stream::DiscardPolicy::New,
         max_bytes: settings.max_stream_bytes,
         duplicate_window: Duration::from_secs(120),
+        // Old records of a channel go; its snapshots keep its state.
+        max_messages_per_subject: settings.max_records_per_channel,
         ..Default::default()
     };
-    let stream = js
-        .get_or_create_stream(config)
+    let stream_error = |e: &dyn std::fmt::Display| NatsError::Stream {
+        stream: settings.stream.clone(),
+        reason: e.to_string(),
+    };
+    let mut stream = js
+        .get_or_create_stream(config.clone())
         .await
-        .map_err(|e| NatsError::Stream {
-            stream: settings.stream.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| stream_error(&e))?;
+    // A stream made by an older tickcast, or with other limits: bring it
+    // to these settings (JetStream keeps what it holds).
+    let current = stream.cached_info().config.clone();
+    if current.max_messages_per_subject != config.max_messages_per_subject
+        || current.max_bytes != config.max_bytes
+    {
+        let updated = jetstream::stream::Config {
+            max_messages_per_subject: config.max_messages_per_subject,
+            max_bytes: config.max_bytes,
+            ..current
+        };
+        js.update_stream(updated)
+            .await
+            .map_err(|e| stream_error(&e))?;
+        stream = js
+            .get_stream(&settings.stream)
+            .await
+            .map_err(|e| stream_error(&e))?;
+    }
     Ok(Cluster {
         settings,
         client,
@@ -356,61 +410,6 @@ mod tests {
             ts: None,
             ingest_ns: 0,
         }
-    }
-
-    /// The seam a follower applies stream records through: a record is
-    /// applied only at its channel's next seq; one seen before is skipped,
-    /// one past a missing seq is refused and changes nothing.
-    #[test]
-    fn a_follower_applies_records_at_the_seqs_it_is_given() {
-        use crate::engine::{AtSeq, Directory, EngineLimits, EngineStats, StateStage};
-        let limits = EngineLimits {
-            max_targets_per_session: 16,
-            max_channels: 16,
-        };
-        let directory = Arc::new(Directory::default());
-        let mut stage =
-            StateStage::new(limits, Arc::new(EngineStats::default()), directory.clone());
-        let record = |n: u64| {
-            let mut data = JsonMap::new();
-            data.insert("n".into(), n.into());
-            Arc::new(FeedRecord {
-                channel: ChannelName::new("quotes.F").unwrap(),
-                data,
-                ts: None,
-                ingest_ns: n,
-            })
-        };
-        let state = |directory: &Directory| {
-            let cell = directory.get("quotes.F").unwrap();
-            let channel = cell.lock();
-            (channel.seq, channel.state.get("n").cloned())
-        };
-        assert!(matches!(
-            stage.apply_at(&record(2), 2, 0),
-            AtSeq::Gap { expected: 1 }
-        ));
-        assert!(directory.get("quotes.F").is_none(), "a gap creates nothing");
-        assert!(matches!(
-            stage.apply_at(&record(1), 1, 0),
-            AtSeq::Applied(Some(_))
-        ));
-        assert!(matches!(
-            stage.apply_at(&record(2), 2, 0),
-            AtSeq::Applied(_)
-        ));
-        assert!(matches!(stage.apply_at(&record(1), 1, 0), AtSeq::Seen));
-        assert!(matches!(stage.apply_at(&record(2), 2, 0), AtSeq::Seen));
-        assert!(matches!(
-            stage.apply_at(&record(9), 5, 0),
-            AtSeq::Gap { expected: 3 }
-        ));
-        assert_eq!(state(&directory), (2, Some(2.into())));
-        assert!(matches!(
-            stage.apply_at(&record(3), 3, 0),
-            AtSeq::Applied(_)
-        ));
-        assert_eq!(state(&directory), (3, Some(3.into())));
     }
 
     #[test]

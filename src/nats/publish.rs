@@ -19,6 +19,10 @@
 //! de-duplicates (for two minutes), so a message that was stored but not
 //! acknowledged is not stored twice.
 //!
+//! **Snapshots.** Between records the writer also stores each changed
+//! channel's state and a checkpoint, in the same ordered, fenced way (see
+//! `snapshot.rs`), and deletes the snapshots they replace.
+//!
 //! **Bounded.** At most `nats.max_pending_records` records are queued or
 //! being stored; at the bound the state task waits for room, and the feeds behind it
 //! wait too (TCP producers feel it), as at the hand-off ring: nothing is
@@ -33,7 +37,10 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::snapshot::Snapshots;
 use super::{encode, Cluster, ClusterStatus, Phase};
+use crate::channel::ChannelName;
+use crate::engine::directory::Directory;
 use crate::record::FeedRecord;
 
 /// Publishes sent before their acks are awaited.
@@ -115,8 +122,20 @@ struct Pending {
     subject: String,
     payload: Bytes,
     id: String,
-    /// A record (counted in `pending`), not a heartbeat.
-    record: bool,
+    kind: Kind,
+    /// The channel of a snapshot.
+    channel: Option<ChannelName>,
+}
+
+/// What a stored message counts as.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A record (counted in `pending`).
+    Record,
+    /// A channel's snapshot.
+    Snapshot,
+    /// A heartbeat or checkpoint.
+    Meta,
 }
 
 /// Another node wrote to the stream.
@@ -125,6 +144,11 @@ struct Fenced;
 /// The stream's writer, from its claim on.
 pub struct Writer {
     cluster: Arc<Cluster>,
+    /// Each channel's last snapshot stored by this writer (its stream
+    /// sequence), deleted once a newer one is stored.
+    snapshots: std::collections::HashMap<ChannelName, u64>,
+    /// Stream sequences of snapshots a newer one replaced.
+    superseded: Vec<u64>,
     /// This process's name in message ids (random per process).
     name: String,
     next_id: u64,
@@ -140,6 +164,8 @@ impl Writer {
         let name = format!("{:016x}", rand::random::<u64>());
         let mut writer = Writer {
             cluster,
+            snapshots: Default::default(),
+            superseded: Vec::new(),
             name,
             next_id: 0,
             last: position,
@@ -151,26 +177,50 @@ impl Writer {
         }
     }
 
-    fn heartbeat(&mut self) -> Pending {
+    fn message(&mut self, subject: String, payload: Bytes, kind: Kind) -> Pending {
         self.next_id += 1;
         Pending {
-            subject: self.cluster.settings.writer_subject(),
-            payload: Bytes::from(self.name.clone()),
+            subject,
+            payload,
             id: format!("{}.{}", self.name, self.next_id),
-            record: false,
+            kind,
+            channel: None,
         }
     }
 
-    fn pending(&mut self, outgoing: Outgoing) -> Pending {
-        self.next_id += 1;
-        Pending {
-            subject: self
-                .cluster
-                .settings
-                .record_subject(outgoing.record.channel.as_str()),
-            payload: encode(&outgoing.record, outgoing.seq),
-            id: format!("{}.{}", self.name, self.next_id),
-            record: true,
+    fn heartbeat(&mut self) -> Pending {
+        let subject = self.cluster.settings.writer_subject();
+        self.message(subject, Bytes::from(self.name.clone()), Kind::Meta)
+    }
+
+    fn snapshot(&mut self, channel: &ChannelName, payload: Bytes) -> Pending {
+        let subject = self.cluster.settings.snapshot_subject(channel.as_str());
+        let mut snapshot = self.message(subject, payload, Kind::Snapshot);
+        snapshot.channel = Some(channel.clone());
+        snapshot
+    }
+
+    /// Queues `outgoing` in `batch`, with the snapshot held for it and the
+    /// cycle's checkpoint if they are due right after it.
+    fn take(&mut self, outgoing: Outgoing, snapshots: &mut Snapshots, batch: &mut Vec<Pending>) {
+        let channel = &outgoing.record.channel;
+        let subject = self.cluster.settings.record_subject(channel.as_str());
+        let payload = encode(&outgoing.record, outgoing.seq);
+        let record = self.message(subject, payload, Kind::Record);
+        batch.push(record);
+        if let Some(snapshot) = snapshots.taken(channel, outgoing.seq) {
+            let snapshot = self.snapshot(channel, snapshot);
+            batch.push(snapshot);
+        }
+        self.checkpoint(snapshots, batch);
+    }
+
+    /// Queues the cycle's checkpoint if all its snapshots are queued.
+    fn checkpoint(&mut self, snapshots: &mut Snapshots, batch: &mut Vec<Pending>) {
+        if let Some(start) = snapshots.checkpoint() {
+            let subject = self.cluster.settings.checkpoint_subject();
+            let checkpoint = self.message(subject, Bytes::from(start.to_string()), Kind::Meta);
+            batch.push(checkpoint);
         }
     }
 
@@ -187,37 +237,63 @@ impl Writer {
     /// Publishes what the stage queues until the queue closes (the stage
     /// stopped) or the writer is fenced; a heartbeat when idle for a third
     /// of the lease keeps standby ingests from claiming the stream.
-    pub async fn run(mut self, mut queue: mpsc::Receiver<Outgoing>, shutdown: CancellationToken) {
+    ///
+    /// `directory` holds the channels of the stage that feeds `queue`: the
+    /// snapshots are read from it (see `snapshot.rs`).
+    pub async fn run(
+        mut self,
+        mut queue: mpsc::Receiver<Outgoing>,
+        directory: Arc<Directory>,
+        shutdown: CancellationToken,
+    ) {
         let status = self.cluster.status.clone();
         status.set_phase(Phase::Writing);
-        let idle = self.cluster.settings.writer_lease / 3;
+        let settings = &self.cluster.settings;
+        let idle = settings.writer_lease / 3;
+        let mut snapshots = Snapshots::new(
+            settings.snapshot_interval,
+            settings.snapshot_interval_records,
+            directory,
+            self.cluster.client.server_info().max_payload,
+        );
         let mut batch = Vec::with_capacity(BATCH);
         loop {
-            let first = tokio::select! {
-                next = queue.recv() => match next {
-                    Some(outgoing) => Some(outgoing),
-                    None => return,
-                },
-                () = tokio::time::sleep(idle) => None,
-            };
-            match first {
-                Some(outgoing) => {
-                    let message = self.pending(outgoing);
-                    batch.push(message);
-                    while batch.len() < BATCH {
-                        match queue.try_recv() {
-                            Ok(outgoing) => {
-                                let message = self.pending(outgoing);
-                                batch.push(message);
+            if snapshots.due() {
+                // `batch` is empty: everything taken is stored, up to `last`.
+                for (channel, payload) in snapshots.cycle(self.last) {
+                    let snapshot = self.snapshot(&channel, payload);
+                    batch.push(snapshot);
+                }
+                self.checkpoint(&mut snapshots, &mut batch);
+            }
+            if batch.is_empty() {
+                let wake = snapshots.next_due();
+                let first = tokio::select! {
+                    next = queue.recv() => match next {
+                        Some(outgoing) => Some(outgoing),
+                        None => return,
+                    },
+                    () = tokio::time::sleep(idle) => None,
+                    () = sleep_until(wake), if wake.is_some() => continue,
+                };
+                match first {
+                    Some(outgoing) => {
+                        self.take(outgoing, &mut snapshots, &mut batch);
+                        // A batch ends where a snapshot cycle falls due, so
+                        // a checkpoint follows at most that many records.
+                        while batch.len() < BATCH && !snapshots.due() {
+                            match queue.try_recv() {
+                                Ok(outgoing) => self.take(outgoing, &mut snapshots, &mut batch),
+                                Err(_) => break,
                             }
-                            Err(_) => break,
                         }
                     }
+                    None => batch.push(self.heartbeat()),
                 }
-                None => batch.push(self.heartbeat()),
             }
             let stored = self.store(&batch).await;
             batch.clear();
+            self.delete_superseded().await;
             if stored.is_err() {
                 status.set_phase(Phase::Fenced);
                 tracing::error!(
@@ -325,14 +401,53 @@ impl Writer {
         }
     }
 
-    fn stored(&self, message: &Pending) {
+    /// Deletes the snapshots newer ones replaced, so the stream keeps
+    /// about one per channel. (Not `Nats-Rollup`: with nats-server 2.9.10
+    /// an ordered consumer skipped the records before a rolled-up message.) A
+    /// delete that fails leaves a spare snapshot, bounded like the
+    /// channel's records by `nats.max_records_per_channel`.
+    async fn delete_superseded(&mut self) {
+        /// Deletes in flight at once.
+        const AT_ONCE: usize = 64;
+        let stream = &self.cluster.stream;
+        for chunk in self.superseded.chunks(AT_ONCE) {
+            let deletes = chunk.iter().map(|&sequence| async move {
+                let delete = stream.delete_message(sequence);
+                if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(2), delete).await {
+                    tracing::debug!(sequence, "cannot delete a replaced snapshot: {e}");
+                }
+            });
+            futures_util::future::join_all(deletes).await;
+        }
+        self.superseded.clear();
+    }
+
+    fn stored(&mut self, message: &Pending) {
         let status = &self.cluster.status;
         status.position.store(self.last, Ordering::Relaxed);
         status.stream_last.fetch_max(self.last, Ordering::Relaxed);
-        if message.record {
-            status.pending.fetch_sub(1, Ordering::Relaxed);
-            status.published.fetch_add(1, Ordering::Relaxed);
-            status.stored.notify_waiters();
+        match message.kind {
+            Kind::Record => {
+                status.pending.fetch_sub(1, Ordering::Relaxed);
+                status.published.fetch_add(1, Ordering::Relaxed);
+                status.stored.notify_waiters();
+            }
+            Kind::Snapshot => {
+                status.snapshots_published.fetch_add(1, Ordering::Relaxed);
+                if let Some(channel) = &message.channel {
+                    if let Some(old) = self.snapshots.insert(channel.clone(), self.last) {
+                        self.superseded.push(old);
+                    }
+                }
+            }
+            Kind::Meta => {}
         }
+    }
+}
+
+async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }

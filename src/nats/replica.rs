@@ -1,22 +1,22 @@
 //! Following the stream: every node's state task while it is not the
-//! writer.
+//! writer, and the stage a `--role both` node serves its clients from.
 //!
-//! **Catch-up from the start.** A node replays the whole stream (an
-//! ordered JetStream consumer from sequence 1) into its own state stage,
-//! applying each record at the seq it carries ([`StateStage::apply_at`]):
-//! same patches, same order, same seqs, so the same states on every node.
-//! `/healthz` answers 503 until the node has applied everything that was
-//! in the stream when it started. Replaying from the start (rather than
-//! from periodic snapshots) keeps one mechanism and no second source of
-//! truth; its cost is the replay time, measured in docs/scaling.md, and
-//! the stream's size (`nats.max_stream_bytes`).
+//! **Catch-up from snapshots.** A node loads every channel's latest
+//! snapshot and reads the stream from the last checkpoint (see
+//! `snapshot.rs`; without one, from its start) into its own state
+//! stage, applying each record at the seq it carries
+//! ([`StateStage::apply_at`]): same patches, same order, same seqs, so the
+//! same states on every node. `/healthz` answers 503 until the node has
+//! applied everything that was in the stream when it started.
 //!
 //! **NATS down.** The ordered consumer resumes after the last sequence it
 //! delivered when the connection returns, so nothing is skipped; meanwhile
-//! the node serves its last state. A record whose seq is past its
-//! channel's next one (the stream lost records, say by an operator's purge)
-//! is not applied: the gap is counted and logged, and that channel stops
-//! there rather than showing a state that misses updates.
+//! the node serves its last state.
+//!
+//! **A hole.** A record whose seq is past its channel's next one (the
+//! stream lost records, say by an operator's purge) is not applied: the
+//! channel waits for its next snapshot in the stream, which replaces its
+//! state ([`StateStage::replace`]) and resyncs its subscribers.
 //!
 //! **Becoming the writer.** An ingest that has caught up watches the
 //! stream's last sequence; once it has not moved for `nats.writer_lease_ms`
@@ -24,6 +24,7 @@
 //! all of it, it claims the stream ([`Writer::claim`]) and returns its
 //! stage to run on the feeds.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,11 +34,12 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::publish::{ReplicationTap, Writer};
-use super::{decode, Cluster, Phase};
-use crate::engine::{self, AtSeq, HandoffProducer, StateStage};
+use super::{decode, snapshot, Cluster, Phase, Role};
+use crate::engine::fanout::Event;
+use crate::engine::{self, AtSeq, HandoffItem, HandoffProducer, StateStage};
 use crate::feed::RingItem;
 use crate::metrics::Metrics;
-use crate::ring::Consumer;
+use crate::ring::{Consumer, Ring};
 
 /// How often the follower asks the stream how far it is and checks the
 /// connection (at most; a short lease asks more often).
@@ -58,10 +60,75 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let Some((mut stage, writer)) = follow(&cluster, stage, &handoff, &metrics, &shutdown).await
-    else {
-        return;
+    if cluster.settings.role == Role::Both {
+        return run_both(cluster, stage, feed, handoff, metrics, shutdown).await;
+    }
+    let part = Part {
+        claims: cluster.settings.role.ingests(),
+        reports: true,
+        serves: true,
     };
+    let followed = follow(&cluster, stage, Some(&handoff), &metrics, &shutdown, part).await;
+    if let Some((stage, writer)) = followed {
+        write(cluster, stage, writer, feed, handoff, metrics, shutdown).await;
+    }
+}
+
+/// `--role both`: the ingest's stage is a private one ([`StateStage::detached`])
+/// that only feeds the writer, and the clients are served from a second
+/// stage that follows the stream like an edge's. So a client sees a
+/// record only once NATS has stored it: a crash of this node cannot have
+/// shown a record that a restarted writer then numbers differently.
+async fn run_both(
+    cluster: Arc<Cluster>,
+    stage: StateStage,
+    feed: Consumer<RingItem>,
+    handoff: HandoffProducer,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let private = stage.detached();
+    let serving = {
+        let (cluster, metrics, shutdown) = (cluster.clone(), metrics.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let part = Part {
+                claims: false,
+                reports: false,
+                serves: true,
+            };
+            follow(&cluster, stage, Some(&handoff), &metrics, &shutdown, part).await;
+        })
+    };
+    let part = Part {
+        claims: true,
+        reports: true,
+        serves: false,
+    };
+    let followed = follow(&cluster, private, None, &metrics, &shutdown, part).await;
+    if let Some((stage, writer)) = followed {
+        // Nothing serves the private stage's channels: its hand-offs go to
+        // a ring no one reads (a ring without consumers never fills).
+        let nowhere: Ring<HandoffItem> = Ring::with_consumers(2, 1);
+        let nowhere = HandoffProducer {
+            producer: nowhere.producer(),
+            shards: 0,
+        };
+        write(cluster, stage, writer, feed, nowhere, metrics, shutdown).await;
+    }
+    let _ = serving.await;
+}
+
+/// The writer's life: the stage applies the feeds' records, assigning
+/// seqs, and the writer publishes each one.
+async fn write(
+    cluster: Arc<Cluster>,
+    mut stage: StateStage,
+    writer: Writer,
+    feed: Consumer<RingItem>,
+    handoff: HandoffProducer,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     let (tap, queue) =
         ReplicationTap::new(cluster.settings.max_pending_records, cluster.status.clone());
     stage.set_replication(Some(tap));
@@ -69,23 +136,35 @@ pub async fn run(
         stream = %cluster.settings.stream,
         "this node is now the stream's writer: it assigns seqs and publishes every record"
     );
-    let writing = tokio::spawn(writer.run(queue, shutdown.clone()));
+    let directory = stage.directory().clone();
+    let writing = tokio::spawn(writer.run(queue, directory, shutdown.clone()));
     engine::run_state(stage, feed, handoff, metrics, shutdown).await;
     // The stage is gone with its tap: the writer stores what is queued.
     let _ = writing.await;
 }
 
-/// Follows the stream until shutdown (`None`) or, on an ingest, until it
-/// becomes the writer (its stage and writer).
+/// What one follower does besides applying the stream.
+#[derive(Clone, Copy)]
+struct Part {
+    /// May become the writer (an ingest).
+    claims: bool,
+    /// Sets the node's phase and stream position.
+    reports: bool,
+    /// Clients are served from its stage: `/healthz` waits for it.
+    serves: bool,
+}
+
+/// Follows the stream until shutdown (`None`) or, if it `claims`, until
+/// it becomes the writer (its stage and writer).
 async fn follow(
     cluster: &Arc<Cluster>,
     mut stage: StateStage,
-    handoff: &HandoffProducer,
+    handoff: Option<&HandoffProducer>,
     metrics: &Metrics,
     shutdown: &CancellationToken,
+    part: Part,
 ) -> Option<(StateStage, Writer)> {
     let status = cluster.status.clone();
-    let ingests = cluster.settings.role.ingests();
     let lease = cluster.settings.writer_lease;
     let target = loop {
         match last_sequence(cluster).await {
@@ -98,8 +177,17 @@ async fn follow(
             }
         }
     };
-    status.stream_last.store(target, Ordering::Relaxed);
-    let mut position = 0u64;
+    if part.reports {
+        status.stream_last.store(target, Ordering::Relaxed);
+    }
+    let mut follower = Follower {
+        stage: &mut stage,
+        handoff,
+        metrics,
+        shutdown,
+        broken: HashSet::new(),
+    };
+    let mut position = follower.start_from_snapshots(cluster).await?;
     let mut caught_up = false;
     let mut messages = None;
     let mut tick = tokio::time::interval(TICK.min(lease / 3));
@@ -107,6 +195,7 @@ async fn follow(
     // The stream's last sequence and when it was first seen so.
     let mut last_seen = (target, Instant::now());
     let record_prefix = cluster.settings.record_prefix();
+    let snapshot_prefix = cluster.settings.snapshot_prefix();
     // The position and when it last moved: a consumer that stops
     // delivering while the stream has more (NATS restarted and its
     // consumer with it) is replaced.
@@ -114,11 +203,16 @@ async fn follow(
     loop {
         if !caught_up && position >= target {
             caught_up = true;
-            status.set_phase(if ingests {
-                Phase::Standby
-            } else {
-                Phase::Following
-            });
+            if part.reports {
+                status.set_phase(if part.claims {
+                    Phase::Standby
+                } else {
+                    Phase::Following
+                });
+            }
+            if part.serves {
+                status.set_serving();
+            }
             tracing::info!(position, "caught up with the NATS stream");
         }
         if messages.is_none() {
@@ -132,15 +226,25 @@ async fn follow(
                     let Ok(info) = message.info() else { continue };
                     let sequence = info.stream_sequence;
                     let subject = message.subject.as_str();
-                    if let Some(channel) = subject.strip_prefix(&record_prefix) {
-                        let step = Step { stage: &mut stage, handoff, metrics, shutdown };
-                        if !step.apply(cluster, channel, &message.payload, sequence).await {
-                            return None;
+                    let payload = &message.payload;
+                    let applied = if let Some(channel) = subject.strip_prefix(&record_prefix) {
+                        if !caught_up {
+                            status.catchup_records.fetch_add(1, Ordering::Relaxed);
                         }
+                        follower.record(cluster, channel, payload, sequence).await
+                    } else if let Some(channel) = subject.strip_prefix(&snapshot_prefix) {
+                        follower.snapshot(cluster, channel, payload).await
+                    } else {
+                        true
+                    };
+                    if !applied {
+                        return None;
                     }
                     position = position.max(sequence);
-                    status.position.store(position, Ordering::Relaxed);
-                    status.stream_last.fetch_max(position, Ordering::Relaxed);
+                    if part.reports {
+                        status.position.store(position, Ordering::Relaxed);
+                        status.stream_last.fetch_max(position, Ordering::Relaxed);
+                    }
                 }
                 Some(Err(e)) => {
                     status.set_connected(connected(cluster));
@@ -152,7 +256,9 @@ async fn follow(
             _ = tick.tick() => {
                 status.set_connected(connected(cluster));
                 if let Some(last) = last_sequence(cluster).await {
-                    status.stream_last.store(last, Ordering::Relaxed);
+                    if part.reports {
+                        status.stream_last.store(last, Ordering::Relaxed);
+                    }
                     if last != last_seen.0 {
                         last_seen = (last, Instant::now());
                     }
@@ -165,7 +271,7 @@ async fn follow(
                     progress = (position, Instant::now());
                 }
                 let lapsed = last_seen.1.elapsed() >= lease;
-                if ingests && caught_up && lapsed && position >= last_seen.0 && connected(cluster) {
+                if part.claims && caught_up && lapsed && position >= last_seen.0 && connected(cluster) {
                     match Writer::claim(cluster.clone(), position).await {
                         Some(writer) => return Some((stage, writer)),
                         None => tracing::info!("another ingest claimed the stream first; following it"),
@@ -176,19 +282,54 @@ async fn follow(
     }
 }
 
-/// What applying one stream record needs.
-struct Step<'a> {
+/// What applying stream messages to a stage needs.
+struct Follower<'a> {
     stage: &'a mut StateStage,
-    handoff: &'a HandoffProducer,
+    /// Where what the shards must see goes (`None`: a stage nothing serves).
+    handoff: Option<&'a HandoffProducer>,
     metrics: &'a Metrics,
     shutdown: &'a CancellationToken,
+    /// Channels that met a hole in the stream: they wait for a snapshot.
+    broken: HashSet<String>,
 }
 
-impl Step<'_> {
+impl Follower<'_> {
+    /// Loads every channel's latest snapshot if the stream has a
+    /// checkpoint; the stream position to read on from (0: the whole
+    /// stream). `None` on shutdown.
+    async fn start_from_snapshots(&mut self, cluster: &Cluster) -> Option<u64> {
+        let Some(start) = snapshot::checkpoint_start(cluster).await else {
+            return Some(0);
+        };
+        if start <= 1 {
+            return Some(0);
+        }
+        let Some(snapshots) = snapshot::latest(cluster).await else {
+            tracing::warn!("cannot read the snapshots in the NATS stream: reading all of it");
+            return Some(0);
+        };
+        for (channel, payload) in snapshots {
+            if !self.snapshot(cluster, &channel, &payload).await {
+                return None;
+            }
+        }
+        tracing::info!(
+            start,
+            "loaded the NATS stream's snapshots; reading on from its checkpoint"
+        );
+        Some(start - 1)
+    }
+
     /// Applies the record in `payload` (stream `sequence`, on `channel`)
     /// at its seq and hands off what the shards must see; false if
     /// shutdown came first.
-    async fn apply(self, cluster: &Cluster, channel: &str, payload: &[u8], sequence: u64) -> bool {
+    async fn record(
+        &mut self,
+        cluster: &Cluster,
+        channel: &str,
+        payload: &[u8],
+        sequence: u64,
+    ) -> bool {
         let status = &cluster.status;
         let (record, seq) = match decode(channel, payload) {
             Ok(decoded) => decoded,
@@ -204,24 +345,74 @@ impl Step<'_> {
         {
             AtSeq::Applied(event) => {
                 status.applied.fetch_add(1, Ordering::Relaxed);
-                match event {
-                    Some(event) => engine::hand_off(self.handoff, event, self.shutdown).await,
-                    None => true,
-                }
+                self.hand_off(event).await
             }
             AtSeq::Seen => true,
             AtSeq::Gap { expected } => {
-                // Logged for the first few only: every later record of the
-                // channel is a gap too.
-                if status.gaps.fetch_add(1, Ordering::Relaxed) < 10 {
-                    tracing::error!(%channel, expected, got = seq,
-                        "the NATS stream lacks records of this channel: \
-                         it stays at its last complete state");
+                status.gaps.fetch_add(1, Ordering::Relaxed);
+                // Logged once per hole: every later record of the channel
+                // is a gap too until its next snapshot.
+                if self.broken.insert(channel.to_owned()) {
+                    tracing::warn!(%channel, expected, got = seq,
+                        "the NATS stream lacks records of this channel: its subscribers \
+                         are resynced to its next snapshot");
                 }
                 true
             }
         }
     }
+
+    /// Applies a channel's snapshot if it is ahead of the channel (a
+    /// catch-up, or records this node could not get): the state is
+    /// replaced and subscribers get a resync snapshot. False if shutdown
+    /// came first.
+    async fn snapshot(&mut self, cluster: &Cluster, channel: &str, payload: &[u8]) -> bool {
+        let status = &cluster.status;
+        // Most snapshots a follower meets are at its channel's seq (it read
+        // the record before them): skip those without parsing the state.
+        let held = self.stage.directory().get(channel).map(|c| c.lock().seq);
+        if let (Some(seq), Some(held)) = (leading_seq(payload), held) {
+            if seq <= held {
+                return true;
+            }
+        }
+        let (snapshot, seq) = match decode(channel, payload) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                tracing::warn!(%channel, "a stream snapshot is not a tickcast state ({e}); skipped");
+                return true;
+            }
+        };
+        match self
+            .stage
+            .replace(&Arc::new(snapshot), seq, self.metrics.mono_ns())
+        {
+            AtSeq::Applied(event) => {
+                status.snapshots_loaded.fetch_add(1, Ordering::Relaxed);
+                if self.broken.remove(channel) {
+                    status.resyncs.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%channel, seq, "resynced to the channel's snapshot");
+                }
+                self.hand_off(event).await
+            }
+            _ => true,
+        }
+    }
+
+    async fn hand_off(&self, event: Option<Event>) -> bool {
+        match (event, self.handoff) {
+            (Some(event), Some(handoff)) => engine::hand_off(handoff, event, self.shutdown).await,
+            _ => true,
+        }
+    }
+}
+
+/// The seq at the start of a payload as the writer writes it
+/// (`{"seq":N,...`), without parsing the rest.
+fn leading_seq(payload: &[u8]) -> Option<u64> {
+    let rest = payload.strip_prefix(b"{\"seq\":")?;
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
 }
 
 type Messages = pull::Ordered;
@@ -277,4 +468,21 @@ async fn last_sequence(cluster: &Cluster) -> Option<u64> {
 
 fn connected(cluster: &Cluster) -> bool {
     cluster.client.connection_state() == async_nats::connection::State::Connected
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_seq_is_read_from_the_start_of_a_payload() {
+        assert_eq!(
+            super::leading_seq(br#"{"seq":42,"ts":0,"data":{}}"#),
+            Some(42)
+        );
+        assert_eq!(super::leading_seq(br#"{"ts":0,"seq":42}"#), None);
+        assert_eq!(super::leading_seq(br#"{"seq":"#), None);
+        assert_eq!(
+            super::leading_seq(br#"{"seq":99999999999999999999999,"#),
+            None
+        );
+    }
 }

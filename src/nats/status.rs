@@ -67,6 +67,18 @@ pub struct ClusterStatus {
     pub applied: AtomicU64,
     /// Records not applied because seqs before them were missing.
     pub gaps: AtomicU64,
+    /// Snapshots this node stored in the stream (writer).
+    pub snapshots_published: AtomicU64,
+    /// Snapshots that set a channel's state here (catch-up, or a hole).
+    pub snapshots_loaded: AtomicU64,
+    /// Records read from the stream while catching up.
+    pub catchup_records: AtomicU64,
+    /// Channels whose subscribers were resynced to a snapshot because the
+    /// stream lacked some of their records.
+    pub resyncs: AtomicU64,
+    /// The stage clients are served from has caught up (on a `both` node
+    /// it follows the stream apart from the writer's).
+    serving: AtomicBool,
     /// Signalled whenever the writer has stored records, for a state task
     /// waiting for `pending` to fall under the bound.
     pub(super) stored: tokio::sync::Notify,
@@ -87,6 +99,11 @@ impl ClusterStatus {
             publish_retries: AtomicU64::new(0),
             applied: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
+            snapshots_published: AtomicU64::new(0),
+            snapshots_loaded: AtomicU64::new(0),
+            catchup_records: AtomicU64::new(0),
+            resyncs: AtomicU64::new(0),
+            serving: AtomicBool::new(false),
             stored: tokio::sync::Notify::new(),
         }
     }
@@ -113,6 +130,11 @@ impl ClusterStatus {
         self.report();
     }
 
+    /// The stage clients are served from has caught up.
+    pub fn set_serving(&self) {
+        self.serving.store(true, Ordering::Relaxed);
+    }
+
     fn report(&self) {
         let status = match (self.phase(), self.connected()) {
             (Phase::Fenced, _) | (Phase::Writing, false) => FeedStatus::Failed,
@@ -126,7 +148,13 @@ impl ClusterStatus {
     /// from NATS stays ready: it serves its last state and catches up
     /// when NATS returns (`/metrics` says it is disconnected).
     pub fn not_ready(&self) -> Option<String> {
+        let catching_up = !self.serving.load(Ordering::Relaxed);
         match self.phase() {
+            _ if catching_up => Some(format!(
+                "not ready: catching up with the NATS stream (applied {} of {})\n",
+                self.position.load(Ordering::Relaxed),
+                self.stream_last.load(Ordering::Relaxed)
+            )),
             Phase::CatchingUp => Some(format!(
                 "not ready: catching up with the NATS stream (applied {} of {})\n",
                 self.position.load(Ordering::Relaxed),
@@ -161,7 +189,7 @@ impl ClusterStatus {
                 u8::from(p == phase)
             );
         }
-        let figures: [(&str, &str, &str, u64); 8] = [
+        let figures: [(&str, &str, &str, u64); 12] = [
             ("tickcast_nats_connected", "gauge", "1 while the NATS connection is up.", u64::from(self.connected())),
             ("tickcast_nats_stream_position", "gauge", "The last stream sequence this node applied or stored.", self.position.load(Ordering::Relaxed)),
             ("tickcast_nats_stream_last_sequence", "gauge", "The stream's last sequence, as last asked.", self.stream_last.load(Ordering::Relaxed)),
@@ -170,6 +198,10 @@ impl ClusterStatus {
             ("tickcast_nats_publish_retries_total", "counter", "Publishes sent again after a failure or a lost ack.", self.publish_retries.load(Ordering::Relaxed)),
             ("tickcast_nats_applied_total", "counter", "Records applied from the stream.", self.applied.load(Ordering::Relaxed)),
             ("tickcast_nats_gaps_total", "counter", "Stream records not applied because seqs before them were missing.", self.gaps.load(Ordering::Relaxed)),
+            ("tickcast_nats_snapshots_published_total", "counter", "Channel snapshots stored in the stream by this node.", self.snapshots_published.load(Ordering::Relaxed)),
+            ("tickcast_nats_snapshots_loaded_total", "counter", "Channel snapshots from the stream that set a channel's state here (catch-up, or records missing).", self.snapshots_loaded.load(Ordering::Relaxed)),
+            ("tickcast_nats_catchup_records_total", "counter", "Records read from the stream while catching up.", self.catchup_records.load(Ordering::Relaxed)),
+            ("tickcast_nats_resyncs_total", "counter", "Channels resynced to a snapshot because the stream lacked some of their records.", self.resyncs.load(Ordering::Relaxed)),
         ];
         for (name, kind, help, value) in figures {
             let _ = writeln!(
