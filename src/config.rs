@@ -161,9 +161,10 @@ pub struct ServeArgs {
     /// docs/scaling.md). Without it everything stays in this process.
     #[arg(long, value_name = "URL")]
     pub nats: Option<String>,
-    /// With --nats: `ingest` (runs the feeds, assigns seqs, publishes),
-    /// `edge` (no feeds; follows the stream, serves clients) or `both`
-    /// [default: both].
+    /// With --nats: `ingest` (runs the feeds, assigns seqs, publishes;
+    /// serves no WebSocket clients), `edge` (no feeds; follows the stream,
+    /// serves clients) or `both` (both, its clients served from the
+    /// stream) [default: both].
     #[arg(long, value_name = "ROLE")]
     pub role: Option<crate::nats::Role>,
 }

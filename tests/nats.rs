@@ -262,6 +262,33 @@ async fn publish(producer: &mut Producer, channel: &str, range: std::ops::RangeI
     }
 }
 
+/// An ingest's state runs ahead of the stream, so it serves no WebSocket
+/// clients: one that tries is told where to go instead (and could
+/// otherwise see a record whose seq a crash would reuse). Its HTTP views
+/// still answer.
+#[tokio::test]
+async fn an_ingest_refuses_websocket_clients_and_says_where_to_go() {
+    let nats = NatsServer::start().await;
+    let ingest = Node::ingest(&nats).await;
+    let mut producer = ingest.producer().await;
+    producer.publish("quotes.A", json!({ "n": 1 })).await;
+    ingest.wait_seq("quotes.A", 1).await;
+    let url = format!("ws://{}/ws", ingest.addr);
+    let attempt = tokio::time::timeout(common::DEADLINE, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("an answer within the deadline");
+    match attempt {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 503);
+            let body = response.body().as_deref().unwrap_or_default();
+            let body = String::from_utf8_lossy(body);
+            assert!(body.contains("--role edge"), "{body}");
+        }
+        Err(e) => panic!("refused otherwise: {e}"),
+        Ok(_) => panic!("an ingest took a WebSocket client"),
+    }
+}
+
 #[tokio::test]
 async fn two_edges_show_the_ingests_seqs_states_and_epoch() {
     let nats = NatsServer::start().await;

@@ -312,6 +312,19 @@ fn upgrade(req: &mut Request<Incoming>, state: &Arc<AppState>) -> Response<Body>
             "this is the WebSocket endpoint: connect with a WebSocket client\n",
         );
     }
+    // An ingest's own state runs ahead of the stream: a client here could
+    // see a record NATS never stored, whose seq a crash would then reuse.
+    if state
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.role == crate::nats::Role::Ingest)
+    {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node runs --role ingest and serves no WebSocket clients (they could see records \
+             NATS has not stored): connect to an edge (--role edge), or run this node as --role both\n",
+        );
+    }
     // Who may connect, before anything is spent on the connection: the
     // Origin (free to check), then the per-address limits (so a flood of
     // guessed tokens is slowed like any other), then the token.
