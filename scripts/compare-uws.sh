@@ -58,6 +58,11 @@ run_tickcast() { # LABEL [LOADGEN ARGS...]
   echo "run: $1 ${*:2}"
   loadgen "ws://127.0.0.1:$ws/ws" "127.0.0.1:$feed" "$@"
   cpu_seconds $pid > "$OUT/$1.server-cpu"
+  # The server's own share: feed stamp to the socket taking the frame
+  # (p99 since start, seconds), apart from the time the loadgen takes to read.
+  curl -s "127.0.0.1:$ws/metrics" |
+    awk '/^tickcast_stage_latency_quantile_seconds\{stage="end_to_end",quantile="0.99"\}/ { print $2 }' \
+    > "$OUT/$1.server-p99" || true
   kill $pid; wait $pid 2>/dev/null || true
 }
 
@@ -100,11 +105,12 @@ for name in sorted(os.listdir(out)):
         "p99_9_ms": lat["p99_9"] / 1000, "max_ms": lat["max"] / 1000,
         "deliveries_per_s": r["deliveries_per_s"], "gaps": r["chains"]["gaps"],
         "server_cpu_s": first_number(".server-cpu"),
+        "server_p99_ms": first_number(".server-p99") * 1000,
         "loadgen_cpu_s": first_number(".loadgen-cpu"),
         "load1": first_number(".load", combine=lambda xs: next(iter(xs))),
     })
 keys = ["delivered_pct", "deliveries_per_s", "p50_ms", "p90_ms", "p99_ms", "p99_9_ms", "max_ms", "gaps",
-        "server_cpu_s", "loadgen_cpu_s", "load1"]
+        "server_cpu_s", "loadgen_cpu_s", "load1", "server_p99_ms"]
 print(f"\nmedians over runs ({out})")
 print(f"{'server':>10} {'runs':>5} " + " ".join(f"{k:>16}" for k in keys))
 summary = {}

@@ -289,6 +289,38 @@ async fn an_ingest_refuses_websocket_clients_and_says_where_to_go() {
     }
 }
 
+/// A record whose stream message the NATS server would refuse (over its
+/// `max_payload`) is dropped before it takes a seq, and counted with its
+/// reason; the records after it go through (the writer, which publishes in
+/// order, is not stuck retrying it), with no hole in the seqs.
+#[tokio::test]
+async fn a_record_over_the_nats_max_payload_is_dropped_and_the_rest_flow() {
+    let config = std::env::temp_dir().join(format!(
+        "tickcast-nats-max-payload-{}.conf",
+        std::process::id()
+    ));
+    std::fs::write(&config, "max_payload: 8192\n").unwrap();
+    let nats = NatsServer::start_with(&["-c", config.to_str().unwrap()]).await;
+    let ingest = Node::ingest(&nats).await;
+    let edge = Node::start(&nats, "edge").await;
+    let mut producer = ingest.producer().await;
+    producer.publish("quotes.A", json!({ "n": 1 })).await;
+    let blob = "x".repeat(10_000);
+    producer
+        .publish("quotes.A", json!({ "n": 2, "blob": blob }))
+        .await;
+    producer.publish("quotes.A", json!({ "n": 3 })).await;
+    let on_edge = edge.wait_seq("quotes.A", 2).await;
+    assert_eq!(on_edge["data"], json!({ "n": 3 }));
+    assert_eq!(ingest.wait_seq("quotes.A", 2).await, on_edge);
+    let metrics = ingest.metrics().await;
+    assert!(
+        metrics.contains("tickcast_records_dropped_total{reason=\"nats_max_payload\"} 1"),
+        "{metrics}"
+    );
+    let _ = std::fs::remove_file(&config);
+}
+
 #[tokio::test]
 async fn two_edges_show_the_ingests_seqs_states_and_epoch() {
     let nats = NatsServer::start().await;

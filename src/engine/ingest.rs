@@ -61,13 +61,17 @@ pub enum DropReason {
     /// It would have made all states together larger than
     /// `limits.max_total_state_bytes`.
     MaxTotalStateBytes,
+    /// With `--nats`: its stream message would be larger than the NATS
+    /// server's `max_payload`, so it could never be stored.
+    NatsMaxPayload,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 3] = [
+    pub const ALL: [DropReason; 4] = [
         DropReason::MaxChannels,
         DropReason::MaxStateBytes,
         DropReason::MaxTotalStateBytes,
+        DropReason::NatsMaxPayload,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -75,6 +79,7 @@ impl DropReason {
             DropReason::MaxChannels => "max_channels",
             DropReason::MaxStateBytes => "max_state_bytes",
             DropReason::MaxTotalStateBytes => "max_total_state_bytes",
+            DropReason::NatsMaxPayload => "nats_max_payload",
         }
     }
 }
@@ -138,6 +143,31 @@ impl StateStage {
         });
     }
 
+    /// Counts (and, within the log budget, logs) a record whose stream
+    /// message NATS would refuse (`size` bytes, over `max_payload`); its
+    /// channel keeps its state and seq, and the stream has no hole.
+    pub(super) fn drop_over_nats_payload(
+        &mut self,
+        record: &FeedRecord,
+        size: usize,
+        max_payload: usize,
+        now: u64,
+    ) {
+        let reason = DropReason::NatsMaxPayload;
+        self.dropped_counter(reason).fetch_add(1, Ordering::Relaxed);
+        self.log_drop(reason, now, |dropped| {
+            tracing::warn!(
+                channel = %record.channel,
+                size,
+                max_payload,
+                dropped,
+                "record dropped: its NATS message would be larger than the NATS server's \
+                 max_payload (raise max_payload in nats-server's config); the channel keeps \
+                 its state and seq"
+            );
+        });
+    }
+
     /// Logs one dropped record through `log` (given the count so far) if
     /// the interval's budget allows.
     fn log_drop(&mut self, reason: DropReason, now: u64, log: impl FnOnce(u64)) {
@@ -166,6 +196,7 @@ impl StateStage {
             DropReason::MaxChannels => &self.stats.records_dropped_channel_limit,
             DropReason::MaxStateBytes => &self.stats.records_dropped_state_size,
             DropReason::MaxTotalStateBytes => &self.stats.records_dropped_total_state,
+            DropReason::NatsMaxPayload => &self.stats.records_dropped_nats_payload,
         }
     }
 

@@ -203,6 +203,13 @@ impl StateStage {
     /// shards must see, if anything. `now` is the caller's monotonic clock
     /// (for the drop-log budget and the hand-off's latency stamp).
     pub fn apply(&mut self, record: &Arc<FeedRecord>, now: u64) -> Option<Event> {
+        if let Some(tap) = &self.replication {
+            if let Err(size) = tap.fits(record) {
+                let max_payload = tap.max_payload();
+                self.drop_over_nats_payload(record, size, max_payload, now);
+                return None;
+            }
+        }
         let Some(cell) = self.by_name.get(&record.channel).cloned() else {
             return self.create(record, now);
         };

@@ -35,13 +35,16 @@ counters! {
         "Updates held in a pending diff because a merge subscriber's queue was full.";
     records_dropped_channel_limit: Counter "tickcast_records_dropped_total" {"reason=\"max_channels\""}
         at "records_dropped.max_channels",
-        "Records the engine dropped, by the limit they hit (limits.max_channels, limits.max_state_bytes, limits.max_total_state_bytes).";
+        "Records the engine dropped, by the limit they hit (limits.max_channels, limits.max_state_bytes, limits.max_total_state_bytes, the NATS server's max_payload with --nats).";
     records_dropped_state_size: Counter "tickcast_records_dropped_total" {"reason=\"max_state_bytes\""}
         at "records_dropped.max_state_bytes",
-        "Records the engine dropped, by the limit they hit (limits.max_channels, limits.max_state_bytes, limits.max_total_state_bytes).";
+        "Records the engine dropped, by the limit they hit (limits.max_channels, limits.max_state_bytes, limits.max_total_state_bytes, the NATS server's max_payload with --nats).";
     records_dropped_total_state: Counter "tickcast_records_dropped_total" {"reason=\"max_total_state_bytes\""}
         at "records_dropped.max_total_state_bytes",
-        "Records the engine dropped, by the limit they hit (limits.max_channels, limits.max_state_bytes, limits.max_total_state_bytes).";
+        "Records the engine dropped, by the limit they hit (limits.max_channels, limits.max_state_bytes, limits.max_total_state_bytes, the NATS server's max_payload with --nats).";
+    records_dropped_nats_payload: Counter "tickcast_records_dropped_total" {"reason=\"nats_max_payload\""}
+        at "records_dropped.nats_max_payload",
+        "Records the engine dropped, by the limit they hit (limits.max_channels, limits.max_state_bytes, limits.max_total_state_bytes, the NATS server's max_payload with --nats).";
     state_bytes: Gauge "tickcast_state_bytes" at "state_bytes",
         "Bytes of channel state, as JSON, over all channels (one copy for the process; bounded by limits.max_total_state_bytes).";
     history_bytes: Gauge "tickcast_history_bytes" at "history_bytes",

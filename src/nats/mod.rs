@@ -361,6 +361,13 @@ struct Wire {
     data: JsonMap,
 }
 
+/// The largest payload `encode` makes for `record` (its seq written out in
+/// full, 20 digits), counted without building it.
+fn payload_len(record: &FeedRecord) -> usize {
+    const ENVELOPE: usize = r#"{"seq":,"ts":,"data":}"#.len() + 2 * 20;
+    ENVELOPE + crate::engine::size::counted_len(&record.data)
+}
+
 /// The payload of `record` applied at `seq`.
 fn encode(record: &FeedRecord, seq: u64) -> Bytes {
     let data = serde_json::to_string(&record.data).expect("serializing a JSON map");

@@ -59,6 +59,9 @@ pub struct ReplicationTap {
     status: Arc<ClusterStatus>,
     /// `nats.max_pending_records`: most records queued or being stored.
     max_pending: u64,
+    /// The NATS server's `max_payload`: a record whose stream payload
+    /// would be larger can never be stored.
+    max_payload: usize,
 }
 
 impl std::fmt::Debug for ReplicationTap {
@@ -68,16 +71,39 @@ impl std::fmt::Debug for ReplicationTap {
 }
 
 impl ReplicationTap {
-    /// A queue of `max_pending` records and the receiver the writer drains.
-    pub fn new(max_pending: usize, status: Arc<ClusterStatus>) -> (Self, mpsc::Receiver<Outgoing>) {
+    /// A queue of `max_pending` records and the receiver the writer drains;
+    /// `max_payload` is the NATS server's.
+    pub fn new(
+        max_pending: usize,
+        max_payload: usize,
+        status: Arc<ClusterStatus>,
+    ) -> (Self, mpsc::Receiver<Outgoing>) {
         let max_pending = max_pending.max(1);
         let (queue, receiver) = mpsc::channel(max_pending);
         let tap = Self {
             queue,
             status,
             max_pending: max_pending as u64,
+            max_payload,
         };
         (tap, receiver)
+    }
+
+    /// Whether `record`'s stream payload fits the NATS server's
+    /// `max_payload`; `Err` with its size if not. Checked before the record
+    /// is applied: one NATS would refuse after its seq was taken would
+    /// hold up every record behind it (the writer publishes in order).
+    pub fn fits(&self, record: &FeedRecord) -> Result<(), usize> {
+        let size = super::payload_len(record);
+        if size <= self.max_payload {
+            Ok(())
+        } else {
+            Err(size)
+        }
+    }
+
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
     }
 
     /// Queues an accepted record. The state task waited for [`room`]

@@ -129,8 +129,11 @@ async fn write(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let (tap, queue) =
-        ReplicationTap::new(cluster.settings.max_pending_records, cluster.status.clone());
+    let (tap, queue) = ReplicationTap::new(
+        cluster.settings.max_pending_records,
+        cluster.client.server_info().max_payload,
+        cluster.status.clone(),
+    );
     stage.set_replication(Some(tap));
     tracing::info!(
         stream = %cluster.settings.stream,
