@@ -292,7 +292,8 @@ async fn an_ingest_refuses_websocket_clients_and_says_where_to_go() {
 /// A record whose stream message the NATS server would refuse (over its
 /// `max_payload`) is dropped before it takes a seq, and counted with its
 /// reason; the records after it go through (the writer, which publishes in
-/// order, is not stuck retrying it), with no hole in the seqs.
+/// order, is not stuck retrying it), with no hole in the seqs. So is one
+/// that would make its channel's state too big for one snapshot.
 #[tokio::test]
 async fn a_record_over_the_nats_max_payload_is_dropped_and_the_rest_flow() {
     let config = std::env::temp_dir().join(format!(
@@ -316,6 +317,21 @@ async fn a_record_over_the_nats_max_payload_is_dropped_and_the_rest_flow() {
     let metrics = ingest.metrics().await;
     assert!(
         metrics.contains("tickcast_records_dropped_total{reason=\"nats_max_payload\"} 1"),
+        "{metrics}"
+    );
+
+    // Each record fits, but the state they would make together would not
+    // fit one snapshot: the second is refused, so every channel can still
+    // be snapshotted (and resynced after a hole).
+    let half = "y".repeat(5_000);
+    producer.publish("quotes.A", json!({ "b": half })).await;
+    producer.publish("quotes.A", json!({ "c": half })).await;
+    producer.publish("quotes.A", json!({ "n": 4 })).await;
+    let on_edge = edge.wait_seq("quotes.A", 4).await;
+    assert_eq!(on_edge["data"], json!({ "n": 4, "b": half }));
+    let metrics = ingest.metrics().await;
+    assert!(
+        metrics.contains("tickcast_records_dropped_total{reason=\"max_state_bytes\"} 1"),
         "{metrics}"
     );
     let _ = std::fs::remove_file(&config);

@@ -119,8 +119,9 @@ impl StateStage {
                 would_be,
                 limit,
                 dropped,
-                "record dropped: the channel's state would exceed limits.max_state_bytes; \
-                 the channel keeps its state and seq"
+                "record dropped: the channel's state would exceed limits.max_state_bytes \
+                 (with --nats, at most what fits the NATS server's max_payload); the channel \
+                 keeps its state and seq"
             ),
         });
     }

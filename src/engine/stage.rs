@@ -77,7 +77,15 @@ impl StateStage {
 
     /// Offers every record this stage accepts, with its seq, to `tap`
     /// (the NATS publisher of the node that assigns seqs).
+    ///
+    /// Every channel state is then also bounded by what fits one stream
+    /// message (the NATS server's `max_payload`), so every channel can be
+    /// snapshotted: a channel without a snapshot could not be resynced
+    /// after a hole in its records.
     pub fn set_replication(&mut self, tap: Option<ReplicationTap>) {
+        if let Some(tap) = &tap {
+            self.state.cap_per_channel(tap.max_state_bytes());
+        }
         self.replication = tap;
     }
 

@@ -67,6 +67,12 @@ impl StateBudget {
         self.per_channel
     }
 
+    /// Lowers the per-channel bound to `cap` if that is lower (a NATS
+    /// writer's: every state must fit one stream message).
+    pub fn cap_per_channel(&mut self, cap: usize) {
+        self.per_channel = self.per_channel.min(cap);
+    }
+
     pub fn total(&self) -> usize {
         self.total
     }

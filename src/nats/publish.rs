@@ -106,6 +106,12 @@ impl ReplicationTap {
         self.max_payload
     }
 
+    /// The largest channel state whose snapshot fits `max_payload`.
+    pub fn max_state_bytes(&self) -> usize {
+        self.max_payload
+            .saturating_sub(super::snapshot::ENVELOPE_BYTES)
+    }
+
     /// Queues an accepted record. The state task waited for [`room`]
     /// first and is the only sender, so this cannot find the queue full
     /// (it holds at most `max_pending`, and so do queue and writer together);

@@ -172,6 +172,10 @@ impl Snapshots {
     }
 }
 
+/// A snapshot's payload less its state: `{"seq":N,"ts":0,"data":}` with
+/// the seq at its longest (20 digits).
+pub const ENVELOPE_BYTES: usize = r#"{"seq":,"ts":0,"data":}"#.len() + 20;
+
 /// A snapshot's payload: the record shape, with the whole state as data.
 fn payload(seq: u64, state: &crate::record::JsonMap) -> Bytes {
     let data = serde_json::to_string(state).expect("serializing a JSON map");
