@@ -8,6 +8,8 @@
 #   CHANNELS=200 PER_CLIENT=10 PICK=zipf CLIENTS=4000 RATE=2000 scripts/compare-uws.sh
 #   DEFLATE=1 RUNS=5 CLIENTS=8000 scripts/compare-uws.sh   # adds tickcast-deflate: the
 #       same server with every client on permessage-deflate (loadgen --deflate)
+#   PIN=1 ...   # server on CPU 0, loadgen on CPU 1 (taskset): neither takes the other's core
+#   NO_UWS=1 ...  # tickcast runs only
 #
 # UWS_DIR is a writable copy of shared/peers/uws (made and set up on first
 # use; never committed). Results: results/compare/<time>/.
@@ -27,7 +29,9 @@ TICKCAST_ARGS=${TICKCAST_ARGS:-}
 UWS_DIR=${UWS_DIR:-target/uws}
 OUT=${OUT:-results/compare/$(date +%Y%m%d-%H%M%S)}
 
-setup_uws
+PIN_SERVER=""; PIN_LOADGEN=""
+if [ -n "${PIN:-}" ]; then PIN_SERVER="taskset -c 0"; PIN_LOADGEN="taskset -c 1"; fi
+[ -n "${NO_UWS:-}" ] || setup_uws
 cargo build --release -q -p tickcast -p tickcast-loadgen
 mkdir -p "$OUT"
 
@@ -42,7 +46,7 @@ cpu_seconds() { # PID
 # fair if both servers had the same machine and the loadgen was not the limit.
 loadgen() { # URL FEED LABEL [LOADGEN ARGS...]
   cut -d' ' -f1-3 /proc/loadavg > "$OUT/$3.load"
-  /usr/bin/time -f "%U %S" -o "$OUT/$3.loadgen-cpu" target/release/tickcast-loadgen "${@:4}" --url "$1" --publish "tcp:$2" --rate "$RATE" --clients "$CLIENTS" \
+  /usr/bin/time -f "%U %S" -o "$OUT/$3.loadgen-cpu" $PIN_LOADGEN target/release/tickcast-loadgen "${@:4}" --url "$1" --publish "tcp:$2" --rate "$RATE" --clients "$CLIENTS" \
     --channels "$CHANNELS" --per-client "$PER_CLIENT" --pick "$PICK" --channel-prefix bench.c \
     --duration "$DURATION" --no-progress --out "$OUT/$3" > "$OUT/$3.txt" 2>&1 || true
 }
@@ -51,7 +55,7 @@ loadgen() { # URL FEED LABEL [LOADGEN ARGS...]
 run_tickcast() { # LABEL [LOADGEN ARGS...]
   ws=$(free_port); feed=$(free_port)
   # shellcheck disable=SC2086
-  target/release/tickcast serve --listen "127.0.0.1:$ws" --feed "tcp:127.0.0.1:$feed" \
+  $PIN_SERVER target/release/tickcast serve --listen "127.0.0.1:$ws" --feed "tcp:127.0.0.1:$feed" \
     --stats-interval 0 --log warn $TICKCAST_ARGS > "$OUT/$1.log" 2>&1 &
   pid=$!
   wait_port "$ws"; wait_port "$feed"
@@ -72,8 +76,9 @@ for i in $(seq 1 "$RUNS"); do
     run_tickcast "tickcast_deflate-$i" --deflate
   fi
 
+  [ -z "${NO_UWS:-}" ] || continue
   ws=$(free_port); feed=$(free_port)
-  (cd "$UWS_DIR" && exec node uws.js --ws "127.0.0.1:$ws" --ingest "127.0.0.1:$feed") > "$OUT/uws-$i.log" 2>&1 &
+  (cd "$UWS_DIR" && exec $PIN_SERVER node uws.js --ws "127.0.0.1:$ws" --ingest "127.0.0.1:$feed") > "$OUT/uws-$i.log" 2>&1 &
   pid=$!
   wait_port "$ws"; wait_port "$feed"
   echo "run $i: uws"
