@@ -337,6 +337,74 @@ async fn a_record_over_the_nats_max_payload_is_dropped_and_the_rest_flow() {
     let _ = std::fs::remove_file(&config);
 }
 
+/// Reads `client`'s messages until its `feeds.nats` state (kept in
+/// `held`) says `state`; returns the message that made it so.
+async fn wait_status(client: &mut Client, held: &mut Value, state: &str) -> Value {
+    loop {
+        let message = client.recv().await;
+        if message["channel"] != "feeds.nats" {
+            continue;
+        }
+        match message["type"].as_str() {
+            Some("snapshot") => *held = message["data"].clone(),
+            Some("update") => common::merge(held, &message["data"]),
+            _ => continue,
+        }
+        if held["state"] == state {
+            return message;
+        }
+    }
+}
+
+/// An edge tells its clients whether what they see is live: `feeds.nats`
+/// is up while it follows the stream, down with the reason while NATS is
+/// unreachable, and up again once it is back. Its seqs are the edge's own,
+/// so resuming it on another edge is always a resync, never a replay of
+/// another node's updates.
+#[tokio::test]
+async fn an_edge_tells_its_clients_when_what_they_see_is_stale() {
+    let mut nats = NatsServer::start().await;
+    let _ingest = Node::ingest(&nats).await;
+    let edge = Node::start(&nats, "edge").await;
+    let other = Node::start(&nats, "edge").await;
+    let mut client = Client::connect(edge.addr).await;
+    client.subscribe(1, &["feeds.nats"]).await;
+    let mut held = Value::Null;
+    wait_status(&mut client, &mut held, "up").await;
+
+    nats.stop().await;
+    wait_status(&mut client, &mut held, "down").await;
+    let reason = held["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(reason.contains("NATS is unreachable"), "{held}");
+    nats.run().await;
+    let up = wait_status(&mut client, &mut held, "up").await;
+    assert_eq!(held["reason"], "following the stream");
+
+    assert!(up["seq"].as_u64().is_some(), "{up}");
+    let epoch = edge.channel("feeds.nats").await.unwrap()["epoch"].clone();
+    // The other edge lived through the same outage with its own updates;
+    // a client holding this edge's feeds.nats at the seq the other edge
+    // has reached must not be told it is up to date there.
+    let theirs = wait_for(
+        || async {
+            let channel = other.channel("feeds.nats").await?;
+            (channel["data"]["state"] == "up").then_some(channel)
+        },
+        "the other edge's feeds.nats to be up",
+    )
+    .await;
+    let mut elsewhere = Client::connect(other.addr).await;
+    elsewhere
+        .send(json!({"op":"subscribe","id":2,"channels":["feeds.nats"],
+            "since":{"feeds.nats": theirs["seq"]},"epoch":epoch}))
+        .await;
+    assert_eq!(elsewhere.recv().await["type"], "subscribed");
+    let first = elsewhere.recv().await;
+    assert_eq!(first["type"], "snapshot", "{first}");
+    assert_eq!(first["resync"], true, "{first}");
+    assert_eq!(first["data"]["state"], "up", "{first}");
+}
+
 #[tokio::test]
 async fn two_edges_show_the_ingests_seqs_states_and_epoch() {
     let nats = NatsServer::start().await;

@@ -36,6 +36,10 @@ pub struct ChannelCell {
     pub id: ChannelId,
     pub name: ChannelName,
     pub mode: Mode,
+    /// Made by this node alone (a NATS node's own status), so its seqs
+    /// are this node's: a resume with `since` is always answered with a
+    /// resync snapshot, since the seq a client holds may be another node's.
+    pub local: bool,
     /// Deliveries of this channel over all shards.
     attached: AtomicUsize,
     inner: Mutex<ChannelState>,
@@ -101,9 +105,15 @@ impl ChannelCell {
             id,
             name: record.channel.clone(),
             mode: policy.mode,
+            local: false,
             attached: AtomicUsize::new(0),
             inner: Mutex::new(state),
         })
+    }
+
+    /// This cell, marked [`local`](Self::local) if `local`.
+    pub fn made_here(self, local: bool) -> Self {
+        Self { local, ..self }
     }
 
     /// The channel's state, seq and history. Never hold the guard across an

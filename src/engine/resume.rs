@@ -76,6 +76,8 @@ impl Shard {
         let name = cell.name.as_str();
         let replayed = match start {
             Start::Snapshot => None,
+            // Its seqs are this node's alone (`ChannelCell::local`).
+            Start::Since { .. } if cell.local => None,
             Start::Since {
                 since,
                 epoch_matches: true,

@@ -127,7 +127,7 @@ impl StateStage {
     /// nothing and is logged like a record that is too large.
     pub fn replace(&mut self, snapshot: &Arc<FeedRecord>, seq: u64, now: u64) -> AtSeq {
         let Some(cell) = self.by_name.get(&snapshot.channel).cloned() else {
-            return match self.create(snapshot, now) {
+            return match self.create(snapshot, now, false) {
                 Some(Event::Created { cell, first }) => {
                     // Created at seq 1 from the snapshot's state: move it to
                     // the snapshot's seq.
@@ -211,6 +211,17 @@ impl StateStage {
     /// shards must see, if anything. `now` is the caller's monotonic clock
     /// (for the drop-log budget and the hand-off's latency stamp).
     pub fn apply(&mut self, record: &Arc<FeedRecord>, now: u64) -> Option<Event> {
+        self.apply_as(record, now, false)
+    }
+
+    /// [`apply`](Self::apply) for a channel this node makes alone (a NATS
+    /// node's own status, never in the stream): created as `local`, so a
+    /// resume of it is always a resync.
+    pub fn apply_local(&mut self, record: &Arc<FeedRecord>, now: u64) -> Option<Event> {
+        self.apply_as(record, now, true)
+    }
+
+    fn apply_as(&mut self, record: &Arc<FeedRecord>, now: u64, local: bool) -> Option<Event> {
         if let Some(tap) = &self.replication {
             if let Err(size) = tap.fits(record) {
                 let max_payload = tap.max_payload();
@@ -219,7 +230,7 @@ impl StateStage {
             }
         }
         let Some(cell) = self.by_name.get(&record.channel).cloned() else {
-            return self.create(record, now);
+            return self.create(record, now, local);
         };
         let mut channel = cell.lock();
         // Read under the lock, after the merge below would be just as good:
@@ -258,7 +269,7 @@ impl StateStage {
     }
 
     /// A channel's first record creates it (seq 1).
-    fn create(&mut self, record: &Arc<FeedRecord>, now: u64) -> Option<Event> {
+    fn create(&mut self, record: &Arc<FeedRecord>, now: u64, local: bool) -> Option<Event> {
         if self.by_name.len() >= self.limits.max_channels {
             self.drop_past_max_channels(record, now);
             return None;
@@ -267,7 +278,7 @@ impl StateStage {
         let id = self.by_name.len();
         let cell = match ChannelCell::create(id, record, policy, &mut self.state, &mut self.history)
         {
-            Ok(cell) => Arc::new(cell),
+            Ok(cell) => Arc::new(cell.made_here(local)),
             Err(too_large) => {
                 self.drop_too_large(record, too_large, now);
                 return None;

@@ -35,10 +35,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::publish::{ReplicationTap, Writer};
 use super::{decode, snapshot, Cluster, Phase, Role};
+use crate::channel::ChannelName;
 use crate::engine::fanout::Event;
 use crate::engine::{self, AtSeq, HandoffItem, HandoffProducer, StateStage};
 use crate::feed::RingItem;
 use crate::metrics::Metrics;
+use crate::record::FeedRecord;
 use crate::ring::{Consumer, Ring};
 
 /// How often the follower asks the stream how far it is and checks the
@@ -48,6 +50,11 @@ const TICK: Duration = Duration::from_millis(250);
 /// A consumer that delivers nothing this long while the stream has more
 /// is replaced by a new one from the last applied sequence.
 const STALLED: Duration = Duration::from_secs(2);
+
+/// The channel where a node that serves clients says whether what they see
+/// is live: made by the node alone (`StateStage::apply_local`), never taken
+/// from the stream.
+pub const STATUS_CHANNEL: &str = "feeds.nats";
 
 /// The state task of a node with `--nats`: follows the stream; an ingest
 /// that becomes the writer then applies its feeds' records as the
@@ -203,6 +210,8 @@ async fn follow(
     // delivering while the stream has more (NATS restarted and its
     // consumer with it) is replaced.
     let mut progress = (position, Instant::now());
+    // What `STATUS_CHANNEL` says now: live or not, and why.
+    let mut shown: Option<(bool, String)> = None;
     loop {
         if !caught_up && position >= target {
             caught_up = true;
@@ -266,6 +275,15 @@ async fn follow(
                         last_seen = (last, Instant::now());
                     }
                 }
+                if part.serves && caught_up {
+                    let now = liveness(cluster, last_seen.1, lease);
+                    if shown.as_ref() != Some(&now) {
+                        if !follower.status(&now).await {
+                            return None;
+                        }
+                        shown = Some(now);
+                    }
+                }
                 if position != progress.0 {
                     progress = (position, Instant::now());
                 } else if last_seen.0 > position && progress.1.elapsed() >= STALLED {
@@ -323,6 +341,31 @@ impl Follower<'_> {
         Some(start - 1)
     }
 
+    /// Publishes `(live, why)` on `STATUS_CHANNEL` to this node's clients;
+    /// false if shutdown came first.
+    async fn status(&mut self, (live, why): &(bool, String)) -> bool {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let serde_json::Value::Object(data) = serde_json::json!({
+            "state": if *live { "up" } else { "down" },
+            "reason": why,
+            "since": since,
+        }) else {
+            unreachable!("a JSON object")
+        };
+        let record = FeedRecord {
+            channel: ChannelName::new(STATUS_CHANNEL).expect("a valid channel name"),
+            data,
+            ts: None,
+            ingest_ns: self.metrics.mono_ns(),
+        };
+        let event = self
+            .stage
+            .apply_local(&Arc::new(record), self.metrics.mono_ns());
+        self.hand_off(event).await
+    }
+
     /// Applies the record in `payload` (stream `sequence`, on `channel`)
     /// at its seq and hands off what the shards must see; false if
     /// shutdown came first.
@@ -333,6 +376,10 @@ impl Follower<'_> {
         payload: &[u8],
         sequence: u64,
     ) -> bool {
+        if channel == STATUS_CHANNEL {
+            // Each node makes its own; a producer's would collide with it.
+            return true;
+        }
         let status = &cluster.status;
         let (record, seq) = match decode(channel, payload) {
             Ok(decoded) => decoded,
@@ -370,6 +417,9 @@ impl Follower<'_> {
     /// replaced and subscribers get a resync snapshot. False if shutdown
     /// came first.
     async fn snapshot(&mut self, cluster: &Cluster, channel: &str, payload: &[u8]) -> bool {
+        if channel == STATUS_CHANNEL {
+            return true;
+        }
         let status = &cluster.status;
         // Most snapshots a follower meets are at its channel's seq (it read
         // the record before them): skip those without parsing the state.
@@ -471,6 +521,29 @@ async fn last_sequence(cluster: &Cluster) -> Option<u64> {
 
 fn connected(cluster: &Cluster) -> bool {
     cluster.client.connection_state() == async_nats::connection::State::Connected
+}
+
+/// Whether what a follower serves is live, and why not: NATS must be
+/// reachable, and the stream must have moved within `lease` (a writer
+/// appends a heartbeat at least every third of it, idle or not).
+fn liveness(cluster: &Cluster, stream_moved: Instant, lease: Duration) -> (bool, String) {
+    if !connected(cluster) {
+        return (
+            false,
+            "NATS is unreachable: this node serves the last state it has".into(),
+        );
+    }
+    if stream_moved.elapsed() >= lease {
+        return (
+            false,
+            format!(
+                "the stream has not moved for {} ms (nats.writer_lease_ms): no ingest is writing; \
+                 this node serves the last state it has",
+                lease.as_millis()
+            ),
+        );
+    }
+    (true, "following the stream".into())
 }
 
 #[cfg(test)]

@@ -130,6 +130,8 @@ impl ExchangeSpec {
                 "rest_url" if exchange == Exchange::Binance => {
                     spec.rest_url = Some(check_url(kind, value, &["http", "https"])?)
                 }
+                // `feeds.nats` is each NATS node's own status channel.
+                "name" if value == "nats" => return Err(format!("{kind}: name \"nats\" is taken (feeds.nats is a NATS node's status channel): pick another")),
                 "name" if ChannelName::new(&format!("feeds.{value}")).is_ok() && !value.contains('.') => {
                     spec.name = Some(value.to_owned())
                 }
@@ -318,6 +320,7 @@ mod tests {
             ("coinbase:BTC-USD?rest_url=http://x", "unknown option"),
             ("coinbase:BTC-USD?trades=agg", "unknown option"),
             ("binance:BTCUSDT?name=a.b", "one channel segment"),
+            ("binance:BTCUSDT?name=nats", "is taken"),
             ("binance:BTCUSDT?trades=some", "trade or agg"),
         ] {
             let err = text.parse::<FeedSpec>().unwrap_err();
