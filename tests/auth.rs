@@ -274,6 +274,11 @@ async fn a_fresh_token_keeps_a_connection_past_its_first_exp_and_without_one_it_
         refreshed.recv().await,
         json!({"type":"authed","id":3,"exp":long_exp})
     );
+    // What the new token does not cover is revoked, and the client told.
+    assert_eq!(
+        refreshed.recv().await,
+        json!({"type":"unsubscribed","channels":["quotes.*"]})
+    );
     refreshed.subscribe(4, &["scores.nba"]).await;
     refreshed
         .send(json!({"op":"subscribe","id":5,"channels":["quotes.MSFT"]}))
@@ -291,7 +296,10 @@ async fn a_fresh_token_keeps_a_connection_past_its_first_exp_and_without_one_it_
     // ... after the refreshed one's first exp: it lives, and is served.
     assert_alive(&mut refreshed, 6).await;
     let mut producer = Producer::connect(feed).await;
+    producer.publish("quotes.AAPL", json!({"bid": 1})).await;
     producer.publish("scores.nba", json!({"q": 4})).await;
+    // Only what the refreshed token covers arrives (quotes.AAPL would
+    // come first, were quotes.* still subscribed).
     assert_eq!(refreshed.recv().await["channel"], "scores.nba");
     let (_, metrics) = http_get(server.addr, "/metrics").await;
     assert!(

@@ -555,6 +555,31 @@ export class TickcastClient {
     this.table.retain((name) => this.subs.some((s) => s.covers(name)));
   }
 
+  /**
+   * The server dropped `patterns` (a fresh token no longer covers them):
+   * they leave every subscription, one left with none ends, channels no
+   * subscription covers any more are forgotten, and `onError` is told.
+   * @param {string[]} patterns
+   */
+  _revoked(patterns) {
+    if (!patterns.length) return;
+    for (const sub of this.subs) {
+      sub.channels = sub.channels.filter((p) => !patterns.includes(p));
+      if (!sub.channels.length) {
+        sub.active = false;
+        this.timers.clearTimeout(sub.resyncTimer);
+      }
+    }
+    this.subs = this.subs.filter((s) => s.active);
+    this.table.retain((name) => this.subs.some((s) => s.covers(name)));
+    const error = {
+      code: "forbidden",
+      message: `the refreshed token no longer covers ${patterns.join(", ")}: unsubscribed by the server`,
+    };
+    if (this.opts.onError) this.opts.onError(error);
+    else if (typeof console !== "undefined") console.warn("tickcast:", error.code, error.message);
+  }
+
   /** The subscription whose options the server applies to `channel`: the latest covering it. @param {string} channel */
   _owner(channel) {
     for (let i = this.subs.length - 1; i >= 0; i--) if (this.subs[i].covers(channel)) return this.subs[i];
@@ -601,8 +626,12 @@ export class TickcastClient {
         }
         return;
       }
-      case "subscribed":
       case "unsubscribed":
+        // Without an id, it answers no request: a refreshed, narrower
+        // token revoked these patterns.
+        if (msg.id === undefined) return this._revoked(Array.isArray(msg.channels) ? msg.channels : []);
+      // falls through
+      case "subscribed":
       case "pong":
       case "authed":
       case "error": {

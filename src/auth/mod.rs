@@ -110,7 +110,8 @@ impl Auth {
         })
     }
 
-    fn may_subscribe(&self, grant: Option<&Grant>, target: &Pattern) -> bool {
+    /// May a connection holding `grant` subscribe to `target`?
+    pub fn may_subscribe(&self, grant: Option<&Grant>, target: &Pattern) -> bool {
         !self.subscribe.needs_token(target) || grant.is_some_and(|g| g.covers(target))
     }
 

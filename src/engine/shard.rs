@@ -590,6 +590,24 @@ impl Shard {
         self.reply(session, wire::channels_reply("unsubscribed", id, &names));
     }
 
+    /// Unsubscribes `session` from every target `allows` refuses (a
+    /// narrower refreshed token), telling the client with an `unsubscribed`
+    /// without an id; nothing if all are still allowed.
+    pub fn revoke(&mut self, session: SessionId, allows: &dyn Fn(&Pattern) -> bool) {
+        let Some(entry) = self.sessions.get(&session) else {
+            return;
+        };
+        let refused: Vec<Pattern> = entry
+            .targets
+            .iter()
+            .filter(|t| !allows(&t.pattern))
+            .map(|t| t.pattern.clone())
+            .collect();
+        if !refused.is_empty() {
+            self.unsubscribe(session, None, refused);
+        }
+    }
+
     /// Ends every session at shutdown: what is queued goes out first, then
     /// close 1001 with a reconnect delay of the session's own
     /// ([`RestartNotice`]).

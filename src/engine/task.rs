@@ -50,6 +50,15 @@ pub enum Command {
         id: Option<i64>,
         targets: Vec<Pattern>,
     },
+    /// The session's token was refreshed (`reply` answers the `auth`):
+    /// after the reply, the targets its new grant no longer `allows` are
+    /// unsubscribed, and the client is told with an `unsubscribed` without
+    /// an id.
+    Regrant {
+        session: SessionId,
+        reply: Bytes,
+        allows: Box<dyn Fn(&Pattern) -> bool + Send>,
+    },
     /// The session's socket took everything queued after the engine had to
     /// hold diffs back: send them now.
     Drained {
@@ -76,6 +85,7 @@ impl Command {
             | Command::Deregister { session }
             | Command::Subscribe { session, .. }
             | Command::Unsubscribe { session, .. }
+            | Command::Regrant { session, .. }
             | Command::Drained { session }
             | Command::Reply { session, .. } => Some(*session),
             Command::Backlog { .. } => None,
@@ -100,6 +110,14 @@ impl Shard {
                 id,
                 targets,
             } => self.unsubscribe(session, id, targets),
+            Command::Regrant {
+                session,
+                reply,
+                allows,
+            } => {
+                self.reply(session, reply);
+                self.revoke(session, &*allows);
+            }
             Command::Reply { session, frame } => self.reply(session, frame),
             Command::Drained { session } => self.drained(session, now),
             Command::Backlog { reply } => {

@@ -3,8 +3,6 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use super::frames::{FrameError, FrameReader, OpCode, ReadSocket};
 use super::message_rate::{self, MessageBudget, Verdict};
 use super::outbox::Outbox;
@@ -239,10 +237,7 @@ fn command_for(
                 }
             }
         },
-        Ok(ClientOp::Auth { id, token }) => Command::Reply {
-            session,
-            frame: refresh(id, &token, limits, outbox),
-        },
+        Ok(ClientOp::Auth { id, token }) => refresh(id, &token, session, limits, outbox),
         Ok(ClientOp::Unsubscribe { id, targets }) => Command::Unsubscribe {
             session,
             id,
@@ -266,14 +261,28 @@ fn grant_of(outbox: &Outbox, limits: &SessionLimits) -> Option<Arc<Grant>> {
 }
 
 /// `{"op":"auth"}`: a valid token's grant replaces the connection's and its
-/// `exp` becomes the connection's deadline; a bad one changes nothing (the
-/// connection keeps its grant and deadline) and is answered `forbidden`.
-fn refresh(id: Option<i64>, token: &str, limits: &SessionLimits, outbox: &Outbox) -> Bytes {
-    match limits.auth.refresh(token) {
+/// `exp` becomes the connection's deadline, and what the connection had
+/// subscribed beyond the new grant is unsubscribed (a narrower token
+/// revokes); a bad one changes nothing (the connection keeps its grant and
+/// deadline) and is answered `forbidden`.
+fn refresh(
+    id: Option<i64>,
+    token: &str,
+    session: SessionId,
+    limits: &SessionLimits,
+    outbox: &Outbox,
+) -> Command {
+    let frame = match limits.auth.refresh(token) {
         Ok(fresh) => {
             let reply = crate::auth::authed_reply(id, &fresh);
-            outbox.set_grant(Arc::new(fresh));
-            reply
+            let grant = Arc::new(fresh);
+            outbox.set_grant(grant.clone());
+            let auth = limits.auth.clone();
+            return Command::Regrant {
+                session,
+                reply,
+                allows: Box::new(move |target| auth.may_subscribe(Some(&grant), target)),
+            };
         }
         Err(TokenError::NotConfigured) => wire::error(
             id,
@@ -281,7 +290,8 @@ fn refresh(id: Option<i64>, token: &str, limits: &SessionLimits, outbox: &Outbox
             &TokenError::NotConfigured.to_string(),
         ),
         Err(e) => wire::error(id, ErrorCode::Forbidden, &e.to_string()),
-    }
+    };
+    Command::Reply { session, frame }
 }
 
 /// Echoes a valid client close (RFC 6455 section 5.5.1; the writer sends it

@@ -244,6 +244,36 @@ test("unsubscribe sends only patterns no other subscription lists and forgets un
   assert.deepEqual(ws().take(), [{ op: "unsubscribe", channels: ["quotes.*"], id: 4 }]);
 });
 
+test("patterns a narrower token revoked leave their subscriptions; pending requests stay pending", () => {
+  const { ws, client, errors } = setup({ token: "wide" });
+  const a = collector();
+  const mixed = client.subscribe(["quotes.*", "scores.*"], {}, a.onState);
+  ws().open();
+  ws().receive({ type: "subscribed", id: 1, channels: ["quotes.*", "scores.*"] });
+  ws().receive(snap("quotes.A", 1, { bid: 1 }));
+  ws().receive(snap("scores.X", 1, { home: 0 }));
+  ws().take();
+  client.auth("narrow");
+  const later = client.subscribe(["scores.Y"], {}, a.onState);
+  assert.deepEqual(ws().take().map((m) => m.id), [2, 3]);
+  ws().receive({ type: "authed", id: 2, exp: 1763703600 });
+  ws().receive({ type: "unsubscribed", channels: ["quotes.*"] });
+  assert.equal(client.state("quotes.A"), undefined);
+  assert.deepEqual(client.state("scores.X").data, { home: 0 });
+  assert.deepEqual(mixed.channels, ["scores.*"]);
+  assert.equal(errors.length, 1);
+  assert.match(errors[0].message, /quotes\.\*/);
+  // The subscribe sent after the auth is still waiting for its answer.
+  ws().receive({ type: "subscribed", id: 3, channels: ["scores.Y"] });
+  ws().receive(snap("scores.Y", 1, { home: 2 }));
+  assert.deepEqual(client.state("scores.Y").data, { home: 2 });
+  assert.ok(later.active);
+  // A late frame of a revoked channel is not delivered.
+  const before = a.seen.length;
+  ws().receive(upd("quotes.A", 2, 1, { bid: 2 }));
+  assert.equal(a.seen.length, before);
+});
+
 test("close() is final: no reconnect", () => {
   const { ws, made, client, clock, statuses } = setup();
   ws().open();
