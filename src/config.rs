@@ -655,6 +655,18 @@ pub struct Limits {
     /// held); more get 503 with `Retry-After`.
     #[serde(deserialize_with = "check::max_concurrent_publishes")]
     pub max_concurrent_publishes: usize,
+    /// How long one `POST /publish` request may wait, in all, for room in a
+    /// full ring before it is answered 503 (ms).
+    #[serde(deserialize_with = "check::publish_ring_wait_ms")]
+    pub publish_ring_wait_ms: u64,
+    /// At the descriptor limit, how long the short answer waits for the
+    /// request head (ms) before answering anyway.
+    #[serde(deserialize_with = "check::at_limit_read_timeout_ms")]
+    pub at_limit_read_timeout_ms: u64,
+    /// At the descriptor limit, how long the short answer may take to be
+    /// written (ms) before the connection is dropped.
+    #[serde(deserialize_with = "check::at_limit_write_timeout_ms")]
+    pub at_limit_write_timeout_ms: u64,
     /// Accepted records queued for the `--record` writer; past it they are
     /// left out of the recording (counted), never waited for.
     #[serde(deserialize_with = "check::record_queue")]
@@ -722,6 +734,9 @@ impl Default for Limits {
             max_token_channels: 256,
             max_publish_body_bytes: 1 << 20,
             max_concurrent_publishes: 16,
+            publish_ring_wait_ms: 200,
+            at_limit_read_timeout_ms: 200,
+            at_limit_write_timeout_ms: 500,
             record_queue: 65_536,
             compression: CompressionConfig::default(),
             max_upstream_message_bytes: 8 << 20,
@@ -785,6 +800,8 @@ impl Limits {
             frame_timeout: Duration::from_millis(self.frame_timeout_ms),
             idle_timeout: Duration::from_millis(self.idle_timeout_ms),
             handshake_timeout: Duration::from_millis(self.handshake_timeout_ms),
+            at_limit_read_timeout: Duration::from_millis(self.at_limit_read_timeout_ms),
+            at_limit_write_timeout: Duration::from_millis(self.at_limit_write_timeout_ms),
             direct_writes,
             auth: Auth::open(),
             compression: self.compression,
@@ -1152,6 +1169,9 @@ mod check {
         max_token_channels: usize = "limits.max_token_channels";
         max_publish_body_bytes: usize = "limits.max_publish_body_bytes";
         max_concurrent_publishes: usize = "limits.max_concurrent_publishes";
+        publish_ring_wait_ms: u64 = "limits.publish_ring_wait_ms";
+        at_limit_read_timeout_ms: u64 = "limits.at_limit_read_timeout_ms";
+        at_limit_write_timeout_ms: u64 = "limits.at_limit_write_timeout_ms";
         record_queue: usize = "limits.record_queue";
         max_upstream_message_bytes: usize = "limits.max_upstream_message_bytes";
         upstream_silence_timeout_ms: u64 = "limits.upstream_silence_timeout_ms";
@@ -1785,6 +1805,21 @@ mod tests {
             ),
             ("record_flush_ms = 0\n", "record_flush_ms", 1),
             ("[limits]\nrecord_queue = 0\n", "limits.record_queue", 2),
+            (
+                "[limits]\npublish_ring_wait_ms = 0\n",
+                "limits.publish_ring_wait_ms",
+                2,
+            ),
+            (
+                "[limits]\nat_limit_read_timeout_ms = 0\n",
+                "limits.at_limit_read_timeout_ms",
+                2,
+            ),
+            (
+                "[limits]\nat_limit_write_timeout_ms = 0\n",
+                "limits.at_limit_write_timeout_ms",
+                2,
+            ),
             (
                 "[limits]\nmax_upstream_message_bytes = 0\n",
                 "limits.max_upstream_message_bytes",

@@ -269,6 +269,7 @@ pub async fn start(
             settings.limits.max_concurrent_publishes,
         )),
         body_timeout: Duration::from_millis(settings.limits.handshake_timeout_ms),
+        ring_wait: Duration::from_millis(settings.limits.publish_ring_wait_ms),
     };
     // An edge has nothing to publish into: /publish answers 404 there.
     let publisher = (!edge).then_some(publisher);

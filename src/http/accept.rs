@@ -43,11 +43,10 @@ pub const BACKOFF_FIRST: Duration = Duration::from_millis(5);
 pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// At most one log line about failed accepts per this interval.
 pub const LOG_EVERY: Duration = Duration::from_secs(5);
-/// How long a connection taken with a spare may take to send its
-/// request head. Each one holds up the backlog behind it, so this is short.
-pub const AT_LIMIT_READ_TIMEOUT: Duration = Duration::from_millis(200);
-/// How long writing the answer to such a connection may take.
-pub const AT_LIMIT_WRITE_TIMEOUT: Duration = Duration::from_millis(500);
+// How long a connection taken with a spare may take to send its request
+// head (`limits.at_limit_read_timeout_ms`, 200 ms) and to take the answer
+// (`limits.at_limit_write_timeout_ms`, 500 ms). Each one holds up the
+// backlog behind it, so both are short.
 /// Spare descriptors held for answering at the limit: this many such
 /// connections are answered at once.
 pub const SPARE_DESCRIPTORS: usize = 4;
@@ -197,7 +196,9 @@ fn is_per_connection(e: &io::Error) -> bool {
 /// anything else a 503 asking to retry. Bounded by the two timeouts.
 async fn answer_at_limit(mut stream: TcpStream, state: &AppState) {
     let mut head = Vec::with_capacity(512);
-    let _ = tokio::time::timeout(AT_LIMIT_READ_TIMEOUT, read_head(&mut stream, &mut head)).await;
+    let limits = &state.session_limits;
+    let reading = read_head(&mut stream, &mut head);
+    let _ = tokio::time::timeout(limits.at_limit_read_timeout, reading).await;
     let (status, content_type, body) = match request_path(&head) {
         Some("/metrics") => (
             "200 OK",
@@ -223,7 +224,7 @@ async fn answer_at_limit(mut stream: TcpStream, state: &AppState) {
         stream.write_all(response.as_bytes()).await?;
         stream.shutdown().await
     };
-    let _ = tokio::time::timeout(AT_LIMIT_WRITE_TIMEOUT, write).await;
+    let _ = tokio::time::timeout(limits.at_limit_write_timeout, write).await;
 }
 
 /// The `/healthz` body at the limit: what is wrong and how full we are.

@@ -17,7 +17,8 @@
 //!   good lines of a mixed body are taken), 400 when every non-blank line
 //!   was rejected. At most [`LISTED_REJECTIONS`] are listed; the rest are
 //!   counted in `rejected_not_listed`.
-//! - A full ring: a request waits at most [`RING_WAIT`] in all for room;
+//! - A full ring: a request waits at most `limits.publish_ring_wait_ms`
+//!   ([`RING_WAIT`] by default) in all for room;
 //!   if the ring stays full the answer is 503 with `Retry-After`, the
 //!   records before the first one that found no room are taken and
 //!   `unsent_from_line` says where to resend from.
@@ -40,9 +41,10 @@ use crate::feed::log_budget::EXCERPT_BYTES;
 use crate::feed::FeedOutput;
 use crate::record::{parse_line, LineOutcome, LineReader, RawLine};
 
-/// How long one request may wait (in all) for room in a full ring before
-/// it is answered 503: long enough to ride out a burst, short enough that
-/// a stalled engine does not pile up waiting requests.
+/// The default of `limits.publish_ring_wait_ms`: how long one request may
+/// wait (in all) for room in a full ring before it is answered 503: long
+/// enough to ride out a burst, short enough that a stalled engine does not
+/// pile up waiting requests.
 pub const RING_WAIT: Duration = Duration::from_millis(200);
 
 /// Most rejected lines listed in one answer (the rest are counted).
@@ -61,6 +63,9 @@ pub struct Publisher {
     pub in_flight: Arc<Semaphore>,
     /// How long the body may take to arrive.
     pub body_timeout: Duration,
+    /// How long a request may wait in all for room in a full ring
+    /// (`limits.publish_ring_wait_ms`, [`RING_WAIT`] by default).
+    pub ring_wait: Duration,
 }
 
 /// Why a request may not publish.
@@ -222,7 +227,7 @@ pub async fn handle(req: Request<Incoming>, state: &AppState) -> Response<Body> 
         Ok(body) => body,
         Err(response) => return *response,
     };
-    let outcome = publish_body(&publisher.output, &body, RING_WAIT).await;
+    let outcome = publish_body(&publisher.output, &body, publisher.ring_wait).await;
     let mut response = json(outcome.status(), &outcome.to_json());
     if outcome.unsent_from_line.is_some() {
         response

@@ -61,6 +61,10 @@ pub struct SessionLimits {
     /// How long the HTTP server waits for a request's headers, before the
     /// upgrade (and between requests on a kept-alive connection).
     pub handshake_timeout: Duration,
+    /// At the descriptor limit: how long the short answer waits for the
+    /// request head, and may take to be written (`http::accept`).
+    pub at_limit_read_timeout: Duration,
+    pub at_limit_write_timeout: Duration,
     /// Let the fanout write to idle sockets itself (see `Outbox`).
     pub direct_writes: bool,
     /// How fast a client may send messages (`message_rate`).
