@@ -765,6 +765,17 @@ fn rejected(metrics: &str, feed: &str, reason: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {needle} in /metrics"))
 }
 
+/// A per-feed figure on /metrics: `family` for the feed whose label
+/// starts with `feed` (an exchange feed's label is its whole spec).
+fn feed_figure(metrics: &str, family: &str, feed: &str) -> u64 {
+    let start = format!("{family}{{feed=\"{feed}");
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&start))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {start} in /metrics"))
+}
+
 fn fast_upstream_limits(settings: &mut tickcast::config::Settings) {
     settings.limits.upstream_backoff_base_ms = 10;
     settings.limits.upstream_backoff_max_ms = 50;
@@ -822,6 +833,11 @@ async fn binance_reconnects_after_a_drop_and_the_book_is_right_again() {
     let status = status(&server, "binance").await;
     assert_eq!(status["state"], "up");
     assert_eq!(status["reconnects"], 1, "{status}");
+    let metrics = metrics(&server).await;
+    assert_eq!(
+        feed_figure(&metrics, "tickcast_feed_reconnects_total", "binance"),
+        1
+    );
     server.shutdown().await;
 }
 
@@ -917,6 +933,15 @@ async fn binance_gap_resyncs_and_clients_see_a_clear_then_the_raw_book() {
     let status = status(&server, "binance").await;
     assert_eq!(status["resyncs"], 1, "{status}");
     assert_eq!(status["reconnects"], 0, "{status}");
+    let metrics = metrics(&server).await;
+    assert_eq!(
+        feed_figure(&metrics, "tickcast_feed_resyncs_total", "binance"),
+        1
+    );
+    assert_eq!(
+        feed_figure(&metrics, "tickcast_feed_reconnects_total", "binance"),
+        0
+    );
     assert_eq!(fake.rest_served.load(Ordering::SeqCst), 3);
     server.shutdown().await;
 }

@@ -278,6 +278,10 @@ pub struct FeedStats {
     rejections_not_logged: AtomicU64,
     /// Panics contained in this feed (its task or one producer connection).
     panics: AtomicU64,
+    /// Upstream connections made again (exchange feeds).
+    reconnects: AtomicU64,
+    /// Order books re-synchronised after a sequence gap (exchange feeds).
+    resyncs: AtomicU64,
     recent_rejections: Mutex<VecDeque<Rejection>>,
     /// The address a listening feed (tcp) actually bound, so port 0 works.
     local_addr: Mutex<Option<SocketAddr>>,
@@ -296,6 +300,8 @@ impl FeedStats {
             producers_unauthorized: AtomicU64::new(0),
             rejections_not_logged: AtomicU64::new(0),
             panics: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+            resyncs: AtomicU64::new(0),
             recent_rejections: Mutex::new(VecDeque::new()),
             local_addr: Mutex::new(None),
         }
@@ -338,6 +344,24 @@ impl FeedStats {
     /// Panics contained in this feed (see [`crate::fault`]).
     pub fn panics(&self) -> u64 {
         self.panics.load(Ordering::Relaxed)
+    }
+
+    /// Upstream connections made again (exchange feeds; 0 for others).
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
+    pub fn count_reconnect(&self) {
+        self.reconnects.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Order books re-synchronised (exchange feeds; 0 for others).
+    pub fn resyncs(&self) -> u64 {
+        self.resyncs.load(Ordering::Relaxed)
+    }
+
+    pub fn count_resync(&self) {
+        self.resyncs.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a contained panic and logs it with what it stopped.

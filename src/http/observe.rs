@@ -96,7 +96,7 @@ const fn feed_metric(
     }
 }
 
-pub const FEED_METRICS: [FeedMetric; 6] = [
+pub const FEED_METRICS: [FeedMetric; 8] = [
     feed_metric(
         "tickcast_feed_producers",
         Kind::Gauge,
@@ -131,6 +131,20 @@ pub const FEED_METRICS: [FeedMetric; 6] = [
         "rejections_not_logged",
         "Rejected lines counted but not logged (limits.reject_log_per_interval).",
         FeedStats::rejections_not_logged,
+    ),
+    feed_metric(
+        "tickcast_feed_reconnects_total",
+        Kind::Counter,
+        "reconnects",
+        "Upstream connections an exchange feed made again after losing one.",
+        FeedStats::reconnects,
+    ),
+    feed_metric(
+        "tickcast_feed_resyncs_total",
+        Kind::Counter,
+        "resyncs",
+        "Order books an exchange feed re-synchronised after a gap in the upstream sequence.",
+        FeedStats::resyncs,
     ),
     feed_metric(
         "tickcast_feed_panics_total",

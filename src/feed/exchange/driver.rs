@@ -72,7 +72,7 @@ pub async fn run(
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(delay) => {}
         }
-        conn.status.reconnects += 1;
+        out.stats().count_reconnect();
     }
 }
 
@@ -173,7 +173,7 @@ impl Connection<'_> {
                         }
                     }
                     Action::Resync { symbol, why } => {
-                        self.status.resyncs += 1;
+                        self.out.stats().count_resync();
                         tracing::warn!(%feed, %symbol, "order book out of sequence ({why}): re-synchronising");
                         self.publish_status(logic).await;
                     }

@@ -30,8 +30,6 @@ pub struct Status {
     up: bool,
     reason: String,
     since: u64,
-    pub reconnects: u64,
-    pub resyncs: u64,
 }
 
 impl Status {
@@ -42,8 +40,6 @@ impl Status {
             up: false,
             reason: "connecting".into(),
             since: clock::unix_nanos(),
-            reconnects: 0,
-            resyncs: 0,
         }
     }
 
@@ -80,8 +76,9 @@ impl Status {
         data.insert("records".into(), json!(stats.accepted() + 1));
         data.insert("rejects".into(), json!(stats.rejected_total()));
         data.insert("sequence".into(), sequence.map_or(Value::Null, Value::from));
-        data.insert("reconnects".into(), json!(self.reconnects));
-        data.insert("resyncs".into(), json!(self.resyncs));
+        // The same counters as /metrics (tickcast_feed_reconnects_total, ...).
+        data.insert("reconnects".into(), json!(stats.reconnects()));
+        data.insert("resyncs".into(), json!(stats.resyncs()));
         record(self.channel.clone(), data)
     }
 }
