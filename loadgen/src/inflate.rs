@@ -63,6 +63,12 @@ const READ_AHEAD: usize = 16 * 1024;
 /// 40 s of them, so a client many updates behind still finds its frames.
 const REMEMBERED: usize = 4096;
 
+/// Bytes (compressed and inflated) the table may hold per thread: a server
+/// sending large distinct messages (up to [`MAX_MESSAGE`] each) must not
+/// make it hold thousands of them. Frames larger than a sixteenth of this
+/// are inflated every time rather than kept.
+const REMEMBERED_BYTES: usize = if cfg!(test) { 1 << 20 } else { 64 << 20 };
+
 /// A thread's inflater and what it inflated.
 struct ThreadInflater {
     inflater: Decompress,
@@ -70,6 +76,8 @@ struct ThreadInflater {
     inflated: HashMap<Bytes, Bytes, foldhash::fast::RandomState>,
     /// The keys of `inflated`, oldest first, to forget the oldest.
     order: VecDeque<Bytes>,
+    /// Bytes of keys and messages in `inflated`.
+    bytes: usize,
 }
 
 thread_local! {
@@ -79,6 +87,7 @@ thread_local! {
         inflater: Decompress::new(false),
         inflated: HashMap::with_capacity_and_hasher(REMEMBERED, Default::default()),
         order: VecDeque::with_capacity(REMEMBERED),
+        bytes: 0,
     });
 }
 
@@ -91,14 +100,22 @@ fn message_of(payload: &[u8]) -> io::Result<Bytes> {
         }
         let message = Bytes::from(inflate(&mut thread.inflater, payload)?);
         INFLATIONS.set(INFLATIONS.get() + 1);
-        if thread.order.len() == REMEMBERED {
-            if let Some(oldest) = thread.order.pop_front() {
-                thread.inflated.remove(&oldest);
+        let size = payload.len() + message.len();
+        if size > REMEMBERED_BYTES / 16 {
+            return Ok(message);
+        }
+        while thread.order.len() >= REMEMBERED || thread.bytes + size > REMEMBERED_BYTES {
+            let Some(oldest) = thread.order.pop_front() else {
+                break;
+            };
+            if let Some(forgotten) = thread.inflated.remove(&oldest) {
+                thread.bytes -= oldest.len() + forgotten.len();
             }
         }
         let key = Bytes::copy_from_slice(payload);
         thread.order.push_back(key.clone());
         thread.inflated.insert(key, message.clone());
+        thread.bytes += size;
         Ok(message)
     })
 }
@@ -340,6 +357,44 @@ mod tests {
             assert!(out[2..].starts_with(br#"{"n":0,"#), "{:?}", &out[..8]);
         }
         assert_eq!(INFLATIONS.get() - before, updates);
+    }
+
+    /// Large distinct messages: the table stays within its byte bound
+    /// (and one past a sixteenth of it is not kept at all).
+    #[tokio::test]
+    async fn the_table_of_inflated_payloads_stays_within_its_bytes() {
+        let big = |n: usize, len: usize| -> Vec<u8> {
+            // Distinct, and poorly compressible, so the payloads are big too.
+            let mut x = n as u64 + 1;
+            let text: String = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    char::from(b'a' + (x % 26) as u8)
+                })
+                .collect();
+            compressed_frame(text.as_bytes())
+        };
+        let stream: Vec<u8> = (0..40).flat_map(|n| big(n, 60_000)).collect();
+        let mut reader = Inflating::new(&stream[..], true);
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).await.unwrap();
+        THREAD.with(|t| {
+            let t = t.borrow();
+            assert!(t.bytes <= REMEMBERED_BYTES, "{} bytes kept", t.bytes);
+            let counted: usize = t.inflated.iter().map(|(k, v)| k.len() + v.len()).sum();
+            assert_eq!(counted, t.bytes);
+        });
+        let huge = big(99, REMEMBERED_BYTES / 16 + 1);
+        let before = THREAD.with(|t| t.borrow().inflated.len());
+        let mut reader = Inflating::new(&huge[..], true);
+        reader.read_to_end(&mut Vec::new()).await.unwrap();
+        assert_eq!(
+            THREAD.with(|t| t.borrow().inflated.len()),
+            before,
+            "not kept"
+        );
     }
 
     #[test]
