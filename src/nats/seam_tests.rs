@@ -6,30 +6,40 @@
 use std::sync::Arc;
 
 use crate::channel::ChannelName;
+use crate::engine::{Directory, EngineLimits, EngineStats, StateStage};
 use crate::record::{FeedRecord, JsonMap};
+
+/// A state stage for tests (16 channels), and its directory.
+pub(super) fn test_stage() -> (StateStage, Arc<Directory>) {
+    let limits = EngineLimits {
+        max_targets_per_session: 16,
+        max_channels: 16,
+    };
+    let directory = Arc::new(Directory::default());
+    let stats = Arc::new(EngineStats::default());
+    (StateStage::new(limits, stats, directory.clone()), directory)
+}
+
+/// Record `n` of `channel`: `{"n": n}`, stamped `n`.
+pub(super) fn numbered(channel: &str, n: u64) -> Arc<FeedRecord> {
+    let mut data = JsonMap::new();
+    data.insert("n".into(), n.into());
+    Arc::new(FeedRecord {
+        channel: ChannelName::new(channel).unwrap(),
+        data,
+        ts: None,
+        ingest_ns: n,
+    })
+}
 
 /// The seam a follower applies stream records through: a record is
 /// applied only at its channel's next seq; one seen before is skipped,
 /// one past a missing seq is refused and changes nothing.
 #[test]
 fn a_follower_applies_records_at_the_seqs_it_is_given() {
-    use crate::engine::{AtSeq, Directory, EngineLimits, EngineStats, StateStage};
-    let limits = EngineLimits {
-        max_targets_per_session: 16,
-        max_channels: 16,
-    };
-    let directory = Arc::new(Directory::default());
-    let mut stage = StateStage::new(limits, Arc::new(EngineStats::default()), directory.clone());
-    let record = |n: u64| {
-        let mut data = JsonMap::new();
-        data.insert("n".into(), n.into());
-        Arc::new(FeedRecord {
-            channel: ChannelName::new("quotes.F").unwrap(),
-            data,
-            ts: None,
-            ingest_ns: n,
-        })
-    };
+    use crate::engine::AtSeq;
+    let (mut stage, directory) = test_stage();
+    let record = |n: u64| numbered("quotes.F", n);
     let state = |directory: &Directory| {
         let cell = directory.get("quotes.F").unwrap();
         let channel = cell.lock();

@@ -249,18 +249,11 @@ pub(super) async fn latest(cluster: &Cluster) -> Option<Vec<(String, Bytes)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{EngineLimits, EngineStats, StateStage};
-    use crate::record::{FeedRecord, JsonMap};
+    use crate::nats::seam_tests::{numbered, test_stage};
+    use crate::record::FeedRecord;
 
     fn record(n: u64) -> Arc<FeedRecord> {
-        let mut data = JsonMap::new();
-        data.insert("n".into(), n.into());
-        Arc::new(FeedRecord {
-            channel: ChannelName::new("quotes.S").unwrap(),
-            data,
-            ts: None,
-            ingest_ns: n,
-        })
+        numbered("quotes.S", n)
     }
 
     /// The state stage runs ahead of the writer: a snapshot read then waits
@@ -268,13 +261,7 @@ mod tests {
     /// as changes, and the checkpoint comes once it is queued.
     #[test]
     fn a_snapshot_read_ahead_of_the_writer_follows_its_record() {
-        let limits = EngineLimits {
-            max_targets_per_session: 16,
-            max_channels: 16,
-        };
-        let directory = Arc::new(Directory::default());
-        let mut stage =
-            StateStage::new(limits, Arc::new(EngineStats::default()), directory.clone());
+        let (mut stage, directory) = test_stage();
         for n in 1..=3 {
             stage.apply(&record(n), 0);
         }
@@ -308,13 +295,7 @@ mod tests {
     /// no checkpoint (it would promise a snapshot the stream lacks).
     #[test]
     fn a_cycle_missing_a_snapshot_has_no_checkpoint() {
-        let limits = EngineLimits {
-            max_targets_per_session: 16,
-            max_channels: 16,
-        };
-        let directory = Arc::new(Directory::default());
-        let mut stage =
-            StateStage::new(limits, Arc::new(EngineStats::default()), directory.clone());
+        let (mut stage, directory) = test_stage();
         stage.apply(&record(1), 0);
         let mut snapshots = Snapshots::new(Duration::ZERO, 1, directory, 8);
         assert!(snapshots.due());
