@@ -23,3 +23,11 @@ setup_uws() {
     bash "$UWS_DIR/setup.sh"
   fi
 }
+
+# Instructions (Ir) callgrind counts for one run of the command in "$@":
+# the count repeats exactly where times do not.
+callgrind_count() {
+  command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; return 1; }
+  valgrind --tool=callgrind --callgrind-out-file=/dev/null "$@" 2>&1 |
+    awk '/Collected :/ { print $NF }'
+}

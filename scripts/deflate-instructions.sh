@@ -9,15 +9,12 @@
 #   scripts/deflate-instructions.sh         # N=1000 updates, SESSIONS="100 1000 8000"
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/common.sh
 N=${N:-1000}
 SESSIONS=${SESSIONS:-"100 1000 8000"}
-command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)"; exit 1; }
 cargo bench --bench fanout_count --no-run -q 2>/dev/null
 bin=$(ls -t target/release/deps/fanout_count-* | grep -v '\.d$' | head -1)
-count() { # SESSIONS UPDATES MODE
-  valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$1" "$2" "$3" 2>&1 |
-    awk '/Collected :/ { print $NF }'
-}
+count() { callgrind_count "$bin" "$@"; } # SESSIONS UPDATES MODE
 printf '%9s %8s %16s %16s %24s\n' sessions mode "Ir at $N" "Ir at $((2 * N))" "instructions/delivery"
 for s in $SESSIONS; do
   for mode in plain deflate; do

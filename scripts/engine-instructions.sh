@@ -7,15 +7,12 @@
 #   scripts/engine-instructions.sh           # N=20000, shards "1 4 16"
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/common.sh
 N=${N:-20000}
 SHARDS=${SHARDS:-"1 4 16"}
-command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)"; exit 1; }
 cargo bench --bench engine_count --no-run -q 2>/dev/null
 bin=$(ls -t target/release/deps/engine_count-* | grep -v '\.d$' | head -1)
-count() { # SHARDS UPDATES
-  valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$1" "$2" 2>&1 |
-    awk '/Collected :/ { print $NF }'
-}
+count() { callgrind_count "$bin" "$@"; } # SHARDS UPDATES
 printf '%7s %16s %16s %22s\n' shards "Ir at $N" "Ir at $((2 * N))" "instructions/update"
 for s in $SHARDS; do
   one=$(count "$s" "$N"); two=$(count "$s" $((2 * N)))
