@@ -136,7 +136,12 @@ impl Node {
 
     /// An ingest node that has become the stream's writer.
     async fn ingest(nats: &NatsServer) -> Node {
-        let node = Node::start(nats, "ingest").await;
+        Node::ingest_with(nats, "").await
+    }
+
+    /// [`Node::ingest`] with more `[nats]` keys.
+    async fn ingest_with(nats: &NatsServer, nats_keys: &str) -> Node {
+        let node = Node::start_with(nats, "ingest", nats_keys).await;
         node.wait_phase("writing").await;
         node
     }
@@ -587,8 +592,7 @@ async fn nats_credentials_come_from_the_config() {
 #[tokio::test]
 async fn the_ingest_holds_at_most_max_pending_records_while_nats_is_down() {
     let mut nats = NatsServer::start().await;
-    let ingest = Node::start_with(&nats, "ingest", "max_pending_records = 4\n").await;
-    ingest.wait_phase("writing").await;
+    let ingest = Node::ingest_with(&nats, "max_pending_records = 4\n").await;
     let edge = Node::start(&nats, "edge").await;
     let mut producer = ingest.producer().await;
     publish(&mut producer, "quotes.P", 1..=5).await;
@@ -713,8 +717,7 @@ async fn records_missing_from_the_stream_become_a_resync_at_the_client() {
     // Snapshots after every 50 records only, so the edge meets the hole
     // before any snapshot covers it.
     let keys = "snapshot_interval_records = 50\nsnapshot_interval_ms = 600000\n";
-    let ingest = Node::start_with(&nats, "ingest", keys).await;
-    ingest.wait_phase("writing").await;
+    let ingest = Node::ingest_with(&nats, keys).await;
     let mut producer = ingest.producer().await;
     publish(&mut producer, "quotes.H", 1..=40).await;
     ingest.wait_seq("quotes.H", 40).await;
@@ -768,8 +771,7 @@ async fn records_missing_from_the_stream_become_a_resync_at_the_client() {
 async fn a_new_edge_starts_from_the_snapshots_and_reads_only_the_tail() {
     let nats = NatsServer::start().await;
     let keys = "snapshot_interval_records = 100\nsnapshot_interval_ms = 600000\n";
-    let ingest = Node::start_with(&nats, "ingest", keys).await;
-    ingest.wait_phase("writing").await;
+    let ingest = Node::ingest_with(&nats, keys).await;
     let mut producer = ingest.producer().await;
     for i in 1..=240u64 {
         let channel = ["quotes.T1", "quotes.T2", "quotes.T3"][(i % 3) as usize];
